@@ -1,0 +1,278 @@
+"""The dependency analysis: run the op rules over a captured graph, solve, and build prune groups."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from math import prod
+
+from torch import fx, nn
+
+from ..capture import CapturedGraph, capture
+from ..errors import AnalysisError
+from .axes import AxisGraph
+from .context import RuleContext, op_name, packet_name, shapes_of
+from .groups import DEPTH2_KINDS, Group, Kind, Member
+from .rules import IGNORED, find_rule
+
+ROLE_ORDER = ("producer", "consumer", "depthwise", "embedding")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Groups of one captured model, the ops that blocked axes, and timings."""
+
+    model_class: str
+    groups: tuple[Group, ...]
+    blocking_ops: tuple[dict, ...]
+    capture_seconds: float
+    analysis_seconds: float
+    captured: CapturedGraph = field(repr=False, compare=False, default=None)
+
+    def group(self, gid: str) -> Group:
+        for g in self.groups:
+            if g.id == gid:
+                return g
+        raise KeyError(gid)
+
+    def by_id(self) -> dict[str, Group]:
+        return {g.id: g for g in self.groups}
+
+    def prunable(self, kind: str | None = None) -> list[Group]:
+        return [g for g in self.groups if g.prunable and (kind is None or g.kind == kind)]
+
+    def to_json(self, model: str = "") -> dict:
+        return {"model": model or self.model_class, "model_class": self.model_class,
+                "capture_seconds": round(self.capture_seconds, 3),
+                "analysis_seconds": round(self.analysis_seconds, 3),
+                "groups": [g.to_json() for g in self.groups],
+                "blocking_ops": list(self.blocking_ops)}
+
+
+def _flat_nodes(a):
+    if isinstance(a, fx.Node):
+        yield a
+    elif isinstance(a, (list, tuple)):
+        for x in a:
+            yield from _flat_nodes(x)
+    elif isinstance(a, dict):
+        for x in a.values():
+            yield from _flat_nodes(x)
+
+
+def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
+    """Apply every op rule to the graph. Returns the axis graph, tensor shapes, and blocking ops."""
+    ag, shapes, blocking = AxisGraph(), {}, []
+    for node in cg.graph.nodes:
+        new = shapes_of(node)
+        shapes.update(new)
+        for tid, s in new.items():
+            ag.add_tensor(tid, s)
+        module = cg.module_of(node)
+        if node.op in ("placeholder", "get_attr"):
+            if node.op == "placeholder" and node.name in cg.params:
+                continue
+            what = (f"buffer {cg.buffers[node.name]}" if node.name in cg.buffers else
+                    "model input" if node.op == "placeholder" else f"constant {node.target}")
+            for tid in new:
+                for d in range(len(shapes[tid])):
+                    ag.block((tid, d), f"fixed: {what}")
+        elif node.op == "output":
+            for n in _flat_nodes(node.args):
+                for tid in [t for t in shapes if t == n.name or (isinstance(t, tuple) and t[0] == n.name)]:
+                    for d in range(len(shapes[tid])):
+                        ag.block((tid, d), "fixed: model output")
+        elif node.op == "call_function":
+            op, pk = op_name(node.target), packet_name(node.target)
+            if op in IGNORED or pk in IGNORED:
+                continue
+            ctx = RuleContext(ag, node, module, shapes)
+            fn = find_rule(op, pk)
+            if fn is None:
+                blocking.append({"op": op, "module": module, "node": node.name})
+                for tid in set(ctx.tensor_args()) | set(new):
+                    for d in range(len(shapes[tid])):
+                        ag.block((tid, d), f"no rule for {op} @ {module or '<root>'}")
+                continue
+            try:
+                fn(ctx)
+            except Exception as e:
+                raise AnalysisError(f"rule for {op} failed on {node.format_node()} in module "
+                                    f"{module or '<root>'}: {type(e).__name__}: {e}") from e
+    return ag, shapes, blocking
+
+
+def _common_prefix(paths: list[str]) -> str:
+    parts = [p.split(".") for p in paths]
+    out = []
+    for xs in zip(*parts):
+        if len(set(xs)) != 1:
+            break
+        out.append(xs[0])
+    return ".".join(out)
+
+
+def _role(tags: set) -> str:
+    for r in ROLE_ORDER:
+        if r in tags:
+            return r
+    return "scale"
+
+
+def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None) -> Analysis:
+    """Capture (if needed) and analyse ``model`` into prune groups.
+
+    ``supported_kinds``: kinds the model family's adapter can physically prune; other depth-2 groups
+    are reported with ``not_offered``. Defaults to the adapter registered for the model.
+    """
+    if isinstance(model, CapturedGraph):
+        cg, eager = model, None
+    else:
+        cg, eager = capture(model), model
+    if supported_kinds is None and eager is not None:
+        from ..models import adapter_for
+        supported_kinds = adapter_for(eager).supported_kinds
+    t0 = time.perf_counter()
+    ag, shapes, blocking = build_axis_graph(cg)
+    ag.refine()
+    graph, comps = ag.components()
+    comp_of = {f: i for i, c in enumerate(comps) for f in c}
+
+    def comp_tags(c):
+        return set().union(*(ag.tags.get((f.tid, f.dim), set()) for f in c))
+
+    param_roles = _param_roles(cg, ag, comp_of)
+    tags_of = {}
+    raw = []
+    for i, comp in enumerate(comps):
+        pf = sorted((f for f in comp if f.tid in cg.params), key=lambda f: (cg.params[f.tid], f.dim, f.k))
+        if not pf:
+            continue
+        tags_of[i] = comp_tags(comp)
+        raw.append((i, comp, pf))
+
+    groups, used_ids = [], defaultdict(int)
+    for i, comp, pf in raw:
+        units = pf[0].size
+        blocked, seen, members = set(), set(), []
+        for f in comp:
+            blocked.update(ag.blocks.get((f.tid, f.dim), ()))
+        for f in pf:
+            key = (f.tid, f.dim)
+            if key in seen:
+                blocked.add(f"{cg.params[f.tid]} dim {f.dim} couples to itself at two strides")
+                continue
+            seen.add(key)
+            fs = ag.factors[key]
+            members.append(Member(cg.params[f.tid], f.dim, shapes[f.tid][f.dim], prod(fs[f.k + 1:]),
+                                  _role(param_roles.get(key, set()))))
+        roles = {m.role for m in members}
+        tags = tags_of[i]
+        kind = _classify(roles, tags, pf, ag, comp_of, tags_of)
+        mods = [m.param.rsplit(".", 1)[0] for m in members if m.role in ("producer", "consumer", "depthwise")]
+        prefix = _common_prefix(mods or [m.param.rsplit(".", 1)[0] for m in members]) or "model"
+        suffix = {Kind.ATTN_Q_PER_KV: ":q_per_kv", Kind.QK_CHANNELS: ":qk_channels",
+                  Kind.V_CHANNELS: ":v_channels", Kind.OTHER: ":other", Kind.RESIDUAL: ":residual"}.get(kind, "")
+        gid = prefix + suffix
+        used_ids[gid] += 1
+        if used_ids[gid] > 1:
+            gid = f"{gid}#{used_ids[gid] - 1}"
+        not_offered = ""
+        if kind == Kind.RESIDUAL:
+            not_offered = "the residual stream is not a depth-2 group"
+        elif kind not in DEPTH2_KINDS:
+            not_offered = f"{kind} groups are reported, not pruned"
+        elif supported_kinds is not None and kind not in supported_kinds:
+            not_offered = f"the model family adapter cannot resize {kind}"
+        cons = [m for m in members if m.role == "consumer"] or members
+        why = sorted({d["why"] for f in comp for _, _, d in graph.edges(f, data=True)})
+        explanation = tuple(why[:12] + ([f"... and {len(why) - 12} more"] if len(why) > 12 else []))
+        detail = {}
+        if kind in (Kind.FFN,):
+            detail["glu"] = len([m for m in members if m.role == "producer" and m.param.endswith("weight")]) > 1
+        groups.append(Group(
+            id=gid, kind=kind, units=units, unit_size=cons[0].size // units,
+            params_per_unit=sum(_numel(shapes[f.tid]) // units for f in pf
+                                if (f.tid, f.dim) in {(x.tid, x.dim) for x in pf}),
+            members=tuple(members), blocked_by=tuple(sorted(blocked)), not_offered=not_offered,
+            explanation=explanation, detail=detail))
+    groups.sort(key=lambda g: (_natural(g.id)))
+    seconds = time.perf_counter() - t0
+    return Analysis(cg.model_class, tuple(groups), tuple(blocking), cg.capture_seconds, seconds, cg)
+
+
+def _numel(shape) -> int:
+    return prod(shape) if shape else 1
+
+
+def _natural(s: str):
+    import re
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+PASSTHROUGH = {"aten.unsqueeze", "aten.squeeze", "aten.view", "aten.reshape", "aten._unsafe_view",
+               "aten.t", "aten.transpose", "aten.permute", "aten.to", "aten._to_copy", "aten.alias",
+               "aten.clone", "aten.contiguous", "aten.detach", "aten.expand", "aten.float", "aten.type_as",
+               "aten.lift_fresh_copy"}
+
+
+def _source_param(cg, node):
+    """The parameter placeholder ``node`` is a view/cast of, or None."""
+    while node is not None:
+        if node.op == "placeholder":
+            return node.name if node.name in cg.params else None
+        if node.op != "call_function" or packet_name(node.target) not in PASSTHROUGH:
+            return None
+        node = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    return None
+
+
+def _param_roles(cg, ag, comp_of) -> dict:
+    """Role tags of parameter dims. A rule tags the *operand* of an op; when that operand is a view
+    or cast of a parameter (Mamba's conv weight is ``weight.squeeze(1).unsqueeze(1)``), the tag is
+    carried to the parameter dim whose factors lie in the same components."""
+    nodes = {n.name: n for n in cg.graph.nodes}
+    roles = defaultdict(set)
+    for (tid, d), tags in ag.tags.items():
+        rt = tags & set(ROLE_ORDER)
+        if not rt or not isinstance(tid, str):
+            continue
+        if tid in cg.params:
+            roles[(tid, d)] |= rt
+            continue
+        src = _source_param(cg, nodes.get(tid))
+        if src is None:
+            continue
+        want = {comp_of.get(f) for f in ag.dim_factors((tid, d))}
+        d2 = -1
+        while (src, d2 + 1) in ag.sizes:
+            d2 += 1
+            if {comp_of.get(f) for f in ag.dim_factors((src, d2))} == want:
+                roles[(src, d2)] |= rt
+    return roles
+
+
+def _classify(roles, tags, pf, ag, comp_of, tags_of) -> str:
+    prod_cons = "producer" in roles and "consumer" in roles
+    if "embedding" in tags:
+        return Kind.RESIDUAL
+    if "depthwise" in roles and prod_cons:
+        return Kind.SSM
+    if prod_cons and tags & {"attn_head", "matmul_batch"}:
+        if "broadcast" in tags:
+            return Kind.ATTN_Q_PER_KV
+        for f in pf:
+            fs = ag.factors[(f.tid, f.dim)]
+            if f.k + 1 < len(fs):
+                nxt = comp_of.get(type(f)(f.tid, f.dim, f.k + 1, fs[f.k + 1]))
+                if nxt is not None and "broadcast" in tags_of.get(nxt, set()) and \
+                        tags_of[nxt] & {"attn_head", "matmul_batch"}:
+                    return Kind.ATTN_KV_GROUPS
+        return Kind.ATTN_HEADS
+    if "attn_qk_dim" in tags or ("matmul_inner" in tags and "producer" in roles):
+        return Kind.QK_CHANNELS
+    if tags & {"attn_v_dim", "matmul_cols"}:
+        return Kind.V_CHANNELS
+    if prod_cons:
+        return Kind.FFN
+    return Kind.OTHER

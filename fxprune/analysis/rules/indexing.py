@@ -1,0 +1,124 @@
+"""Slicing and joining: slice, select, cat, stack, split/chunk/unbind, getitem.
+
+Aligned pieces (a slice of length n/k at a multiple of n/k, an equal split, a cat of equal parts)
+refine the dim into [k pieces, n/k channels]: channels couple across pieces, the piece factor is
+blocked. Anything unaligned blocks the dim.
+"""
+from . import rule
+
+
+def _piece(ctx, whole_tid, whole_dim, part_tid, part_dim, n_pieces, what):
+    sel = ctx.virtual(f"{what}{part_tid}", n_pieces, block=f"pieces selected")
+    ctx.link([(whole_tid, whole_dim)], [(sel, 0), (part_tid, part_dim)])
+
+
+@rule("aten.slice")
+def slice_(ctx):
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    r = ctx.rank(src)
+    dim = ctx.arg(1, "dim", 0) % r
+    n = ctx.shape(src)[dim]
+    start = ctx.arg(2, "start", 0) or 0
+    end = ctx.arg(3, "end", None)
+    step = ctx.arg(4, "step", 1) or 1
+    end = n if end is None or end > n else end
+    start = start + n if start < 0 else start
+    end = end + n if end < 0 else end
+    length = max(0, end - start)
+    for d in range(r):
+        if d != dim:
+            ctx.link1(src, d, out, d)
+    if step == 1 and start == 0 and length == n:
+        ctx.link1(src, dim, out, dim)
+    elif step == 1 and length > 0 and n % length == 0 and start % length == 0:
+        _piece(ctx, src, dim, out, dim, n // length, "slice")
+    else:
+        ctx.block(src, dim, "unaligned slice")
+        ctx.block(out, dim, "unaligned slice")
+
+
+@rule("aten.select")
+def select(ctx):
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    r = ctx.rank(src)
+    dim = ctx.arg(1) % r
+    ctx.block(src, dim, "indexed")
+    for d in range(r):
+        if d != dim:
+            ctx.link1(src, d, out, d if d < dim else d - 1)
+
+
+@rule("aten.cat", "aten.concat", "aten.concatenate")
+def cat(ctx):
+    parts = [ctx.tid(t) for t in ctx.arg(0)]
+    parts = [p for p in parts if p is not None and ctx.shape(p) and 0 not in ctx.shape(p)]
+    out = ctx.out
+    r = ctx.rank(out)
+    dim = (ctx.arg(1, "dim", 0) or 0) % r
+    sizes = {ctx.shape(p)[dim] for p in parts}
+    for p in parts:
+        for d in range(r):
+            if d != dim:
+                ctx.link1(p, d, out, d)
+    if len(sizes) == 1 and len(parts) > 0:
+        for p in parts:
+            _piece(ctx, out, dim, p, dim, len(parts), "cat")
+    else:
+        ctx.block(out, dim, "unequal concatenation")
+        for p in parts:
+            ctx.block(p, dim, "unequal concatenation")
+
+
+@rule("aten.stack")
+def stack(ctx):
+    parts = [ctx.tid(t) for t in ctx.arg(0)]
+    out = ctx.out
+    r = ctx.rank(out)
+    dim = (ctx.arg(1, "dim", 0) or 0) % r
+    ctx.block(out, dim, "stacked")
+    for p in parts:
+        if p is None:
+            continue
+        for d in range(ctx.rank(p)):
+            ctx.link1(p, d, out, d if d < dim else d + 1)
+
+
+@rule("aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unsafe_split", "aten.tensor_split",
+      "aten.unbind")
+def split(ctx):
+    src = ctx.tid(ctx.arg(0))
+    r = ctx.rank(src)
+    outs = [k for k in ctx._shapes if isinstance(k, tuple) and k[0] == ctx.node.name and isinstance(k[1], int)]
+    outs.sort(key=lambda k: k[1])
+    if ctx.op.startswith("aten.unbind"):
+        dim = ctx.arg(1, "dim", 0) % r
+        ctx.block(src, dim, "unbound")
+        for o in outs:
+            for d in range(r):
+                if d != dim:
+                    ctx.link1(src, d, o, d if d < dim else d - 1)
+        return
+    dim = ctx.arg(2, "dim", 0) if not ctx.op.startswith("aten.chunk") else ctx.arg(2, "dim", 0)
+    dim = (dim or 0) % r
+    sizes = {ctx.shape(o)[dim] for o in outs}
+    for o in outs:
+        for d in range(r):
+            if d != dim:
+                ctx.link1(src, d, o, d)
+    if len(sizes) == 1 and sum(ctx.shape(o)[dim] for o in outs) == ctx.shape(src)[dim]:
+        for o in outs:
+            _piece(ctx, src, dim, o, dim, len(outs), "split")
+    else:
+        ctx.block(src, dim, "unequal split")
+        for o in outs:
+            ctx.block(o, dim, "unequal split")
+
+
+@rule("getitem")
+def getitem(ctx):
+    src, idx = ctx.arg(0), ctx.arg(1)
+    key = (src.name, idx)
+    if key not in ctx._shapes or ctx.out not in ctx._shapes:
+        return
+    for d in range(ctx.rank(key)):
+        ctx.link1(key, d, ctx.out, d)

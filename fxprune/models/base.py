@@ -1,0 +1,52 @@
+"""Adapter base class and the attribute sync shared by standard torch/transformers layers."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..analysis.groups import Kind
+
+
+def sync_standard_module(module: nn.Module) -> dict:
+    """Make nn.Linear / nn.Conv1d / transformers Conv1D / LayerNorm attributes match their weights."""
+    out = {}
+    cls = type(module).__name__
+    w = getattr(module, "weight", None)
+    if isinstance(module, nn.Linear):
+        out = {"in_features": w.shape[1], "out_features": w.shape[0]}
+    elif isinstance(module, nn.Conv1d):
+        depthwise = module.groups == module.in_channels == module.out_channels and w.shape[1] == 1
+        out = {"out_channels": w.shape[0],
+               "in_channels": w.shape[0] if depthwise else w.shape[1] * module.groups}
+        if depthwise:
+            out["groups"] = w.shape[0]
+    elif cls == "Conv1D":  # transformers.pytorch_utils.Conv1D: weight (nx, nf)
+        out = {"nf": w.shape[1], "nx": w.shape[0]}
+    elif isinstance(module, nn.LayerNorm) and w is not None:
+        out = {"normalized_shape": tuple(w.shape)}
+    for k, v in out.items():
+        setattr(module, k, v)
+    return out
+
+
+class FamilyAdapter:
+    """Base adapter. Subclasses set ``model_types``/``supported_kinds`` and override ``sync_module``."""
+
+    name = "generic"
+    model_types: tuple = ()
+    supported_kinds: frozenset = frozenset({Kind.FFN})
+
+    def sync(self, module: nn.Module) -> dict:
+        attrs = sync_standard_module(module)
+        attrs.update(self.sync_module(module))
+        return attrs
+
+    def sync_module(self, module: nn.Module) -> dict:
+        return {}
+
+    def patch_config(self, config, model) -> bool:
+        """Write uniform widths into ``config``; True if the stock config now describes ``model``."""
+        return False
+
+
+class GenericAdapter(FamilyAdapter):
+    """Any nn.Module: plain FFN-like groups between standard layers only."""
