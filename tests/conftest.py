@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def ids():
+    g = torch.Generator().manual_seed(123)
+    return torch.randint(5, 128, (2, 9), generator=g)
+
+
+def half_plan(analysis, seed=0, kinds=None, vary=False):
+    """Keep a random half of every prunable group (at least one unit)."""
+    g = torch.Generator().manual_seed(seed)
+    plan = {}
+    for i, gr in enumerate(analysis.prunable()):
+        if kinds and gr.kind not in kinds:
+            continue
+        k = max(1, gr.units // 2 + (i % 2 if vary else 0))
+        k = min(k, gr.units)
+        plan[gr.id] = sorted(torch.randperm(gr.units, generator=g)[:k].tolist())
+    return plan
