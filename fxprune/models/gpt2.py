@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..analysis.groups import Kind
 from . import register
-from .base import FamilyAdapter
+from .base import FamilyAdapter, base_model
 
 
 @register
@@ -24,7 +24,7 @@ class GPT2Adapter(FamilyAdapter):
     def patch_config(self, config, model) -> bool:
         # GPT2Config derives head_dim from n_embd / n_head: fewer heads cannot be expressed. FFN
         # width can (n_inner) when every layer keeps the same width and heads are intact.
-        blocks = model.transformer.h
+        blocks = base_model(model).h
         if any(b.attn.c_attn.weight.shape[1] != 3 * config.n_embd for b in blocks):
             return False
         inner = {b.mlp.c_fc.weight.shape[1] for b in blocks}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..analysis.groups import Kind
 from . import register
-from .base import FamilyAdapter
+from .base import FamilyAdapter, base_model
 
 
 def _uniform(values):
@@ -33,7 +33,7 @@ class LlamaAdapter(FamilyAdapter):
         return {}
 
     def patch_config(self, config, model) -> bool:
-        layers = model.model.layers
+        layers = base_model(model).layers
         attn = [l.self_attn for l in layers]
         hd = attn[0].head_dim
         heads = _uniform(a.q_proj.weight.shape[0] // hd for a in attn)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..analysis.groups import Kind
 from . import register
-from .base import FamilyAdapter
+from .base import FamilyAdapter, base_model
 
 
 @register
@@ -20,7 +20,7 @@ class MambaAdapter(FamilyAdapter):
 
     def patch_config(self, config, model) -> bool:
         # MambaConfig derives intermediate_size from expand * hidden_size on load.
-        widths = {l.mixer.out_proj.weight.shape[1] for l in model.backbone.layers}
+        widths = {l.mixer.out_proj.weight.shape[1] for l in base_model(model).layers}
         if widths != {config.intermediate_size}:
             return False
         return True

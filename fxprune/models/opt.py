@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..analysis.groups import Kind
 from . import register
-from .base import FamilyAdapter
+from .base import FamilyAdapter, base_model
 
 
 @register
@@ -22,7 +22,7 @@ class OPTAdapter(FamilyAdapter):
         return {}
 
     def patch_config(self, config, model) -> bool:
-        layers = model.model.decoder.layers
+        layers = base_model(model).decoder.layers
         if any(l.self_attn.q_proj.weight.shape[0] != config.hidden_size for l in layers):
             return False  # head_dim derives from hidden_size / num_attention_heads
         ffn = {l.fc1.weight.shape[0] for l in layers}

@@ -1,0 +1,51 @@
+"""An op with no rule blocks exactly the group it touches, and the report names it."""
+import copy
+
+import torch
+from torch import nn
+
+from fxprune.analysis.analyser import analyse
+from fxprune.surgery import apply_mask, prune
+
+
+@torch.library.custom_op("fxprune_test::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1).clone()
+
+
+@mystery.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class TwoFFN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.a_up, self.a_down = nn.Linear(16, 24), nn.Linear(24, 16)
+        self.b_up, self.b_down = nn.Linear(16, 20), nn.Linear(20, 16)
+        self.head = nn.Linear(16, 50)
+
+    def forward(self, input_ids):
+        h = self.embed(input_ids)
+        h = h + self.a_down(torch.relu(self.a_up(h)))
+        h = h + self.b_down(mystery(torch.relu(self.b_up(h))))  # channel order scrambled
+        return self.head(h)
+
+
+def test_custom_op_blocks_only_its_group():
+    m = TwoFFN().eval()
+    ids = torch.randint(0, 50, (1, 5))
+    a = analyse(m, supported_kinds={"ffn_channels"})
+    by_param = {(m_.param, m_.dim): g for g in a.groups for m_ in g.members}
+    ok, bad = by_param[("a_up.weight", 0)], by_param[("b_up.weight", 0)]
+    assert ok.prunable and ok.kind == "ffn_channels" and ok.units == 24
+    assert not bad.prunable
+    assert any("fxprune_test.mystery" in b for b in bad.blocked_by)
+    assert [o["op"] for o in a.blocking_ops] == ["fxprune_test.mystery.default"]
+    plan = {ok.id: list(range(0, 24, 3))}
+    ref = apply_mask(copy.deepcopy(m), a, plan)
+    prune(m, plan, a)
+    assert m.a_up.out_features == 8 and m.a_down.in_features == 8
+    with torch.no_grad():
+        assert torch.allclose(m(ids), ref(ids), atol=1e-6)
