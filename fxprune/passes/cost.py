@@ -1,0 +1,78 @@
+"""A sympy cost model of a pruned model as a function of the kept units of every group.
+
+Every prunable group ``g`` gets a symbol ``k_g`` (kept units, ``0 < k_g <= units``). A parameter
+touched by groups ``G_p`` (q_proj rows are in both a KV-group and a q-per-KV group) has
+``numel * prod_{g in G_p} k_g / units_g`` entries, so the parameter count is an exact polynomial.
+FLOPs per token: 2 per linear weight entry, plus attention ``4 * L * (q width)`` per layer with the
+sequence length ``L`` a symbol. KV-cache bytes per token: ``2 * (k width) * bytes`` per layer.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..analysis.analyser import Analysis
+from ..analysis.groups import Kind
+
+L = sp.Symbol("L", positive=True, integer=True)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    symbols: dict            # group id -> sympy Symbol (kept units)
+    params: sp.Expr          # all parameters
+    linear_params: sp.Expr   # parameters of prunable groups' linear weights (decoder linear layers)
+    flops_per_token: sp.Expr
+    kv_bytes_per_token: sp.Expr
+
+    def evaluate(self, expr: sp.Expr, kept: dict, seq_len: int | None = None) -> int:
+        """``expr`` at ``kept`` (group id -> kept units; unlisted groups stay whole)."""
+        subs = {s: kept.get(gid, self.units[gid]) for gid, s in self.symbols.items()}
+        if seq_len is not None:
+            subs[L] = seq_len
+        return int(sp.nsimplify(expr.subs(subs)))
+
+    @property
+    def units(self) -> dict:
+        return self._units  # set in build_cost_model
+
+
+def build_cost_model(model, analysis: Analysis, kv_bytes: int = 2) -> CostModel:
+    """Cost expressions for ``model`` (eager, dense) given its ``analysis``."""
+    groups = analysis.prunable()
+    symbols = {g.id: sp.Symbol(f"k[{g.id}]", positive=True, integer=True) for g in groups}
+    scale = defaultdict(lambda: sp.Integer(1))  # param -> product of k_g/units_g
+    for g in groups:
+        for m in {m.param for m in g.members}:
+            scale[m] *= symbols[g.id] / g.units
+    total = sp.Integer(0)
+    linear = sp.Integer(0)
+    flops = sp.Integer(0)
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        term = p.numel() * scale[name]
+        total += term
+        if p.dim() == 2 and name in scale:
+            linear += term
+            flops += 2 * term
+    # Attention: scores and context cost 4 * L * (q width) FLOPs per token; the KV cache holds k and
+    # v, each (q width / q heads per KV head) wide.
+    q_width, rep = {}, {}
+    for g in groups:
+        if g.kind in (Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV):
+            cons = g.members_by_role("consumer")[0]
+            q_width[g.module] = cons.size * scale[cons.param]
+            if g.kind == Kind.ATTN_Q_PER_KV:
+                rep[g.module] = symbols[g.id]
+    kv = sp.Integer(0)
+    for mod, width in q_width.items():
+        flops += 4 * L * width
+        kv += 2 * kv_bytes * width / rep.get(mod, 1)
+    cm = CostModel(symbols, sp.expand(total), sp.expand(linear), sp.expand(flops), sp.expand(kv))
+    object.__setattr__(cm, "_units", {g.id: g.units for g in groups})
+    return cm
