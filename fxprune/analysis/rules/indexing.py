@@ -122,3 +122,28 @@ def getitem(ctx):
         return
     for d in range(ctx.rank(key)):
         ctx.link1(key, d, ctx.out, d)
+
+
+@rule("aten.index")
+def index(ctx):
+    """Advanced indexing ``x[..., idx, ...]``: indexed dims are blocked; the others pass through.
+
+    Handles adjacent index tensors (the result dims sit where the first one was); anything else
+    blocks every dim."""
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    idx = list(ctx.arg(1))
+    pos = [i for i, t in enumerate(idx) if t is not None]
+    r, ro = ctx.rank(src), ctx.rank(out)
+    for i in pos:
+        ctx.block(src, i, "indexed")
+    if not pos or pos != list(range(pos[0], pos[-1] + 1)):
+        ctx.block_all(src, "indexed")
+        ctx.block_all(out, "indexed")
+        return
+    n_idx = ro - (r - len(pos))  # dims the broadcast index shape adds
+    for d in range(pos[0]):
+        ctx.link1(src, d, out, d)
+    for k, d in enumerate(range(pos[-1] + 1, r)):
+        ctx.link1(src, d, out, pos[0] + n_idx + k)
+    for j in range(pos[0], pos[0] + n_idx):
+        ctx.block(out, j, "indexed")
