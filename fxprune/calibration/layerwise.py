@@ -109,10 +109,12 @@ def _run(block: torch.nn.Module, inputs: Sequence[BlockInput]) -> list[torch.Ten
 def calibrate_layerwise(model: torch.nn.Module, batches: Sequence[Batch], request: StatsRequest, *,
                         on_block: OnBlock | None = None, stream: Stream = Stream.DENSE,
                         reduce: Reduce | None = None, blocks: BlockList | None = None,
-                        progress: bool = True) -> Statistics:
+                        keep_stats: bool = True, progress: bool = True) -> Statistics:
     """Statistics of every requested module, gathered block by block (see the module docstring).
 
     ``reduce`` (a sum all-reduce) is applied to each block's sums before ``on_block`` sees them.
+    ``keep_stats=False`` drops each block's statistics after ``on_block`` (a pass that solves block
+    by block then never holds more than one block's Gram matrices; the result is empty).
     """
     blocks = blocks or find_blocks(model)
     per_block = _names_by_block(blocks, request)
@@ -132,7 +134,8 @@ def calibrate_layerwise(model: torch.nn.Module, batches: Sequence[Batch], reques
         if reduce is not None:
             col.reduce(reduce)
         stats = col.result()
-        results.update(stats)
+        if keep_stats:
+            results.update(stats)
         ctx = BlockContext(i, blocks.qualified(i), inputs)
         if stream is Stream.PRUNED:
             dense_outs = outs if dense_inputs is inputs else _run(block, dense_inputs)
@@ -146,4 +149,5 @@ def calibrate_layerwise(model: torch.nn.Module, batches: Sequence[Batch], reques
         inputs = [inp.with_hidden(o) for inp, o in zip(inputs, outs)]
         if stream is Stream.PRUNED and on_block is None:
             dense_inputs = inputs
+        del stats, col, ctx
     return Statistics(results)
