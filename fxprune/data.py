@@ -158,6 +158,14 @@ class ByteTokenizer:
         return ids
 
 
+def tokenizer_for(loaded: Any) -> Any:
+    """The tokenizer of a ``LoadedModel``; tiny models (no tokenizer) get a ``ByteTokenizer``."""
+    if loaded.tokenizer is not None:
+        return loaded.tokenizer
+    cfg = loaded.model.config
+    return ByteTokenizer(cfg.vocab_size, getattr(cfg, "bos_token_id", None))
+
+
 def tokenize(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
     """Token ids of ``text`` (HF tokenizers and ``ByteTokenizer``)."""
     if hasattr(tokenizer, "model_max_length"):  # HF: silence the "longer than max length" warning

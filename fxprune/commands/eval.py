@@ -29,14 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPU")
 
 
-def _tokenizer(loaded):
-    if loaded.tokenizer is not None:
-        return loaded.tokenizer
-    from ..data import ByteTokenizer
-    cfg = loaded.model.config
-    return ByteTokenizer(cfg.vocab_size, getattr(cfg, "bos_token_id", None))
-
-
 def _versions() -> dict:
     import lightning
     import torch
@@ -49,7 +41,7 @@ def _versions() -> dict:
 def run(args) -> int:
     import torch
     from ..calibration.engine import Engine, EngineConfig
-    from ..data import evaluation_windows
+    from ..data import evaluation_windows, tokenizer_for
     from ..evaluation.tasks import load_task
     from ..loading import load_model
 
@@ -59,7 +51,7 @@ def run(args) -> int:
                                  precision=args.precision))
     engine.launch()
     loaded = load_model(args.model)
-    tok = _tokenizer(loaded)
+    tok = tokenizer_for(loaded)
     model = engine.prepare(loaded.model)
     result = {"ppl": {}, "tasks": {}, "protocol": {
         "model": loaded.source, "seq_len": args.seq_len, "windows": args.windows, "limit": args.limit,
