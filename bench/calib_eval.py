@@ -41,6 +41,21 @@ def rss_kb(field: str = "VmRSS") -> int:
     return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
+class Clock:
+    """Wall and process-CPU seconds (CPU time is robust to other processes sharing the cores)."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self):
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall += time.perf_counter() - self._w
+        self.cpu += time.process_time() - self._c
+
+
 def reset_peak() -> None:
     gc.collect()
     try:
@@ -102,9 +117,10 @@ def main() -> int:
 
         reset_peak()
         before_kb = rss_kb()
-        t = time.perf_counter()
-        calibrate_layerwise(model, batches, req, on_block=on_block, keep_stats=False)
-        lw_s = time.perf_counter() - t
+        lw = Clock()
+        with lw:
+            calibrate_layerwise(model, batches, req, on_block=on_block, keep_stats=False)
+        lw_s = lw.wall
         peak_kb = rss_kb("VmHWM")
         hidden_mb = cal.ids.numel() * model.config.hidden_size * 4 / 2**20
         block = next(m for n, m in model.named_modules() if n.endswith("layers.0"))
@@ -119,24 +135,26 @@ def main() -> int:
         save()
 
         # 2. interleaved: plain forward vs forward with observers (whole model)
-        plain_s = hooked_s = 0.0
+        plain, hooked = Clock(), Clock()
         whole = StatsCollector(model, req)
         with torch.no_grad():
             for b in batches:
-                t = time.perf_counter()
-                model(**b, use_cache=False)
-                plain_s += time.perf_counter() - t
+                with plain:
+                    model(**b, use_cache=False)
                 with whole:
                     whole.set_token_mask(None, tuple(b["input_ids"].shape))
-                    t = time.perf_counter()
-                    model(**b, use_cache=False)
-                    hooked_s += time.perf_counter() - t
+                    with hooked:
+                        model(**b, use_cache=False)
+        plain_s, hooked_s = plain.wall, hooked.wall
         ws = whole.result()
         rel = max(max(abs(ws[n].gram.norm().item() - summary[n][0]) / summary[n][0],
                       abs(ws[n].input_sum.norm().item() - summary[n][1]) / summary[n][1]) for n in names)
         res["timing"] = {"plain_forward_s": plain_s, "whole_model_with_observers_s": hooked_s,
                          "layerwise_s": lw_s, "ratio_whole_vs_plain": hooked_s / plain_s,
                          "ratio_layerwise_vs_plain": lw_s / plain_s,
+                         "cpu_plain_forward_s": plain.cpu, "cpu_whole_model_with_observers_s": hooked.cpu,
+                         "cpu_layerwise_s": lw.cpu, "cpu_ratio_whole_vs_plain": hooked.cpu / plain.cpu,
+                         "cpu_ratio_layerwise_vs_plain": lw.cpu / plain.cpu,
                          "tokens": cal.ids.numel(), "plain_tokens_per_s": cal.ids.numel() / plain_s}
         res["layerwise_vs_whole_max_rel_diff"] = rel
         res["counts_equal"] = all(ws[n].count == summary[n][2] == cal.ids.numel() for n in names)
