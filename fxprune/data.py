@@ -37,6 +37,8 @@ NAMED_FILES = {
     "c4": "c4/c4-train.00000-of-01024.first1000.jsonl",
 }
 GENERATED = "generated"
+#: Evaluation files that calibration must never read (relative to the data root).
+EVALUATION_FILES = ("wikitext-2-raw/wiki.test.raw", "wikitext-2/wiki.test.tokens")
 
 
 def data_root(arg: str | os.PathLike | None = None) -> Path:
@@ -213,9 +215,12 @@ class Windows:
 
 
 def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.nn.Module | None = None,
-                        root: str | None = None, evaluation_files: Sequence[Path] = ()) -> Windows:
+                        root: str | None = None, evaluation_files: Sequence[Path] | None = None) -> Windows:
     """``cfg.n_samples`` windows of ``cfg.seq_len`` tokens from ``cfg.source`` (GPTQ-style sampling:
-    a random document long enough, then a random start inside it)."""
+    a random document long enough, then a random start inside it).
+
+    ``evaluation_files``: files the source must not be (default: the known test splits under the
+    data root, ``EVALUATION_FILES``); a match raises ``DataError``."""
     if cfg.source == GENERATED:
         if model is None:
             raise DataError("generated (data-free) calibration needs the model")
@@ -224,7 +229,9 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
         docs, sha, name = read_hf_documents(cfg.source), None, cfg.source
     else:
         path = resolve(cfg.source, root)
-        check_disjoint(path, evaluation_files)
+        if evaluation_files is None:
+            evaluation_files = [data_root(root) / f for f in EVALUATION_FILES]
+        check_disjoint(path, [f for f in evaluation_files if Path(f).exists()])
         docs, sha, name = read_documents(path), sha256_file(path), str(path)
     rng = random.Random(cfg.seed)
     cache: dict[int, list[int]] = {}

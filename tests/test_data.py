@@ -75,6 +75,10 @@ def test_same_file_for_calibration_and_evaluation_is_refused(root, tmp_path):
     with pytest.raises(DataError, match="same file"):
         check_disjoint(copy, [wt])
     check_disjoint(resolve("c4"), [wt])  # different data: fine
+    with pytest.raises(DataError, match="same file"):  # the known test splits are refused by default
+        calibration_windows(TOK, CalibrationConfig("wikitext2", n_samples=1, seq_len=8))
+    with pytest.raises(DataError, match="same file"):
+        calibration_windows(TOK, CalibrationConfig(str(copy), n_samples=1, seq_len=8))
 
 
 def test_missing_file_names_the_file(tmp_path, monkeypatch):

@@ -229,7 +229,7 @@ class Observer:
         wh = w.view(w.shape[0], h, d)
         out = torch.zeros(h, h, dtype=xs.dtype)
         for i in range(0, xs.shape[0], chunk):
-            o = torch.einsum("nhd,ehd->nhe", xs[i:i + chunk].view(-1, h, d), wh)  # per-head contributions
+            o = torch.einsum("nhd,ehd->nhe", xs[i:i + chunk].reshape(-1, h, d), wh)  # per-head contributions
             out += torch.einsum("nhe,nge->hg", o, o)
         return out
 
