@@ -78,11 +78,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stages", default="calib,ppl,zeroshot")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "calib_eval.json"))
+    ap.add_argument("--merge", action="store_true", help="update an existing results file (stages run apart)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     stages = set(args.stages.split(","))
-    res: dict = {"command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
-                 "versions": _versions(), "torch_threads": torch.get_num_threads()}
+    res: dict = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).is_file() else {}
+    run = {"command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
+           "versions": _versions(), "torch_threads": torch.get_num_threads()}
+    res.setdefault("runs", []).append(run)
 
     def save():
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +95,7 @@ def main() -> int:
     t = time.perf_counter()
     lm = load_model(args.model)
     model, tok = lm.model, tokenizer_for(lm)
-    res["load_s"] = time.perf_counter() - t
+    run["load_s"] = time.perf_counter() - t
     n_params = sum(p.numel() for p in model.parameters())
     model_mb = n_params * 4 / 2**20
     res["model"] = {"source": lm.source, "params": n_params, "fp32_mb": model_mb}

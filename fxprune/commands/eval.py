@@ -57,7 +57,7 @@ def run(args) -> int:
         "model": loaded.source, "seq_len": args.seq_len, "windows": args.windows, "limit": args.limit,
         "precision": args.precision, "world_size": engine.world_size,
         "perplexity": "exp(sum NLL / predicted tokens), non-overlapping windows, L-1 predictions each",
-        "zeroshot": "own scorer, lm-eval loglikelihood protocol; acc_norm = ll / len(continuation)",
+        "zeroshot": "own scorer, lm-eval loglikelihood protocol; acc_norm = ll / len(choice) in characters, as lm-eval",
         "data": {}, "versions": _versions()}}
     with torch.no_grad():
         for name in [s for s in args.ppl.split(",") if s]:

@@ -29,10 +29,21 @@ from ..errors import DataError
 
 @dataclass(frozen=True)
 class MCItem:
-    """One multiple-choice question: a (context, continuation) request per choice; ``gold`` indexes them."""
+    """One multiple-choice question: a (context, continuation) request per choice; ``gold`` indexes them.
+
+    ``choices``: the strings lm-eval's ``doc_to_choice`` returns (no target delimiter); acc_norm divides
+    by their length. Defaults to the continuations without the leading space.
+    """
 
     requests: tuple[tuple[str, str], ...]
     gold: int
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def norm_lengths(self) -> tuple[int, ...]:
+        texts = self.choices if self.choices is not None else tuple(c[1:] if c.startswith(" ") else c
+                                                                    for _, c in self.requests)
+        return tuple(max(len(t), 1) for t in texts)
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,8 @@ def _piqa(paths):
 
 @_register("winogrande", "zeroshot-llm-foundry/winogrande.jsonl")
 def _winogrande(paths):
-    return [MCItem(tuple((c, " " + r["continuation"]) for c in r["context_options"]), int(r["gold"]))
-            for r in _jsonl(paths[0])]
+    return [MCItem(tuple((c, " " + r["continuation"]) for c in r["context_options"]), int(r["gold"]),
+                   tuple(r["context_options"])) for r in _jsonl(paths[0])]
 
 
 def _hellaswag_pre(text: str) -> str:

@@ -8,8 +8,9 @@ For each request ``(context, continuation)`` (lm-eval ``HFLM._loglikelihood_toke
 3. the model sees ``(ctx + cont)[-(max_len+1):][:-1]`` (``max_len``: the model's maximum positions) and the log-likelihood is the sum of
    log-softmax scores of the continuation tokens.
 Per item: ``acc`` = argmax of log-likelihoods is gold; ``acc_norm`` = argmax of
-log-likelihood / length of the continuation string (lm-eval divides by ``len(choice)`` in
-characters; the same as bytes for ASCII text).
+log-likelihood / ``len(choice)``, the choice string without the leading delimiter, in characters,
+exactly as lm-eval's ``acc_norm`` (the same as bytes for ASCII text; for WinoGrande's partial
+scoring the "choices" are the two context options, as in lm-eval, where only acc is reported).
 
 Requests are sorted by length and batched up to a token budget; right padding never affects the
 scored positions of a causal model.
@@ -107,7 +108,7 @@ def score_items(items: Sequence[MCItem], lls: Sequence[float]) -> TaskResult:
     for item in items:
         ll = lls[k:k + len(item.requests)]
         k += len(item.requests)
-        norm = [v / max(len(cont), 1) for v, (_, cont) in zip(ll, item.requests)]
+        norm = [v / n for v, n in zip(ll, item.norm_lengths)]
         acc += int(max(range(len(ll)), key=ll.__getitem__) == item.gold)
         acc_norm += int(max(range(len(norm)), key=norm.__getitem__) == item.gold)
     n = max(len(items), 1)
