@@ -262,13 +262,25 @@ def generated_windows(model: torch.nn.Module, tokenizer: Any, cfg: CalibrationCo
     if start is None:
         start = 0
     gen = torch.Generator().manual_seed(cfg.seed)
-    ids = torch.full((cfg.n_samples, 1), int(start), dtype=torch.long)
+    device = next(model.parameters()).device
+    ids = torch.full((cfg.n_samples, 1), int(start), dtype=torch.long, device=device)
     from tqdm.auto import tqdm
+    past = None  # KV cache where the model returns one; otherwise the prefix is recomputed each step
     for _ in tqdm(range(cfg.seq_len - 1), desc="generate calibration", leave=False):
-        logits = model(input_ids=ids).logits[:, -1, :].float()
-        nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
+        if past is not None:
+            out = model(input_ids=ids[:, -1:], past_key_values=past, use_cache=True)
+        else:
+            out = model(input_ids=ids, use_cache=True) if _has_cache(model) else model(input_ids=ids)
+        past = getattr(out, "past_key_values", None)
+        probs = torch.softmax(out.logits[:, -1, :].float(), -1).cpu()
+        nxt = torch.multinomial(probs, 1, generator=gen).to(device)
         ids = torch.cat([ids, nxt], dim=1)
     return Windows(ids, GENERATED, None, int(ids.numel()))
+
+
+def _has_cache(model: torch.nn.Module) -> bool:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "use_cache", None) is not None and getattr(cfg, "model_type", "") != "mamba"
 
 
 def evaluation_windows(tokenizer: Any, source: str, seq_len: int, max_windows: int | None = None,

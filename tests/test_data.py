@@ -32,13 +32,15 @@ def test_text_file_source(tmp_path):
     assert all(bytes(x.tolist()).decode() in "abcdefghij" * 20 for x in w.ids)
 
 
-def test_generated_windows_start_at_bos():
-    model = tiny_model("llama")
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mamba"])
+def test_generated_windows_start_at_bos(family):
+    model = tiny_model(family)
     tok = ByteTokenizer(128, bos_token_id=1)
     w = calibration_windows(tok, CalibrationConfig("generated", n_samples=2, seq_len=6, seed=0), model=model)
     assert w.ids.shape == (2, 6) and (w.ids[:, 0] == 1).all()
     w2 = calibration_windows(tok, CalibrationConfig("generated", n_samples=2, seq_len=6, seed=0), model=model)
     assert torch.equal(w.ids, w2.ids)
+    assert len(set(w.ids[:, 1:].reshape(-1).tolist())) > 3  # sampled, not constant
 
 
 def test_hf_source_without_datasets_is_a_data_error():
