@@ -75,6 +75,15 @@ def test_stats_equal_direct_computation(exclude_first):
     torch.testing.assert_close(stats[O].head_gram.sum(), stats[O].output_sq.sum())
 
 
+def test_blocked_gram_equals_plain_product():
+    from fxprune.calibration.observers import gram
+    x = torch.randn(300, 1030, dtype=torch.float64)
+    g = gram(x)
+    torch.testing.assert_close(g, x.T @ x)
+    torch.testing.assert_close(g, g.T)
+    torch.testing.assert_close(gram(x[:, :50], min_blocked=8, blocks=3), x[:, :50].T @ x[:, :50])
+
+
 def test_padding_changes_the_sums():
     model = tiny_model("llama")
     b = _batches()[1]
