@@ -97,3 +97,12 @@ def test_malformed_jsonl_names_line(tmp_path):
     f.write_text('{"text": "ok"}\n{"txt": 1}\n')
     with pytest.raises(DataError, match="line 2"):
         read_documents(f)
+
+
+def test_any_text_file_as_evaluation_set(tmp_path):
+    f = tmp_path / "eval.txt"
+    f.write_text("hello world " * 10)  # 120 bytes
+    w = evaluation_windows(TOK, str(f), seq_len=25)
+    assert w.ids.shape == (4, 25) and bytes(w.ids.reshape(-1).tolist()) == ("hello world " * 10).encode()[:100]
+    with pytest.raises(DataError, match="fewer than one window"):
+        evaluation_windows(TOK, str(f), seq_len=500)
