@@ -1,0 +1,81 @@
+"""``fxprune eval MODEL``: WikiText-2 (or any text file) perplexity and zero-shot accuracy.
+
+Example: ``fxprune eval smollm2 --ppl wikitext2 --seq-len 512 --windows 64 --tasks arc_easy,piqa
+--limit 200 --json`` prints ``{"ppl": {...}, "tasks": {...}, "protocol": {...}}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+NAME = "eval"
+HELP = "Perplexity and zero-shot accuracy of a model (lm-eval log-likelihood protocol)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="smollm2, tiny:<family>, a .gguf file or a model directory")
+    p.add_argument("--ppl", default="", help="comma-separated perplexity sets: wikitext2 or text-file paths")
+    p.add_argument("--seq-len", type=int, default=512, help="window length L in tokens (default 512)")
+    p.add_argument("--windows", type=int, default=None, help="use only the first N windows")
+    p.add_argument("--tasks", default="", help="comma-separated zero-shot tasks (arc_easy, arc_challenge, "
+                                                "boolq, openbookqa, piqa, winogrande, hellaswag)")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each task")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--data-root", default=None, help="data directory (default $FXPRUNE_DATA or ../shared/data)")
+    p.add_argument("--batch-size", type=int, default=1, help="perplexity windows per forward")
+    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto")
+    p.add_argument("--devices", default="1", help="number of devices (several: DDP)")
+    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPU")
+
+
+def _versions() -> dict:
+    import lightning
+    import torch
+    import transformers
+    from .. import __version__
+    return {"fxprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "lightning": lightning.__version__, "python": sys.version.split()[0]}
+
+
+def run(args) -> int:
+    import torch
+    from ..calibration.engine import Engine, EngineConfig
+    from ..data import evaluation_windows, tokenizer_for
+    from ..evaluation.tasks import load_task
+    from ..loading import load_model
+
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    strategy = "ddp" if isinstance(devices, int) and devices > 1 else "auto"
+    engine = Engine(EngineConfig(accelerator=args.accelerator, devices=devices, strategy=strategy,
+                                 precision=args.precision))
+    engine.launch()
+    loaded = load_model(args.model)
+    tok = tokenizer_for(loaded)
+    model = engine.prepare(loaded.model)
+    result = {"ppl": {}, "tasks": {}, "protocol": {
+        "model": loaded.source, "seq_len": args.seq_len, "windows": args.windows, "limit": args.limit,
+        "precision": args.precision, "world_size": engine.world_size,
+        "perplexity": "exp(sum NLL / predicted tokens), non-overlapping windows, L-1 predictions each",
+        "zeroshot": "own scorer, lm-eval loglikelihood protocol; acc_norm = ll / len(choice) in characters, as lm-eval",
+        "data": {}, "versions": _versions()}}
+    with torch.no_grad():
+        for name in [s for s in args.ppl.split(",") if s]:
+            w = evaluation_windows(tok, name, args.seq_len, args.windows, root=args.data_root)
+            r = engine.perplexity(model, w.ids, batch_size=args.batch_size)
+            result["ppl"][name] = r.ppl
+            result["protocol"]["data"][name] = {**w.protocol(), "predicted_tokens": r.tokens}
+        for name in [s for s in args.tasks.split(",") if s]:
+            items, proto = load_task(name, args.data_root, args.limit)
+            r = engine.zeroshot(model, tok, items)
+            result["tasks"][name] = {"acc": r.acc, "acc_norm": r.acc_norm}
+            result["protocol"]["data"][name] = proto
+    if engine.is_main:
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            for k, v in result["ppl"].items():
+                print(f"ppl {k}: {v:.4f}")
+            for k, v in result["tasks"].items():
+                print(f"{k}: acc {v['acc']:.4f} acc_norm {v['acc_norm']:.4f}")
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluation: token-level perplexity and zero-shot multiple-choice accuracy (lm-eval protocol)."""

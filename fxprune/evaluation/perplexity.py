@@ -1,0 +1,69 @@
+"""Token-level perplexity over fixed windows: ``exp(Σ NLL / number of predicted tokens)``.
+
+Each window of L tokens predicts L−1 tokens (positions 1…L−1 from their prefixes inside the window;
+windows do not see each other). Padding (``attention_mask == 0``) is neither predicted nor counted.
+NLL is summed in float64; sums and counts are additive, so data-parallel ranks each score their
+shard and the engine all-reduces ``(nll, tokens)``.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    nll: float      # Σ of token negative log-likelihoods (nats)
+    tokens: int     # number of predicted tokens
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll / self.tokens)
+
+
+def logits_of(model: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    kw = {"input_ids": ids}
+    if attention_mask is not None:
+        kw["attention_mask"] = attention_mask
+    if getattr(getattr(model, "config", None), "use_cache", None) is not None:
+        kw["use_cache"] = False
+    out = model(**kw)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+@torch.no_grad()
+def window_nll(model: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ NLL as float64, number of predicted tokens) for a batch of windows ``ids`` [b, L]."""
+    logits = logits_of(model, ids, attention_mask)[:, :-1]
+    target = ids[:, 1:].to(logits.device)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none")
+    nll = nll.view(target.shape)
+    if attention_mask is not None:
+        m = (attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()).to(nll.device)
+        return nll[m].double().sum(), m.sum()
+    return nll.double().sum(), torch.tensor(target.numel())
+
+
+def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 1,
+               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               autocast: Callable[[], ContextManager] = nullcontext, device: torch.device | str | None = None,
+               progress: bool = True) -> PerplexityResult:
+    """Perplexity of ``model`` over ``windows`` [n, L] (this rank's shard; ``reduce`` sums across ranks)."""
+    from tqdm.auto import tqdm
+    device = device or next(model.parameters()).device
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    for i in tqdm(range(0, windows.shape[0], batch_size), desc="perplexity", leave=False, disable=not progress):
+        with autocast():
+            s, c = window_nll(model, windows[i:i + batch_size].to(device))
+        nll += s.to(device)
+        count += c.to(device)
+    if reduce is not None:
+        nll, count = reduce(nll), reduce(count)
+    return PerplexityResult(float(nll), int(round(float(count))))

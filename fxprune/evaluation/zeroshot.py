@@ -1,0 +1,121 @@
+"""Zero-shot multiple-choice scoring following lm-eval's log-likelihood protocol (own scorer).
+
+For each request ``(context, continuation)`` (lm-eval ``HFLM._loglikelihood_tokens``):
+1. trailing spaces of the context move to the continuation;
+2. ``whole = enc(context + continuation)``, ``ctx = enc(context)``, continuation tokens =
+   ``whole[len(ctx):]`` (an empty context uses the start/end-of-text token as prefix);
+   no special tokens are added (lm-eval's default for causal models);
+3. the model sees ``(ctx + cont)[-(max_len+1):][:-1]`` (``max_len``: the model's maximum positions) and the log-likelihood is the sum of
+   log-softmax scores of the continuation tokens.
+Per item: ``acc`` = argmax of log-likelihoods is gold; ``acc_norm`` = argmax of
+log-likelihood / ``len(choice)``, the choice string without the leading delimiter, in characters,
+exactly as lm-eval's ``acc_norm`` (the same as bytes for ASCII text; for WinoGrande's partial
+scoring the "choices" are the two context options, as in lm-eval, where only acc is reported).
+
+Requests are sorted by length and batched up to a token budget; right padding never affects the
+scored positions of a causal model.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..data import tokenize
+from .perplexity import logits_of
+from .tasks import MCItem
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    acc: float
+    acc_norm: float
+    items: int
+
+    def as_dict(self) -> dict:
+        return {"acc": self.acc, "acc_norm": self.acc_norm, "items": self.items}
+
+
+def encode_request(tokenizer: Any, context: str, continuation: str, prefix_token: int | None = None
+                   ) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens) of one request, as lm-eval splits them."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    if context == "":
+        prefix = prefix_token if prefix_token is not None else 0
+        return [prefix], tokenize(tokenizer, continuation, add_special_tokens=False)
+    whole = tokenize(tokenizer, context + continuation, add_special_tokens=False)
+    ctx = tokenize(tokenizer, context, add_special_tokens=False)
+    return ctx, whole[len(ctx):]
+
+
+@torch.no_grad()
+def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tuple[str, str]], *,
+                   max_length: int | None = None, max_batch_tokens: int = 4096,
+                   autocast: Callable[[], ContextManager] = nullcontext, progress: bool = True) -> list[float]:
+    """Sum of continuation log-probabilities for each ``(context, continuation)`` request."""
+    from tqdm.auto import tqdm
+    prefix = getattr(tokenizer, "eos_token_id", None)
+    if prefix is None:
+        prefix = getattr(tokenizer, "bos_token_id", None)
+    device = next(model.parameters()).device
+    if max_length is None:
+        cfg = getattr(model, "config", None)
+        max_length = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+    seqs = []
+    for ctx, cont in requests:
+        c, k = encode_request(tokenizer, ctx, cont, prefix)
+        full = (c + k)[-(max_length + 1):]
+        seqs.append((full[:-1], full[-len(k):] if k else []))
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    out = [0.0] * len(seqs)
+    bar = tqdm(total=len(seqs), desc="loglikelihood", leave=False, disable=not progress)
+    i = 0
+    while i < len(order):
+        longest = len(seqs[order[i]][0])
+        n = max(1, max_batch_tokens // max(longest, 1))
+        idx = order[i:i + n]
+        ids = torch.zeros(len(idx), longest, dtype=torch.long)
+        mask = torch.zeros(len(idx), longest, dtype=torch.long)
+        for r, j in enumerate(idx):
+            inp = seqs[j][0]
+            ids[r, :len(inp)] = torch.tensor(inp)
+            mask[r, :len(inp)] = 1
+        with autocast():
+            logits = logits_of(model, ids.to(device), mask.to(device))
+        for r, j in enumerate(idx):
+            inp, cont = seqs[j]
+            if not cont:
+                continue
+            pos = torch.arange(len(inp) - len(cont), len(inp))
+            lp = F.log_softmax(logits[r, pos].float(), dim=-1)
+            out[j] = float(lp.gather(-1, torch.tensor(cont, device=lp.device)[:, None]).sum())
+        bar.update(len(idx))
+        i += n
+    bar.close()
+    return out
+
+
+def score_items(items: Sequence[MCItem], lls: Sequence[float]) -> TaskResult:
+    """acc / acc_norm from per-request log-likelihoods laid out item after item."""
+    acc = acc_norm = 0
+    k = 0
+    for item in items:
+        ll = lls[k:k + len(item.requests)]
+        k += len(item.requests)
+        norm = [v / n for v, n in zip(ll, item.norm_lengths)]
+        acc += int(max(range(len(ll)), key=ll.__getitem__) == item.gold)
+        acc_norm += int(max(range(len(norm)), key=norm.__getitem__) == item.gold)
+    n = max(len(items), 1)
+    return TaskResult(acc / n, acc_norm / n, len(items))
+
+
+def evaluate_items(model: torch.nn.Module, tokenizer: Any, items: Sequence[MCItem], **kw) -> TaskResult:
+    """acc and acc_norm of ``model`` on ``items``."""
+    requests = [r for item in items for r in item.requests]
+    return score_items(items, loglikelihoods(model, tokenizer, requests, **kw))

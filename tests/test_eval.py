@@ -1,0 +1,135 @@
+"""Perplexity equals a hand loop; the zero-shot scorer picks known answers; the eval CLI."""
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fxprune.calibration.engine import Engine
+from fxprune.cli import main
+from fxprune.data import ByteTokenizer
+from fxprune.evaluation.perplexity import perplexity
+from fxprune.evaluation.tasks import TASKS, MCItem, load_task
+from fxprune.evaluation.zeroshot import encode_request, evaluate_items, loglikelihoods
+from fxprune.errors import DataError
+from fxprune.models.tiny import tiny_model
+
+
+def test_perplexity_equals_hand_loop():
+    model = tiny_model("llama")
+    w = torch.randint(0, 128, (5, 20), generator=torch.Generator().manual_seed(0))
+    res = perplexity(model, w, batch_size=2, progress=False)
+    nll = 0.0
+    with torch.no_grad():
+        for row in w:
+            logits = model(input_ids=row[None]).logits[0]
+            nll += sum(-F.log_softmax(logits[t], -1)[row[t + 1]].item() for t in range(19))
+    assert res.tokens == 5 * 19
+    assert math.isclose(res.nll, nll, rel_tol=1e-6)
+    assert math.isclose(res.ppl, math.exp(nll / 95), rel_tol=1e-6)
+    # the same through the Lightning engine, and HF's own mean loss
+    eng = Engine().perplexity(model, w, batch_size=5)
+    assert math.isclose(eng.ppl, res.ppl, rel_tol=1e-9)
+    with torch.no_grad():
+        hf = torch.stack([model(input_ids=r[None], labels=r[None]).loss for r in w]).mean()
+    assert math.isclose(res.ppl, math.exp(hf.item()), rel_tol=1e-5)
+
+
+class Bigram(torch.nn.Module):
+    """A toy LM: next-token log-probs depend only on the current byte, from a table we control."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+        self.config = SimpleNamespace(max_position_embeddings=64)
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def _toy():
+    t = torch.full((256, 256), -10.0)
+    t[ord(" "), ord("b")] = 0.0   # after a space, "b" is likely
+    t[ord("b"), ord("b")] = 0.0   # and "b" repeats
+    t[ord(" "), ord("a")] = -1.0
+    t[ord("a"), ord("a")] = -0.1  # "a" repeats almost surely
+    return Bigram(t)
+
+
+def test_loglikelihood_is_sum_of_continuation_logprobs():
+    model, tok = _toy(), ByteTokenizer(256)
+    (ll,) = loglikelihoods(model, tok, [("Q:", " bb")], progress=False)
+    lp = F.log_softmax(model.table, -1)
+    expected = lp[ord(":"), ord(" ")] + lp[ord(" "), ord("b")] + lp[ord("b"), ord("b")]
+    assert math.isclose(ll, float(expected), rel_tol=1e-6)
+    # trailing context spaces move to the continuation (lm-eval)
+    assert encode_request(tok, "Q: ", "bb") == encode_request(tok, "Q:", " bb")
+
+
+def test_acc_and_acc_norm_on_known_items():
+    model, tok = _toy(), ByteTokenizer(256)
+    # choice " b" beats " aaaaaa" on the total (fewer tokens) but " aaaaaa" wins per character.
+    items = [MCItem((("Q:", " b"), ("Q:", " aaaaaa")), gold=0),
+             MCItem((("Q:", " aaaaaa"), ("Q:", " b")), gold=0),
+             MCItem((("Q:", " bb"), ("Q:", " z")), gold=0)]
+    lls = loglikelihoods(model, tok, [r for it in items for r in it.requests], progress=False)
+    assert lls[0] > lls[1] and lls[0] / 1 < lls[1] / 6  # acc_norm divides by len('b'), len('aaaaaa')
+    res = evaluate_items(model, tok, items, progress=False)
+    assert res.items == 3
+    assert math.isclose(res.acc, 2 / 3) and math.isclose(res.acc_norm, 2 / 3)
+    # batching by token budget does not change the scores
+    lls1 = loglikelihoods(model, tok, [r for it in items for r in it.requests], max_batch_tokens=1,
+                          progress=False)
+    assert lls1 == pytest.approx(lls, rel=1e-6)
+
+
+def test_padding_in_batches_does_not_change_tiny_model_scores():
+    model, tok = tiny_model("llama"), ByteTokenizer(128)
+    reqs = [("Question: why?\nAnswer:", " because"), ("Hi", " there you go"), ("a", " b")]
+    batched = loglikelihoods(model, tok, reqs, progress=False)
+    single = [loglikelihoods(model, tok, [r], progress=False)[0] for r in reqs]
+    assert batched == pytest.approx(single, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_loads_with_lm_eval_formats(root, name):
+    items, proto = load_task(name, limit=3)
+    assert len(items) == 3 and proto["items"] == 3 and len(proto["sha256"]) == 64
+    for it in items:
+        assert 0 <= it.gold < len(it.requests)
+        assert all(cont.startswith(" ") for _, cont in it.requests)
+    if name in ("arc_easy", "arc_challenge", "piqa", "boolq"):
+        assert items[0].requests[0][0].endswith("\nAnswer:")
+    if name == "winogrande":
+        assert len({c for c, _ in items[0].requests}) == 2 and len({k for _, k in items[0].requests}) == 1
+
+
+def test_unknown_task_and_missing_files(tmp_path):
+    with pytest.raises(DataError, match="unknown task"):
+        load_task("nope")
+    with pytest.raises(DataError, match="arc_easy.jsonl"):
+        load_task("arc_easy", root=str(tmp_path))
+
+
+def test_eval_cli_json(root, capsys):
+    rc = main(["eval", "tiny:llama", "--ppl", "wikitext2", "--seq-len", "32", "--windows", "3",
+               "--tasks", "arc_easy,piqa", "--limit", "4", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"ppl", "tasks", "protocol"}
+    assert 1 < out["ppl"]["wikitext2"] < 1e4
+    assert set(out["tasks"]) == {"arc_easy", "piqa"}
+    for v in out["tasks"].values():
+        assert set(v) == {"acc", "acc_norm"} and 0 <= v["acc"] <= 1
+    p = out["protocol"]
+    assert p["seq_len"] == 32 and p["data"]["wikitext2"]["windows"] == 3
+    assert p["data"]["wikitext2"]["tokens"] == 96 and p["data"]["wikitext2"]["predicted_tokens"] == 93
+    assert len(p["data"]["wikitext2"]["sha256"]) == 64 and "torch" in p["versions"]
+
+
+def test_eval_cli_missing_data_is_an_error(tmp_path, capsys):
+    rc = main(["eval", "tiny:llama", "--ppl", "wikitext2", "--data-root", str(tmp_path)])
+    assert rc == 2
+    assert "wiki.test.raw" in capsys.readouterr().err
