@@ -1,0 +1,108 @@
+"""Budget allocation: from unit scores to a plan (group id -> kept units) that meets a target.
+
+* ``uniform``: every attention group keeps the same number of units (the count whose removed share
+  of attention parameters is closest to the target), every FFN/SSM group the same width, solved so
+  the total removal is closest to the target.
+* ``global`` (FLAP's "AL-AM" reading): scores are standardised within each group, pooled across
+  layers and kinds, and the lowest units are removed until the target is met: widths adapt per layer.
+
+Widths of channel groups are rounded to ``channel_multiple``; the achieved removal is computed
+exactly by the sympy cost model and reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..analysis.groups import Kind
+from .cost import CostModel
+
+ATTN = (Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    plan: dict          # group id -> sorted kept unit indices
+    kept: dict          # group id -> kept unit count
+    removed: int        # parameters removed (exact, within the recipe's scope)
+    budget: int         # parameters the target asked to remove
+    total: int          # parameters in scope before pruning
+
+    @property
+    def achieved(self) -> float:
+        return self.removed / self.total
+
+
+def _top(scores: torch.Tensor, k: int) -> list[int]:
+    return sorted(torch.argsort(scores, descending=True, stable=True)[:k].tolist())
+
+
+def _round(k: int, units: int, multiple: int) -> int:
+    if units <= multiple:
+        return max(1, k)
+    return max(multiple, min(units, int(round(k / multiple)) * multiple))
+
+
+def allocate(groups, scores: dict, cost: CostModel, expr, target: float, allocation: str,
+             channel_multiple: int = 8) -> Allocation:
+    """Plan for ``groups`` (already filtered by kind/protection) removing ``target`` of ``expr``."""
+    total = cost.evaluate(expr, {})
+    budget = int(round(target * total))
+    attn = [g for g in groups if g.kind in ATTN]
+    chan = [g for g in groups if g.kind not in ATTN]
+    removed = lambda kept: total - cost.evaluate(expr, kept)  # noqa: E731
+    if allocation == "uniform":
+        kept = _uniform(attn, chan, removed, budget, total, target, channel_multiple)
+    else:
+        kept = _global(attn + chan, scores, removed, budget, channel_multiple)
+    plan = {g.id: _top(scores[g.id], kept[g.id]) for g in groups if kept[g.id] < g.units}
+    kept = {g: len(v) for g, v in plan.items()}
+    return Allocation(plan, kept, removed(kept), budget, total)
+
+
+def _uniform(attn, chan, removed, budget, total, target, mult):
+    kept = {}
+    if attn:
+        units = attn[0].units
+        attn_total = removed({g.id: 1 for g in attn}) * units / max(1, units - 1)
+        best = min(range(1, units + 1),
+                   key=lambda k: abs(removed({g.id: k for g in attn}) / max(attn_total, 1) - target))
+        kept.update({g.id: best for g in attn})
+    if chan:
+        lo, hi = 1, max(g.units for g in chan)
+        def at(frac_k):
+            return {**kept, **{g.id: _round(min(g.units, frac_k), g.units, mult) for g in chan}}
+        while lo < hi:  # largest width whose removal still reaches the budget
+            mid = (lo + hi + 1) // 2
+            if removed(at(mid)) >= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        cands = [lo, min(hi + 1, max(g.units for g in chan))]
+        kept = min((at(c) for c in cands), key=lambda k: abs(removed(k) - budget))
+    return {**{g.id: g.units for g in attn + chan}, **kept}
+
+
+def _global(groups, scores, removed, budget, mult):
+    pool = []
+    for g in groups:
+        s = scores[g.id]
+        z = (s - s.mean()) / (s.std() + 1e-12) if g.units > 1 else s * 0
+        for u in range(g.units):
+            pool.append((float(z[u]), g.id, u))
+    pool.sort()
+    by_id = {g.id: g for g in groups}
+    kept = {g.id: g.units for g in groups}
+    minimum = {g.id: (1 if g.kind in ATTN else min(mult, g.units)) for g in groups}
+    for z, gid, u in pool:
+        if removed(kept) >= budget:
+            break
+        if kept[gid] - 1 < minimum[gid]:
+            continue
+        kept[gid] -= 1
+    for gid, k in kept.items():
+        g = by_id[gid]
+        if g.kind not in ATTN:
+            kept[gid] = _round(k, g.units, mult)
+    return kept

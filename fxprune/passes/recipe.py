@@ -1,0 +1,98 @@
+"""Typed, validated, serialisable structured-pruning recipes (YAML/JSON at the boundary only)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..errors import RecipeError
+
+SCOPES = ("decoder_linear", "all")
+ALLOCATIONS = ("uniform", "global")
+ATTENTION_UNITS = ("q_per_kv", "kv_groups")
+KINDS = ("attention", "ffn", "ssm")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to prune and how.
+
+    ``target``: fraction of parameters to remove, counted over ``scope`` (``decoder_linear``: the
+    weights of the prunable groups' linear layers; ``all``: every parameter). ``kinds``: which group
+    families may lose units. ``attention_unit``: for GQA models, remove q heads uniformly in every
+    KV group (``q_per_kv``) or whole KV groups. ``channel_multiple``: FFN/SSM widths are rounded to a
+    multiple of it. ``protect_first``/``protect_last``: blocks left whole."""
+
+    criterion: str = "flap"
+    reconstruction: str = "liar"
+    allocation: str = "uniform"
+    target: float = 0.2
+    scope: str = "decoder_linear"
+    kinds: tuple = ("attention", "ffn", "ssm")
+    attention_unit: str = "q_per_kv"
+    channel_multiple: int = 8
+    protect_first: int = 0
+    protect_last: int = 0
+    damping: float = 0.01
+    calib_source: str = "c4"
+    calib_samples: int = 128
+    calib_seq_len: int = 128
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        from .criteria import CRITERIA
+        from .reconstruct import RECONSTRUCTORS
+        object.__setattr__(self, "kinds", tuple(self.kinds))
+        checks = [
+            ("criterion", self.criterion in CRITERIA, sorted(CRITERIA)),
+            ("reconstruction", self.reconstruction in RECONSTRUCTORS, sorted(RECONSTRUCTORS)),
+            ("allocation", self.allocation in ALLOCATIONS, ALLOCATIONS),
+            ("scope", self.scope in SCOPES, SCOPES),
+            ("attention_unit", self.attention_unit in ATTENTION_UNITS, ATTENTION_UNITS),
+            ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise RecipeError(f"recipe field {name!r}: {getattr(self, name)!r} is not one of {list(allowed)}")
+        if not 0.0 <= self.target < 1.0:
+            raise RecipeError(f"recipe field 'target': {self.target} must be in [0, 1)")
+        for name in ("channel_multiple", "calib_samples", "calib_seq_len", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise RecipeError(f"recipe field {name!r} must be >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        d = dict(d)
+        d.pop("method", None)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise RecipeError(f"recipe has unknown fields {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise RecipeError(f"recipe: {e}") from e
+
+    @classmethod
+    def from_file(cls, path) -> "Recipe":
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+                d = yaml.safe_load(text)
+            else:
+                d = json.loads(text)
+        except Exception as e:
+            raise RecipeError(f"recipe file {path}: cannot parse ({e})") from e
+        if not isinstance(d, dict):
+            raise RecipeError(f"recipe file {path}: expected a mapping at the top level")
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kinds"] = list(self.kinds)
+        return {"method": "structured", **d}

@@ -1,0 +1,73 @@
+"""Reconstructors compensate a consumer layer for the input channels that pruning removes.
+
+Contract: ``needs`` lists the ``Stat``s read from each consumer module on the *pruned* stream
+(layer-wise calibration: block i sees the outputs of the already-pruned blocks before it);
+``fold(layer, keep, stats)`` updates the consumer's kept columns and bias in place *before* the
+removed columns are sliced away; ``refit`` (optional) runs after surgery on the block.
+One small file per reconstructor.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ...calibration.observers import Stat
+from ...errors import RecipeError
+
+RECONSTRUCTORS: dict[str, type] = {}
+
+
+def register(cls):
+    RECONSTRUCTORS[cls.name] = cls
+    return cls
+
+
+class ConsumerLayer:
+    """A consumer module viewed as ``y = W x + b`` with ``W`` (out, in) over the pruned dim."""
+
+    def __init__(self, model: nn.Module, module: str, weight_param: str, dim: int):
+        self.module = model.get_submodule(module)
+        self.name, self.weight_name, self.dim = module, weight_param, dim
+
+    @property
+    def W(self) -> torch.Tensor:
+        w = self.module.get_parameter(self.weight_name.rsplit(".", 1)[1])
+        return w if self.dim == 1 else w.transpose(0, 1)
+
+    def bias(self, create: bool = False) -> torch.Tensor | None:
+        b = getattr(self.module, "bias", None)
+        if b is None and create:
+            w = self.W
+            b = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+            self.module.bias = b  # LLaMA's o_proj/down_proj have none: add one (saved as structure)
+        return b
+
+
+class Reconstructor:
+    name: ClassVar[str] = "none"
+    needs: ClassVar[frozenset] = frozenset()
+    refits: ClassVar[bool] = False
+
+    def fold(self, layer: ConsumerLayer, keep: torch.Tensor, stats, damping: float) -> None:
+        """Compensate the removed columns (``~keep``) in the kept ones and the bias (in place)."""
+
+
+@register
+class NoReconstruction(Reconstructor):
+    name = "none"
+
+
+def get_reconstructor(name: str) -> Reconstructor:
+    if name not in RECONSTRUCTORS:
+        raise RecipeError(f"reconstruction: unknown {name!r}; known: {sorted(RECONSTRUCTORS)}")
+    return RECONSTRUCTORS[name]()
+
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
+
+__all__ = ["ConsumerLayer", "RECONSTRUCTORS", "Reconstructor", "Stat", "get_reconstructor", "register"]

@@ -1,0 +1,42 @@
+"""GOA two-step reconstruction (reading of Li, Dong, Lei, CPAL 2025; not verified against code).
+
+Step 1 (before removal) folds the removed units into the kept ones exactly as LIAR. Step 2 (after
+removal) refits each consumer on the *pruned* stream's inputs against the *dense* model's outputs:
+``[W' b'] = argmin ||[X_pruned 1] [W' b']^T - Y_dense||^2`` (ridge on W only), layer by layer.
+"""
+import torch
+
+from . import Stat, register
+from .liar import Liar, solve_damped
+
+
+@register
+class GOATwoStep(Liar):
+    name = "goa"
+    needs = frozenset({Stat.INPUT_GRAM, Stat.INPUT_SUM})
+    refits = True
+
+
+class RefitAccumulator:
+    """Sums ``[x 1]^T [x 1]`` and ``[x 1]^T y`` over calibration tokens for one consumer."""
+
+    def __init__(self):
+        self.A = None
+        self.C = None
+
+    def add(self, x: torch.Tensor, y: torch.Tensor):
+        x = x.reshape(-1, x.shape[-1]).double()
+        y = y.reshape(-1, y.shape[-1]).double()
+        xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+        A, C = xa.T @ xa, xa.T @ y
+        self.A = A if self.A is None else self.A + A
+        self.C = C if self.C is None else self.C + C
+
+    @torch.no_grad()
+    def solve_into(self, layer, damping: float):
+        d = self.A.shape[0] - 1
+        Z = solve_damped(self.A, self.C, d, damping)
+        W = layer.W
+        W.copy_(Z[:d].T.to(W.dtype))
+        b = layer.bias(create=True)
+        b.copy_(Z[d].to(b.dtype))
