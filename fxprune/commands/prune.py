@@ -1,0 +1,138 @@
+"""``fxprune prune MODEL --recipe RECIPE --calib DATA --out DIR [--dry-run]``.
+
+Structured recipes (``method: structured``) run the pass pipeline of ``fxprune.passes``; sparsity
+recipes (``method: mrp | sparsegpt | wanda | magnitude``) run ``fxprune.sparsity``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+NAME = "prune"
+HELP = "Prune MODEL by RECIPE with calibration DATA and save the result to DIR."
+
+
+def add_arguments(p):
+    p.add_argument("model", help="smollm2, minilm, tiny:<family>, a .gguf file or a model directory")
+    p.add_argument("--recipe", required=True, help="recipe file (.yaml/.json) or a name in fxprune/recipes")
+    p.add_argument("--calib", default=None, help="calibration data: c4, a text/jsonl file, hf:<name> or "
+                                                 "generated (default: the recipe's calib_source)")
+    p.add_argument("--out", default=None, help="output directory (written atomically)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--eval-ppl", default="", help="also report perplexity before/after on this set (wikitext2)")
+    p.add_argument("--seq-len", type=int, default=128, help="perplexity window length")
+    p.add_argument("--windows", type=int, default=64, help="perplexity windows")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def resolve_recipe(spec: str) -> Path:
+    path = Path(spec)
+    if path.is_file():
+        return path
+    builtin = Path(__file__).resolve().parent.parent / "recipes"
+    for cand in (builtin / spec, builtin / f"{spec}.yaml", builtin / f"{spec}.json"):
+        if cand.is_file():
+            return cand
+    from ..errors import RecipeError
+    raise RecipeError(f"recipe {spec!r}: no such file and no built-in recipe of that name in {builtin}")
+
+
+def _method(path: Path) -> str:
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text).get("method", "structured")
+    import yaml
+    return (yaml.safe_load(text) or {}).get("method", "structured")
+
+
+def run(args) -> int:
+    path = resolve_recipe(args.recipe)
+    if _method(path) != "structured":
+        from .sparsify import run as run_sparsify
+        args.recipe = str(path)
+        return run_sparsify(args)
+    return _run_structured(args, path)
+
+
+def _ppl(model, tok, args):
+    from ..calibration import Engine
+    from ..data import evaluation_windows
+    w = evaluation_windows(tok, args.eval_ppl, args.seq_len, args.windows, root=args.data_root)
+    return Engine().perplexity(model, w.ids).ppl
+
+
+def _run_structured(args, path: Path) -> int:
+    from dataclasses import replace
+
+    from ..calibration import Engine
+    from ..checkpoint import save_pruned
+    from ..data import CalibrationConfig, calibration_windows, tokenizer_for
+    from ..loading import load_model
+    from ..passes.base import PassContext, PassManager
+    from ..passes.pipeline import Allocate, Analyse, Score, SelectGroups, prune_model
+    from ..passes.recipe import Recipe
+
+    recipe = Recipe.from_file(path)
+    if args.calib:
+        recipe = replace(recipe, calib_source=args.calib)
+    if not args.dry_run and not args.out:
+        from ..errors import RecipeError
+        raise RecipeError("--out is required unless --dry-run")
+    loaded = load_model(args.model)
+    model, tok = loaded.model, tokenizer_for(loaded)
+    cfg = CalibrationConfig(recipe.calib_source, recipe.calib_samples, recipe.calib_seq_len, recipe.seed)
+    windows = calibration_windows(tok, cfg, model=model, root=args.data_root)
+    report = {"model": args.model, "recipe_file": str(path), "calibration": windows.protocol()
+              if hasattr(windows, "protocol") else {}}
+    engine = Engine()
+    if args.dry_run:
+        ctx = PassManager([Analyse(), SelectGroups(recipe), Score(recipe, windows.ids, engine),
+                           Allocate(recipe)]).run(PassContext(model))
+        cost, plan = ctx["cost"], ctx["plan"]
+        kept = {g: len(k) for g, k in plan.items()}
+        a = ctx["analysis"]
+        report["plan"] = {g: {"kind": a.group(g).kind, "units": a.group(g).units, "kept": len(k),
+                              "kept_units": k if len(k) <= 16 else f"{len(k)} indices"} for g, k in plan.items()}
+        report["params"] = [cost.evaluate(cost.params, {}), cost.evaluate(cost.params, kept)]
+        report["flops_per_token_L"] = {"L": recipe.calib_seq_len,
+                                       "before": cost.evaluate(cost.flops_per_token, {}, recipe.calib_seq_len),
+                                       "after": cost.evaluate(cost.flops_per_token, kept, recipe.calib_seq_len)}
+        report["passes"] = [{"name": r.name, **r.report} for r in ctx.results]
+        _print(report, args, dry=True)
+        return 0
+    if args.eval_ppl:
+        report["ppl_dense"] = _ppl(model, tok, args)
+    t0 = time.perf_counter()
+    out = prune_model(model, recipe, windows.ids, engine)
+    report.update(out.report)
+    report["prune_seconds"] = round(time.perf_counter() - t0, 2)
+    if args.eval_ppl:
+        report["ppl_pruned"] = _ppl(model, tok, args)
+    save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan})
+    report["out"] = args.out
+    _print(report, args)
+    return 0
+
+
+def _print(report, args, dry=False):
+    if args.json:
+        json.dump(report, sys.stdout, indent=1, default=str)
+        print()
+        return
+    if dry:
+        for gid, p in report["plan"].items():
+            print(f"{gid:48s} {p['kind']:16s} {p['units']:5d} -> {p['kept']:5d}")
+        b, a = report["params"]
+        f = report["flops_per_token_L"]
+        print(f"parameters {b:,} -> {a:,} ({100 * (1 - a / b):.1f}% fewer); FLOPs/token at L={f['L']}: "
+              f"{f['before']:,} -> {f['after']:,}. Dry run: nothing was changed.")
+        return
+    b, a = report["params_before"], report["params_after"]
+    print(f"{report['model']}: parameters {b:,} -> {a:,} ({100 * (1 - a / b):.1f}% fewer) in "
+          f"{report['prune_seconds']}s; saved to {report['out']}")
+    if "ppl_dense" in report:
+        print(f"{args.eval_ppl} perplexity (L={args.seq_len}, {args.windows} windows): "
+              f"dense {report['ppl_dense']:.2f} -> pruned {report['ppl_pruned']:.2f}")
