@@ -105,4 +105,30 @@ def _global(groups, scores, removed, budget, mult):
         g = by_id[gid]
         if g.kind not in ATTN:
             kept[gid] = _round(k, g.units, mult)
+    return _correct(kept, by_id, scores, removed, budget, mult)
+
+
+def _correct(kept, by_id, scores, removed, budget, mult):
+    """Rounding moved the removal off target: step channel groups by ``mult`` units (the group whose
+    next unit scores lowest loses, the one whose last removed unit scores highest gains) while that
+    brings the removal closer to the budget."""
+    chan = [gid for gid in kept if by_id[gid].kind not in ATTN and by_id[gid].units > mult]
+    z = {gid: torch.sort((scores[gid] - scores[gid].mean()) / (scores[gid].std() + 1e-12), descending=True)[0]
+         for gid in chan}
+    for _ in range(10 * len(chan) + 10):
+        gap = removed(kept) - budget
+        if gap < 0:   # remove more: the group whose weakest kept unit is weakest
+            cand = [g for g in chan if kept[g] - mult >= mult]
+            pick = min(cand, key=lambda g: float(z[g][kept[g] - 1]), default=None)
+            step = -mult
+        else:         # remove less: the group whose best removed unit is best
+            cand = [g for g in chan if kept[g] + mult <= by_id[g].units]
+            pick = max(cand, key=lambda g: float(z[g][kept[g]]), default=None)
+            step = mult
+        if pick is None:
+            break
+        trial = {**kept, pick: kept[pick] + step}
+        if abs(removed(trial) - budget) >= abs(gap):
+            break
+        kept = trial
     return kept

@@ -1,0 +1,93 @@
+"""Allocators meet their budgets, recipes round-trip, the pipeline runs end to end and reloads."""
+import json
+
+import pytest
+import torch
+
+from fxprune.analysis.analyser import analyse
+from fxprune.checkpoint import load_pruned, save_pruned
+from fxprune.errors import RecipeError
+from fxprune.models.tiny import tiny_model
+from fxprune.passes.allocate import allocate
+from fxprune.passes.cost import build_cost_model
+from fxprune.passes.pipeline import prune_model
+from fxprune.passes.recipe import Recipe
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "mamba"])
+@pytest.mark.parametrize("mode", ["uniform", "global"])
+@pytest.mark.parametrize("target", [0.2, 0.35])
+def test_allocators_meet_budget(family, mode, target):
+    m = tiny_model(family, num_hidden_layers=3) if family != "mamba" else tiny_model(family, num_hidden_layers=3)
+    a = analyse(m)
+    cost = build_cost_model(m, a)
+    groups = [g for g in a.prunable() if g.kind != "attn_kv_groups"]
+    g = torch.Generator().manual_seed(0)
+    scores = {x.id: torch.rand(x.units, generator=g, dtype=torch.float64) for x in groups}
+    al = allocate(groups, scores, cost, cost.linear_params, target, mode, channel_multiple=8)
+    # within half a rounding step of the target: one step moves a channel group by 8 units (global)
+    # or every channel group at once (uniform)
+    chan = [x for x in groups if x.kind in ("ffn_channels", "ssm_channels")]
+    step = max(x.params_per_unit * 8 for x in chan) * (len(chan) if mode == "uniform" else 1)
+    slack = step // 2 + 1
+    assert abs(al.removed - al.budget) <= slack, (al.removed, al.budget, slack)
+    for gid, keep in al.plan.items():
+        grp = a.group(gid)
+        assert 1 <= len(keep) <= grp.units
+        if grp.kind in ("ffn_channels", "ssm_channels") and grp.units > 8:
+            assert len(keep) % 8 == 0
+        # the kept units are the best-scored ones
+        assert set(keep) == set(torch.argsort(scores[gid], descending=True)[:len(keep)].tolist())
+    if mode == "uniform":
+        ffn = {len(k) for gid, k in al.plan.items() if a.group(gid).kind in ("ffn_channels", "ssm_channels")}
+        assert len(ffn) <= 1
+
+
+def test_recipe_round_trip_and_refusals(tmp_path):
+    r = Recipe(criterion="goa", reconstruction="goa", allocation="global", target=0.3, protect_first=1)
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(r.to_dict()))
+    assert Recipe.from_file(p) == r
+    y = tmp_path / "r.yaml"
+    import yaml
+    y.write_text(yaml.safe_dump(r.to_dict()))
+    assert Recipe.from_file(y) == r
+    with pytest.raises(RecipeError, match="criterion"):
+        Recipe(criterion="nope")
+    with pytest.raises(RecipeError, match="target"):
+        Recipe(target=1.5)
+    with pytest.raises(RecipeError, match="unknown fields.*'crit'"):
+        Recipe.from_dict({"crit": "flap"})
+    with pytest.raises(RecipeError, match="does not exist"):
+        Recipe.from_file(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("family", ["llama", "bert", "mamba"])
+def test_pipeline_end_to_end_reloads(family, tmp_path):
+    m = tiny_model(family)
+    windows = torch.randint(5, 128, (8, 16), generator=torch.Generator().manual_seed(0))
+    r = Recipe(criterion="flap", reconstruction="goa", target=0.25, protect_last=1, batch_size=4)
+    out = prune_model(m, r, windows)
+    rep = out.report
+    assert rep["params_after"] < rep["params_before"]
+    alloc = next(p for p in rep["passes"] if p["name"] == "allocate")
+    assert abs(alloc["achieved"] - 0.25) < 0.1
+    assert [p["name"] for p in rep["passes"]] == ["analyse", "select_groups", "score", "allocate",
+                                                   "reconstruct_and_remove", "verify"]
+    assert not any(gid.startswith(("model.layers.1", "bert.encoder.layer.1", "backbone.layers.1"))
+                   for gid in out.plan)  # the last block is protected
+    ids = windows[:2]
+    d = save_pruned(m, tmp_path / "p")
+    with torch.no_grad():
+        assert torch.allclose(load_pruned(d)(input_ids=ids).logits, m(input_ids=ids).logits, atol=1e-5)
+
+
+def test_zero_target_changes_nothing():
+    m = tiny_model("llama")
+    ids = torch.randint(5, 128, (2, 8))
+    with torch.no_grad():
+        dense = m(input_ids=ids).logits
+    out = prune_model(m, Recipe(target=0.0), torch.randint(5, 128, (4, 8)))
+    assert out.plan == {} and out.report["params_after"] == out.report["params_before"]
+    with torch.no_grad():
+        assert torch.equal(m(input_ids=ids).logits, dense)
