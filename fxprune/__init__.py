@@ -8,7 +8,20 @@ from .errors import (AnalysisError, CaptureError, CheckpointError, DataError, Fx
 
 __version__ = "0.1.0"
 
+
+def prune(model, recipe, calibration, engine=None):
+    """The one verb: prune ``model`` in place by ``recipe`` (a ``Recipe``, a dict, or a YAML/JSON
+    path) with ``calibration`` windows (token ids [n, L]); returns a ``PruneOutcome`` with the model,
+    the plan (group id -> kept units) and a report."""
+    from .passes.pipeline import prune_model
+    from .passes.recipe import Recipe
+    if isinstance(recipe, dict):
+        recipe = Recipe.from_dict(recipe)
+    elif not isinstance(recipe, Recipe):
+        recipe = Recipe.from_file(recipe)
+    return prune_model(model, recipe, calibration, engine)
+
 __all__ = [
     "AnalysisError", "CaptureError", "CheckpointError", "DataError", "FxPruneError", "ModelLoadError",
-    "PlanError", "RecipeError", "SurgeryError", "VerificationError", "__version__",
+    "PlanError", "RecipeError", "SurgeryError", "VerificationError", "__version__", "prune",
 ]

@@ -53,7 +53,22 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> LoadedModel:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:  # transformers raises many kinds; name the file
         raise ModelLoadError(str(path), f"{type(e).__name__}: {e}") from e
+    _forget_gguf_quantizer(model)
     return LoadedModel(model.eval(), tok, str(path))
+
+
+def _forget_gguf_quantizer(model) -> None:
+    """transformers dequantises GGUF tensors to ``dtype`` on load but keeps a GGUF quantizer marker
+    that makes ``save_pretrained`` refuse the model. The weights are plain floats: drop the marker."""
+    q = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(q, "quantization_config", None), "quant_method", None)
+    if q is not None and str(getattr(method, "value", method)).lower() == "gguf":
+        model.hf_quantizer = None
+        for attr in ("is_quantized", "quantization_method"):
+            if attr in model.__dict__:
+                delattr(model, attr)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
 
 
 def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:

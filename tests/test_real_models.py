@@ -73,3 +73,15 @@ def test_minilm_encoder_heads_and_ffn():
     prune(m, plan, a)
     with torch.no_grad():
         assert torch.allclose(m(ids).last_hidden_state, ref(ids).last_hidden_state, atol=1e-4)
+
+
+def test_smollm2_saves_and_reloads_with_stock_transformers(smollm2, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from fxprune.checkpoint import save_pruned
+    loaded, _ = smollm2
+    out = save_pruned(loaded.model, tmp_path / "dense", tokenizer=loaded.tokenizer)
+    back = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, loaded.model(ids).logits)
