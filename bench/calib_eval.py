@@ -106,7 +106,7 @@ def main() -> int:
     res["model"] = {"source": lm.source, "params": n_params, "fp32_mb": model_mb}
     engine = Engine()
 
-    if "calib" in stages:
+    if "calib" in stages or "layerwise" in stages:  # "layerwise": part 1 only (memory probe)
         cfg = CalibrationConfig("c4", n_samples=args.windows, seq_len=args.seq_len, seed=0)
         cal = calibration_windows(tok, cfg, evaluation_files=[resolve("wikitext2")])
         names = [n for n, _ in model.named_modules() if n.endswith(("o_proj", "down_proj"))]
@@ -142,11 +142,13 @@ def main() -> int:
                             "one_block_stats_fp64_mb": stats_block_mb}
         save()
 
-        # 2. interleaved: plain forward vs forward with observers (whole model)
+    # 2. interleaved: plain forward vs forward with observers (whole model)
+    if "calib" in stages:
+        from tqdm.auto import tqdm
         plain, hooked = Clock(), Clock()
         whole = StatsCollector(model, req)
         with torch.no_grad():
-            for b in batches:
+            for b in tqdm(batches, desc="plain vs observed forward", leave=False):
                 with plain:
                     model(**b, use_cache=False)
                 with whole:
