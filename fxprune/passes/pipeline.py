@@ -167,7 +167,7 @@ class ReconstructAndRemove(Pass):
                 rec.fold(layer, keep, stats, damping)
             prune(ctx.model, sub, a, verify=False)
             if rec.refits:
-                _refit(ctx.model, block, layers, bctx.inputs, targets, damping)
+                _refit(ctx.model, block, layers, bctx.inputs, targets, damping, self.engine.reduce_sum)
 
         self.engine.calibrate(ctx.model, self.windows, req, batch_size=self.recipe.batch_size,
                               layerwise=True, on_block=on_block, stream=Stream.PRUNED, keep_stats=False)
@@ -209,12 +209,15 @@ def _consumer_outputs(block, layers, dense_inputs):
     return _capture(block, layers, dense_inputs, "out")
 
 
-def _refit(model, block, layers, inputs, targets, damping):
+def _refit(model, block, layers, inputs, targets, damping, reduce):
+    """GOA step 2. Under data parallelism each rank holds its shard's inputs and dense targets: the
+    sums are all-reduced before the solve so every rank computes the same weights."""
     xs = _capture(block, layers, inputs, "in")
     for (layer, _), x_list, y_list in zip(layers, xs, targets):
         acc = RefitAccumulator()
         for x, y in zip(x_list, y_list):
             acc.add(x, y)
+        acc.A, acc.C = reduce(acc.A), reduce(acc.C)
         acc.solve_into(layer, damping)
 
 
