@@ -96,14 +96,15 @@ class Engine:
 
     def calibrate(self, model: torch.nn.Module, windows: torch.Tensor, request: StatsRequest, *,
                   batch_size: int = 8, layerwise: bool = True, on_block: OnBlock | None = None,
-                  stream: Stream = Stream.DENSE, keep_stats: bool = True) -> Statistics:
+                  stream: Stream = Stream.DENSE, keep_stats: bool = True,
+                  dense_targets: bool = True) -> Statistics:
         """Statistics of ``request`` over ``windows`` (sharded, all-reduced before ``on_block`` sees them)."""
         batches = self.batches(windows, batch_size)
         with torch.no_grad(), self.fabric.autocast():
             if layerwise:
                 return calibrate_layerwise(model, batches, request, on_block=on_block, stream=stream,
                                            reduce=self.reduce_sum, keep_stats=keep_stats,
-                                           progress=self.is_main)
+                                           progress=self.is_main, dense_targets=dense_targets)
             if on_block is not None:
                 raise ValueError("on_block needs layer-wise calibration")
             return calibrate_whole(model, batches, request, reduce=self.reduce_sum, progress=self.is_main)

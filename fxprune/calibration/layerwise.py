@@ -109,12 +109,15 @@ def _run(block: torch.nn.Module, inputs: Sequence[BlockInput]) -> list[torch.Ten
 def calibrate_layerwise(model: torch.nn.Module, batches: Sequence[Batch], request: StatsRequest, *,
                         on_block: OnBlock | None = None, stream: Stream = Stream.DENSE,
                         reduce: Reduce | None = None, blocks: BlockList | None = None,
-                        keep_stats: bool = True, progress: bool = True) -> Statistics:
+                        keep_stats: bool = True, progress: bool = True,
+                        dense_targets: bool = True) -> Statistics:
     """Statistics of every requested module, gathered block by block (see the module docstring).
 
     ``reduce`` (a sum all-reduce) is applied to each block's sums before ``on_block`` sees them.
     ``keep_stats=False`` drops each block's statistics after ``on_block`` (a pass that solves block
     by block then never holds more than one block's Gram matrices; the result is empty).
+    ``dense_targets=False`` (PRUNED stream only) skips the dense stream: one block forward fewer per
+    block when ``on_block`` needs no dense targets (LIAR, FLAP bias).
     """
     blocks = blocks or find_blocks(model)
     per_block = _names_by_block(blocks, request)
@@ -137,7 +140,8 @@ def calibrate_layerwise(model: torch.nn.Module, batches: Sequence[Batch], reques
         if keep_stats:
             results.update(stats)
         ctx = BlockContext(i, blocks.qualified(i), inputs)
-        if stream is Stream.PRUNED:
+        track_dense = stream is Stream.PRUNED and dense_targets
+        if track_dense:
             dense_outs = outs if dense_inputs is inputs else _run(block, dense_inputs)
             ctx.dense_inputs, ctx.dense_targets = dense_inputs, dense_outs
         if on_block is not None:
@@ -145,7 +149,8 @@ def calibrate_layerwise(model: torch.nn.Module, batches: Sequence[Batch], reques
         if stream is Stream.PRUNED:
             if on_block is not None:
                 outs = _run(block, inputs)  # the (possibly modified) block on the pruned stream
-            dense_inputs = [d.with_hidden(o) for d, o in zip(dense_inputs, dense_outs)]
+            if track_dense:
+                dense_inputs = [d.with_hidden(o) for d, o in zip(dense_inputs, dense_outs)]
         inputs = [inp.with_hidden(o) for inp, o in zip(inputs, outs)]
         if stream is Stream.PRUNED and on_block is None:
             dense_inputs = inputs

@@ -89,7 +89,7 @@ def _run_structured(args, path: Path) -> int:
               if hasattr(windows, "protocol") else {}}
     engine = Engine()
     if args.dry_run:
-        ctx = PassManager([Analyse(), SelectGroups(recipe), Score(recipe, windows.ids, engine),
+        ctx = PassManager([Analyse(), SelectGroups(recipe), Score(recipe, windows.ids, engine, force=True),
                            Allocate(recipe)]).run(PassContext(model))
         cost, plan = ctx["cost"], ctx["plan"]
         kept = {g: len(k) for g, k in plan.items()}

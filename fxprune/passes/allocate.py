@@ -23,8 +23,8 @@ ATTN = (Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV)
 
 @dataclass(frozen=True)
 class Allocation:
-    plan: dict          # group id -> sorted kept unit indices
-    kept: dict          # group id -> kept unit count
+    plan: dict | None   # group id -> sorted kept unit indices (None: widths only, units picked later)
+    kept: dict          # group id -> kept unit count (only groups that lose units)
     removed: int        # parameters removed (exact, within the recipe's scope)
     budget: int         # parameters the target asked to remove
     total: int          # parameters in scope before pruning
@@ -34,7 +34,8 @@ class Allocation:
         return self.removed / self.total
 
 
-def _top(scores: torch.Tensor, k: int) -> list[int]:
+def top_units(scores: torch.Tensor, k: int) -> list[int]:
+    """The ``k`` best-scored units, sorted by index (ties: lower index first)."""
     return sorted(torch.argsort(scores, descending=True, stable=True)[:k].tolist())
 
 
@@ -44,9 +45,12 @@ def _round(k: int, units: int, multiple: int) -> int:
     return max(multiple, min(units, int(round(k / multiple)) * multiple))
 
 
-def allocate(groups, scores: dict, cost: CostModel, expr, target: float, allocation: str,
+def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, allocation: str,
              channel_multiple: int = 8) -> Allocation:
-    """Plan for ``groups`` (already filtered by kind/protection) removing ``target`` of ``expr``."""
+    """Plan for ``groups`` (already filtered by kind/protection) removing ``target`` of ``expr``.
+
+    ``uniform`` needs no scores: with ``scores=None`` it returns widths only (``plan=None``) and the
+    units are chosen later, block by block, from pruned-stream scores."""
     total = cost.evaluate(expr, {})
     budget = int(round(target * total))
     attn = [g for g in groups if g.kind in ATTN]
@@ -55,9 +59,11 @@ def allocate(groups, scores: dict, cost: CostModel, expr, target: float, allocat
     if allocation == "uniform":
         kept = _uniform(attn, chan, removed, budget, total, target, channel_multiple)
     else:
+        if scores is None:
+            raise ValueError("global allocation needs scores")
         kept = _global(attn + chan, scores, removed, budget, channel_multiple)
-    plan = {g.id: _top(scores[g.id], kept[g.id]) for g in groups if kept[g.id] < g.units}
-    kept = {g: len(v) for g, v in plan.items()}
+    kept = {g.id: kept[g.id] for g in groups if kept[g.id] < g.units}
+    plan = None if scores is None else {gid: top_units(scores[gid], k) for gid, k in kept.items()}
     return Allocation(plan, kept, removed(kept), budget, total)
 
 

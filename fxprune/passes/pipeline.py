@@ -17,9 +17,9 @@ import torch
 
 from ..analysis.analyser import Analysis, analyse
 from ..analysis.groups import Kind
-from ..calibration import Engine, HeadLayout, Stat, StatsRequest, Stream, find_blocks
+from ..calibration import Accumulation, Engine, HeadLayout, Stat, StatsRequest, Stream, find_blocks
 from ..surgery import _keep_masks, count_params, prune, verify_pruned
-from .allocate import ATTN, allocate
+from .allocate import ATTN, allocate, top_units
 from .base import Pass, PassContext, PassManager
 from .consumers import consumers, head_dim_of
 from .cost import build_cost_model
@@ -94,17 +94,29 @@ def _stats_request(groups, stats: frozenset, heads: bool) -> StatsRequest:
                 mods[c.module].add(Stat.HEAD_GRAM)
                 hd = head_dim_of(g)
                 layouts[c.module] = HeadLayout(c.member.size // hd, hd)
-    return StatsRequest(mods, heads=layouts)
+    return StatsRequest(mods, heads=layouts, accumulation=Accumulation.MIXED)
+
+
+def scores_in_block(recipe: Recipe) -> bool:
+    """Uniform widths need no scores up front: the layer-wise pass then scores each block on the
+    pruned stream (one calibration pass instead of two)."""
+    return recipe.allocation == "uniform" and recipe.reconstruction != "none"
 
 
 class Score(Pass):
+    """Scores every unit from one dense calibration pass (global allocation, or no reconstruction).
+    Under ``scores_in_block`` it defers: ``scores`` is None and the blocks are scored later."""
+
     name, requires, ensures = "score", ("groups",), ("scores",)
 
-    def __init__(self, recipe, windows, engine):
-        self.recipe, self.windows, self.engine = recipe, windows, engine
+    def __init__(self, recipe, windows, engine, force: bool = False):
+        self.recipe, self.windows, self.engine, self.force = recipe, windows, engine, force
 
     def run(self, ctx):
         crit = get_criterion(self.recipe.criterion)
+        if scores_in_block(self.recipe) and not self.force:
+            ctx.facts["scores"] = None
+            return {"criterion": crit.name, "deferred_to_blocks": True}
         stats = {}
         if crit.needs or crit.needs_heads:
             req = _stats_request(ctx["groups"], crit.needs, crit.needs_heads)
@@ -124,7 +136,8 @@ class Allocate(Pass):
         r, cost = self.recipe, ctx["cost"]
         expr = cost.params if r.scope == "all" else cost.linear_params
         alloc = allocate(ctx["groups"], ctx["scores"], cost, expr, r.target, r.allocation, r.channel_multiple)
-        ctx.facts["plan"] = alloc.plan
+        ctx.facts["plan"] = alloc.plan  # None: widths only, units picked block by block
+        ctx.facts["kept"] = alloc.kept
         ctx.facts["allocation"] = alloc
         return {"scope": r.scope, "target": r.target, "achieved": round(alloc.achieved, 6),
                 "removed_params": alloc.removed, "in_scope_params": alloc.total}
@@ -140,27 +153,36 @@ class ReconstructAndRemove(Pass):
 
     def run(self, ctx):
         rec = get_reconstructor(self.recipe.reconstruction)
-        a, plan = ctx["analysis"], ctx["plan"]
-        if not plan:
-            ctx.facts["pruned"] = True
+        a, kept = ctx["analysis"], ctx["kept"]
+        plan = ctx["plan"]
+        if not kept:
+            ctx.facts["plan"], ctx.facts["pruned"] = {}, True
             return {"reconstruction": rec.name, "blocks": 0}
         if rec.name == "none":
             prune(ctx.model, plan, a, verify=False)
             ctx.facts["pruned"] = True
             return {"reconstruction": "none"}
-        by_block = defaultdict(dict)
-        for gid, keep in plan.items():
-            by_block[ctx["block_of"][gid]][gid] = keep
+        crit = get_criterion(self.recipe.criterion)
+        by_block = defaultdict(list)
+        for gid in kept:
+            by_block[ctx["block_of"][gid]].append(gid)
         if None in by_block:
-            raise ValueError(f"groups outside the block list cannot be reconstructed: {list(by_block[None])}")
-        groups = [a.group(g) for g in plan]
-        req = _stats_request(groups, rec.needs, False)
+            raise ValueError(f"groups outside the block list cannot be reconstructed: {by_block[None]}")
+        groups = [a.group(g) for g in kept]
+        need = set(rec.needs) | (set(crit.needs) if plan is None else set())
+        req = _stats_request(groups, frozenset(need), plan is None and crit.needs_heads)
         damping = self.recipe.damping
+        final_plan = {}
 
         def on_block(i, block, stats, bctx):
-            sub = by_block.get(i)
-            if not sub:
+            gids = by_block.get(i)
+            if not gids:
                 return
+            if plan is None:  # score on the pruned stream, keep the allocated number of units
+                sub = {g: top_units(crit.score(a.group(g), ctx.model, stats), kept[g]) for g in gids}
+            else:
+                sub = {g: plan[g] for g in gids}
+            final_plan.update(sub)
             layers = _consumer_layers(ctx.model, a, sub)
             targets = _consumer_outputs(block, layers, bctx.dense_inputs) if rec.refits else None
             for layer, keep in layers:
@@ -170,9 +192,12 @@ class ReconstructAndRemove(Pass):
                 _refit(ctx.model, block, layers, bctx.inputs, targets, damping, self.engine.reduce_sum)
 
         self.engine.calibrate(ctx.model, self.windows, req, batch_size=self.recipe.batch_size,
-                              layerwise=True, on_block=on_block, stream=Stream.PRUNED, keep_stats=False)
+                              layerwise=True, on_block=on_block, stream=Stream.PRUNED, keep_stats=False,
+                              dense_targets=rec.refits)
+        ctx.facts["plan"] = final_plan
         ctx.facts["pruned"] = True
-        return {"reconstruction": rec.name, "blocks": len(by_block)}
+        return {"reconstruction": rec.name, "blocks": len(by_block),
+                "scored_on": "pruned stream, per block" if plan is None else "dense stream"}
 
 
 def _consumer_layers(model, analysis: Analysis, sub: dict):
