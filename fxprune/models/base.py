@@ -23,9 +23,14 @@ def sync_standard_module(module: nn.Module) -> dict:
         out = {"nf": w.shape[1], "nx": w.shape[0]}
     elif isinstance(module, nn.LayerNorm) and w is not None:
         out = {"normalized_shape": tuple(w.shape)}
-    for k, v in out.items():
+    return set_attrs(module, out)
+
+
+def set_attrs(module: nn.Module, attrs: dict) -> dict:
+    """Set ``attrs`` on ``module`` and return them (what ``sync`` reports)."""
+    for k, v in attrs.items():
         setattr(module, k, v)
-    return out
+    return attrs
 
 
 def base_model(model: nn.Module) -> nn.Module:

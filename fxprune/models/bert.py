@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..analysis.groups import Kind
 from . import register
-from .base import FamilyAdapter, base_model
+from .base import FamilyAdapter, base_model, set_attrs
 
 
 @register
@@ -16,9 +16,7 @@ class BertAdapter(FamilyAdapter):
         if hasattr(m, "attention_head_size") and hasattr(m, "query"):
             width = m.query.weight.shape[0]
             attrs = {"num_attention_heads": width // m.attention_head_size, "all_head_size": width}
-            for a, v in attrs.items():
-                setattr(m, a, v)
-            return attrs
+            return set_attrs(m, attrs)
         return {}
 
     def patch_config(self, config, model) -> bool:

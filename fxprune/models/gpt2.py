@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..analysis.groups import Kind
 from . import register
-from .base import FamilyAdapter, base_model
+from .base import FamilyAdapter, base_model, set_attrs
 
 
 @register
@@ -16,9 +16,7 @@ class GPT2Adapter(FamilyAdapter):
         if type(m).__name__ == "GPT2Attention" and not m.is_cross_attention:
             split = m.c_attn.weight.shape[1] // 3
             attrs = {"split_size": split, "num_heads": split // m.head_dim, "embed_dim": split}
-            for a, v in attrs.items():
-                setattr(m, a, v)
-            return attrs
+            return set_attrs(m, attrs)
         return {}
 
     def patch_config(self, config, model) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..analysis.groups import Kind
 from . import register
-from .base import FamilyAdapter, base_model
+from .base import FamilyAdapter, base_model, set_attrs
 
 
 def _uniform(values):
@@ -24,9 +24,7 @@ class LlamaAdapter(FamilyAdapter):
             for name in ("num_heads", "num_key_value_heads"):  # present in some family members
                 if hasattr(m, name):
                     attrs[name] = (q if name == "num_heads" else k) // m.head_dim
-            for a, v in attrs.items():
-                setattr(m, a, v)
-            return attrs
+            return set_attrs(m, attrs)
         if hasattr(m, "gate_proj") and hasattr(m, "down_proj") and hasattr(m, "intermediate_size"):
             m.intermediate_size = m.down_proj.weight.shape[1]
             return {"intermediate_size": m.intermediate_size}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..analysis.groups import Kind
 from . import register
-from .base import FamilyAdapter, base_model
+from .base import FamilyAdapter, base_model, set_attrs
 
 
 @register
@@ -16,9 +16,7 @@ class OPTAdapter(FamilyAdapter):
         if type(m).__name__ == "OPTAttention":
             width = m.q_proj.weight.shape[0]
             attrs = {"num_heads": width // m.head_dim, "embed_dim": width}
-            for a, v in attrs.items():
-                setattr(m, a, v)
-            return attrs
+            return set_attrs(m, attrs)
         return {}
 
     def patch_config(self, config, model) -> bool:
