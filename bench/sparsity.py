@@ -27,8 +27,9 @@ from fxprune.sparsity import (MagnitudeConfig, MRPConfig, SparseGPTConfig, Spars
                               run_sparsity_recipe)
 from fxprune.sparsity.recipe import _parse_pattern  # noqa: E402
 
-METHODS = {"magnitude": MagnitudeConfig(), "wanda": WandaConfig(), "sparsegpt": SparseGPTConfig(), "mrp": MRPConfig()}
-GRAN = {"magnitude": "layer", "sparsegpt": "layer", "wanda": "row", "mrp": "row"}  # each method's usual choice
+METHODS = {"magnitude": MagnitudeConfig(), "wanda": WandaConfig(), "sparsegpt": SparseGPTConfig(), "mrp": MRPConfig(),
+           "mrp-sweep": MRPConfig(update="sweep")}
+GRAN = {"magnitude": "layer", "sparsegpt": "layer", "wanda": "row", "mrp": "row", "mrp-sweep": "row"}
 
 
 def pattern_for(method, spec):
@@ -40,7 +41,7 @@ def pattern_for(method, spec):
 
 def render(results, meta) -> str:
     pats = sorted({r["pattern"] for r in results}, key=lambda s: (":" not in s, s))
-    meths = [m for m in ["magnitude", "wanda", "sparsegpt", "mrp", "llmc-sparsegpt", "llmc-wanda"]
+    meths = [m for m in ["magnitude", "wanda", "sparsegpt", "mrp-sweep", "mrp", "llmc-sparsegpt", "llmc-wanda"]
              if any(r["method"] == m for r in results)]
     head = "| method | " + " | ".join(f"{p} PPL (s)" for p in pats) + " |"
     lines = [f"Model {meta['model']}, dense PPL {meta['dense_ppl']:.3f}; calibration {meta['calib']}; eval {meta['eval']}.",
@@ -65,10 +66,12 @@ def main():
     ap.add_argument("--eval-windows", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", default="sparsity")
+    ap.add_argument("--runs", nargs="*", help="explicit METHOD@PATTERN list (overrides --methods/--patterns)")
     ap.add_argument("--mrp-options", default="{}", help="JSON overrides for MRPConfig")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     METHODS["mrp"] = MRPConfig(**json.loads(args.mrp_options))
+    METHODS["mrp-sweep"] = MRPConfig(**{**json.loads(args.mrp_options), "update": "sweep"})
     out_json = Path(__file__).parent / "results" / f"{args.tag}.json"
     out_json.parent.mkdir(exist_ok=True)
     t = time.time()
@@ -87,8 +90,9 @@ def main():
     t = time.time()
     meta["dense_ppl"] = prev.get("meta", {}).get("dense_ppl") or perplexity(model, ids, args.eval_L, args.eval_windows)
     print(f"dense ppl {meta['dense_ppl']:.3f} ({time.time() - t:.0f}s)", flush=True)
-    for spec in args.patterns:
-        for m in args.methods:
+    runs = [r.split("@") for r in args.runs] if args.runs else [(m, p) for p in args.patterns for m in args.methods]
+    for m, spec in runs:
+        if True:
             model.load_state_dict(dense_state)
             pat = pattern_for(m, spec)
             recipe = SparsityRecipe(METHODS[m], pat, name=f"{m}-{spec}")

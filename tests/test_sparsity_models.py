@@ -103,3 +103,22 @@ def test_sparsify_cli_on_tiny_model(tmp_path):
     rep = json.loads((tmp_path / "o" / "sparsity_report.json").read_text())
     assert abs(rep["sparsity_decoder_linears"] - 0.5) < 1e-9
     assert main(["sparsify", "tiny:llama", "--recipe", "nope", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_shared_inputs_share_one_hessian_and_others_do_not():
+    from fxprune.sparsity import driver
+    model = tiny_model("llama")
+    block = model.model.layers[0]
+    linears = driver._linears(block, "model.layers.0", load_recipe("mrp-50"))
+    accs = {n: driver.HessianAccumulator(m.in_features, n) for n, m in linears.items()}
+    hooks = driver._attach_stats(block, "model.layers.0", linears, accs)
+    batches = driver._capture_block0_inputs(model, model.model.layers, _calib())
+    for b in batches:
+        driver._run_block(block, b)
+    for h in hooks:
+        h.remove()
+    a = {n.rsplit(".", 1)[-1]: acc for n, acc in accs.items()}
+    assert a["q_proj"] is a["k_proj"] is a["v_proj"] and a["gate_proj"] is a["up_proj"]
+    assert a["q_proj"] is not a["gate_proj"] and a["o_proj"] is not a["q_proj"]
+    assert a["q_proj"].n == a["gate_proj"].n == 3 * 2 * 24
+    assert not torch.allclose(a["q_proj"].gram, a["gate_proj"].gram)

@@ -124,6 +124,8 @@ class MRPConfig:
     (or the equivalent ``δw = −w_P [(H⁻¹)_PP]⁻¹ (H⁻¹)_{P,:}`` when ``|P| < |R|``), batched over
     chunks of rows sorted by kept count and padded with identity to the chunk's largest count;
     ``row_chunk`` bounds memory (``row_chunk · k²`` floats).
+    ``update="sweep"`` skips the exact final solve and keeps the sweep's weights (joint removal per
+    group/block with the columns to its left frozen): about SparseGPT's cost, not the exact optimum.
     """
 
     blocksize: int = 128
@@ -131,9 +133,12 @@ class MRPConfig:
     mask_selection: Literal["adaptive", "oneshot"] = "adaptive"
     row_chunk: int = 64
     solve_dtype: Literal["float32", "float64"] = "float32"
+    update: Literal["exact", "sweep"] = "exact"
     needs_calibration = True
 
     def __post_init__(self):
+        if self.update not in ("exact", "sweep"):
+            raise RecipeError(f"options.update must be 'exact' or 'sweep', got {self.update!r}")
         if self.mask_selection not in ("adaptive", "oneshot"):
             raise RecipeError(f"options.mask_selection must be 'adaptive' or 'oneshot', got {self.mask_selection!r}")
 

@@ -118,9 +118,20 @@ def _attach_stats(block, prefix, linears, accs):
     """Forward hooks that feed each selected linear's inputs to its accumulator."""
     hooks = []
     by_module = {m: name for name, m in linears.items()}
+    seen: dict = {}  # (data_ptr, shape, dtype) of inputs within one block call -> (first linear, tensor)
+
+    def block_pre(mod, args):
+        seen.clear()
+    hooks.append(block.register_forward_pre_hook(block_pre))
     for name, lin in linears.items():
         def fwd(mod, inp, out, name=name):
-            accs[name].add_batch(inp[0])
+            x = inp[0]
+            key = (x.data_ptr(), tuple(x.shape), x.dtype)
+            first, _ = seen.setdefault(key, (name, x))  # holding x keeps its memory from being reused
+            if first != name and accs[first].d_in == accs[name].d_in:
+                accs[name] = accs[first]  # same input tensor (q/k/v, gate/up): one shared Hessian
+            else:
+                accs[name].add_batch(x)
         hooks.append(lin.register_forward_hook(fwd))
     for pname, parent in block.named_modules():
         for src, dst, fn in DERIVED_INPUTS.get(type(parent).__name__, []):
@@ -203,7 +214,8 @@ def run_sparsity_recipe(model: nn.Module, recipe: SparsityRecipe, calib_batches:
                 h.remove()
         for name, lin in linears.items():
             _sparsify_linear(name, lin, accs[name], recipe, reports, skipped)
-            accs[name].free()
+        for acc in accs.values():
+            acc.free()
         for b in inputs:
             b.hidden = _run_block(block, b)
         log(f"block {i}: {len(linears)} linears sparsified ({time.perf_counter() - t_start:.1f}s)")

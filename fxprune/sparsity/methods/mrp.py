@@ -135,6 +135,19 @@ def nm_group_choice(wg: torch.Tensor, A: torch.Tensor, n: int, m: int) -> tuple[
     return best, loss.gather(1, best.unsqueeze(1)).squeeze(1)
 
 
+def _nm_group_step(wg: torch.Tensor, ug: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best pattern per row for a group with conditional factor block ``ug`` (``A = ugᵀ ug``), and per
+    pattern ``T_p = A_pp⁻¹ ug[:, p]ᵀ`` (``(K, n, m)``) so that the joint-removal ``e = w_P T_p``."""
+    pats = nm_patterns(n, m)
+    pidx = torch.nonzero(pats)[:, 1].reshape(len(pats), n)
+    A = ug.T @ ug
+    Ainv = torch.linalg.inv(A[pidx.unsqueeze(2), pidx.unsqueeze(1)])   # (K, n, n)
+    wP = wg[:, pidx]                                                   # (rows, K, n)
+    loss = torch.einsum("rki,kij,rkj->rk", wP, Ainv, wP)
+    T = Ainv @ ug.T[pidx]                                              # (K, n, m)
+    return torch.argmin(loss, dim=1), T
+
+
 def _joint_removal(w_block: torch.Tensor, Ublk: torch.Tensor, pmask: torch.Tensor) -> torch.Tensor:
     """``e`` with ``δw_{c:} = −e U[c:c+b, c:]`` removing ``pmask`` jointly per row (conditional Hessian).
 
@@ -153,8 +166,9 @@ def _joint_removal(w_block: torch.Tensor, Ublk: torch.Tensor, pmask: torch.Tenso
     return zfull @ Ublk.T
 
 
-def adaptive_mask(W: torch.Tensor, U: torch.Tensor, pattern, blocksize: int) -> torch.Tensor:
-    """The mask from the left-to-right joint-removal sweep (see module docstring)."""
+def adaptive_mask(W: torch.Tensor, U: torch.Tensor, pattern, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask from the left-to-right joint-removal sweep (see module docstring), and the swept
+    weights (joint removal per group/block, columns left of it frozen: zeros exactly on the mask)."""
     W = W.clone()
     rows, cols = W.shape
     mask = torch.zeros_like(W, dtype=torch.bool)
@@ -162,6 +176,7 @@ def adaptive_mask(W: torch.Tensor, U: torch.Tensor, pattern, blocksize: int) -> 
     if nm:
         blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
         pats = nm_patterns(pattern.n, pattern.m)
+        pidx = torch.nonzero(pats)[:, 1].reshape(len(pats), pattern.n)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
@@ -171,12 +186,13 @@ def adaptive_mask(W: torch.Tensor, U: torch.Tensor, pattern, blocksize: int) -> 
             m = pattern.m
             for g in range(0, i2 - i1, m):
                 ug = U1[g:g + m, g:g + m]
-                best, _ = nm_group_choice(W1[:, g:g + m], ug.T @ ug, pattern.n, m)
-                pm = pats[best]
-                e = _joint_removal(W1[:, g:g + m], ug, pm)
+                wg = W1[:, g:g + m]
+                best, T = _nm_group_step(wg, ug, pattern.n, m)
+                wP = torch.gather(wg, 1, pidx[best])                       # (rows, n)
+                e = torch.einsum("rn,rnm->rm", wP, T[best])               # w_P A_PP⁻¹ U_g[:, P]ᵀ
                 W1[:, g:] -= e @ U1[g:g + m, g:]
-                W1[:, g:g + m][pm] = 0
-                mask[:, i1 + g:i1 + g + m] = pm
+                W1[:, g:g + m][pats[best]] = 0
+                mask[:, i1 + g:i1 + g + m] = pats[best]
                 Err1[:, g:g + m] = e
         else:
             score = W1 ** 2 / torch.diag(U1).reshape(1, -1) ** 2
@@ -187,8 +203,10 @@ def adaptive_mask(W: torch.Tensor, U: torch.Tensor, pattern, blocksize: int) -> 
             Err1 = _joint_removal(W1, U1, pm)
             W1 -= Err1 @ U1
             mask[:, i1:i2] = pm
+        W1[mask[:, i1:i2]] = 0
+        W[:, i1:i2] = W1
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
-    return mask
+    return mask, W
 
 
 def oneshot_mask(W: torch.Tensor, Hinv: torch.Tensor, pattern) -> torch.Tensor:
@@ -216,9 +234,12 @@ def prune_mrp(W, stats, pattern, cfg: MRPConfig) -> Pruned:
     Hinv = torch.cholesky_inverse(L)
     if cfg.mask_selection == "adaptive":
         U = torch.linalg.cholesky(Hinv, upper=True)
-        mask = adaptive_mask(W0, U, pattern, cfg.blocksize)
+        mask, swept = adaptive_mask(W0, U, pattern, cfg.blocksize)
         del U
     else:
-        mask = oneshot_mask(W0, Hinv, pattern)
-    new = optimal_update(W0, Hd, mask, Hinv=Hinv, row_chunk=cfg.row_chunk)
+        mask, swept = oneshot_mask(W0, Hinv, pattern), None
+    if cfg.update == "sweep" and swept is not None:
+        new = swept
+    else:
+        new = optimal_update(W0, Hd, mask, Hinv=Hinv, row_chunk=cfg.row_chunk)
     return Pruned(new.to(W.dtype), mask)
