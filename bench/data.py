@@ -30,3 +30,12 @@ def perplexity(model, ids: torch.Tensor, L: int = 512, windows: int = 64, batch:
                                                        reduction="sum"))
         count += xb[:, 1:].numel()
     return math.exp(nll / count)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (vocab 256), for the tiny Mamba trained by ``bench/train_tiny_mamba.py``."""
+
+    vocab_size = 256
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": list(text.encode())}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.data import C4, perplexity, wikitext_ids  # noqa: E402
+from bench.data import C4, ByteTokenizer, perplexity, wikitext_ids  # noqa: E402
 from fxprune.commands.sparsify import calibration_windows  # noqa: E402
 from fxprune.loading import load_model  # noqa: E402
 from fxprune.sparsity import (MagnitudeConfig, MRPConfig, SparseGPTConfig, SparsityRecipe, WandaConfig,  # noqa: E402
@@ -75,12 +75,22 @@ def main():
     out_json = Path(__file__).parent / "results" / f"{args.tag}.json"
     out_json.parent.mkdir(exist_ok=True)
     t = time.time()
-    lm = load_model(args.model)
-    model, tok = lm.model, lm.tokenizer
+    if Path(args.model).is_dir():  # e.g. the byte-level tiny Mamba from bench/train_tiny_mamba.py
+        from transformers import AutoModelForCausalLM
+        from bench.data import ByteTokenizer
+        model, tok = AutoModelForCausalLM.from_pretrained(args.model).eval(), ByteTokenizer()
+    else:
+        lm = load_model(args.model)
+        model, tok = lm.model, lm.tokenizer
     dense_state = copy.deepcopy(model.state_dict())
     print(f"loaded {args.model} in {time.time() - t:.1f}s", flush=True)
     ids = wikitext_ids(tok)
-    calib = calibration_windows(C4, tok, args.calib_samples, args.calib_seqlen, seed=0)
+    if isinstance(tok, ByteTokenizer):  # calibrate on the C4 documents the tiny Mamba was not trained on
+        from bench.train_tiny_mamba import c4_texts
+        data = torch.tensor(list("\n\n".join(c4_texts("calib")).encode()))
+        calib = [data[i * args.calib_seqlen:(i + 1) * args.calib_seqlen].unsqueeze(0) for i in range(args.calib_samples)]
+    else:
+        calib = calibration_windows(C4, tok, args.calib_samples, args.calib_seqlen, seed=0)
     meta = {"model": args.model, "command": " ".join(sys.argv),
             "calib": f"C4 train head, {args.calib_samples} x {args.calib_seqlen} tokens (seed 0)",
             "eval": f"WikiText-2 raw test, L={args.eval_L}, first {args.eval_windows} windows, token-level PPL",
