@@ -27,8 +27,8 @@ def export(args):
     from fxprune.loading import load_model
     lm = load_model("smollm2")
     out = Path(args.out)
-    lm.model.save_pretrained(out)
-    lm.tokenizer.save_pretrained(out)
+    from fxprune.sparsity import save_sparse_model
+    save_sparse_model(lm.model, out, lm.tokenizer)  # handles the GGUF marker (tensors are dequantized floats)
     calib = calibration_windows(C4, lm.tokenizer, args.samples, args.seqlen, seed=0)
     torch.save(torch.cat(calib), out / "calib_ids.pt")
 

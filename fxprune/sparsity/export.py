@@ -3,6 +3,7 @@ rename over the target, so a crash never leaves a half-written directory over a 
 Also the optional 2:4 semi-structured conversion on CUDA (``torch.sparse.to_sparse_semi_structured``)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -15,6 +16,28 @@ from torch import nn
 from ..errors import CheckpointError
 
 
+@contextlib.contextmanager
+def _as_plain_float(model):
+    """A model loaded from GGUF keeps a GGUF ``hf_quantizer`` marker although its tensors were dequantized
+    to float at load; ``save_pretrained`` then refuses to write it. Hide the marker while saving (the
+    float tensors are what we computed on), restore it afterwards. Other quantizers are left alone."""
+    q = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(q, "quantization_config", None), "quant_method", None)
+    if q is None or str(getattr(method, "value", method)).lower() != "gguf":
+        yield
+        return
+    cfg_q = getattr(model.config, "quantization_config", None)
+    model.hf_quantizer = None
+    if cfg_q is not None:
+        del model.config.quantization_config
+    try:
+        yield
+    finally:
+        model.hf_quantizer = q
+        if cfg_q is not None:
+            model.config.quantization_config = cfg_q
+
+
 def save_sparse_model(model, out_dir: str | Path, tokenizer=None, result=None) -> Path:
     """Save ``model`` (dense tensors with zeros) + tokenizer + ``sparsity_report.{json,md}`` to ``out_dir``.
 
@@ -25,7 +48,8 @@ def save_sparse_model(model, out_dir: str | Path, tokenizer=None, result=None) -
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        model.save_pretrained(str(tmp))
+        with _as_plain_float(model):
+            model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if result is not None:
