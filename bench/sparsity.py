@@ -68,7 +68,20 @@ def main():
     ap.add_argument("--tag", default="sparsity")
     ap.add_argument("--runs", nargs="*", help="explicit METHOD@PATTERN list (overrides --methods/--patterns)")
     ap.add_argument("--mrp-options", default="{}", help="JSON overrides for MRPConfig")
+    ap.add_argument("--render-only", action="store_true", help="merge <tag>.json and llmc_peer.json into <tag>.md")
     args = ap.parse_args()
+    if args.render_only:
+        d = json.loads((Path(__file__).parent / "results" / f"{args.tag}.json").read_text())
+        res = list(d["results"])
+        for extra in sorted((Path(__file__).parent / "results").glob(f"{args.tag}_*.json")) + [
+                Path(__file__).parent / "results" / "llmc_peer.json"]:  # parallel shards of the same grid, peer
+            if extra.exists():
+                have = {(r["method"], r["pattern"]) for r in res}
+                res += [r for r in json.loads(extra.read_text())["results"] if (r["method"], r["pattern"]) not in have]
+        text = render(res, d["meta"])
+        (Path(__file__).parent / "results" / f"{args.tag}.md").write_text(text + "\n")
+        print(text)
+        return
     torch.set_num_threads(args.threads)
     METHODS["mrp"] = MRPConfig(**json.loads(args.mrp_options))
     METHODS["mrp-sweep"] = MRPConfig(**{**json.loads(args.mrp_options), "update": "sweep"})
@@ -77,7 +90,6 @@ def main():
     t = time.time()
     if Path(args.model).is_dir():  # e.g. the byte-level tiny Mamba from bench/train_tiny_mamba.py
         from transformers import AutoModelForCausalLM
-        from bench.data import ByteTokenizer
         model, tok = AutoModelForCausalLM.from_pretrained(args.model).eval(), ByteTokenizer()
     else:
         lm = load_model(args.model)
@@ -107,7 +119,7 @@ def main():
             pat = pattern_for(m, spec)
             recipe = SparsityRecipe(METHODS[m], pat, name=f"{m}-{spec}")
             t = time.time()
-            res = run_sparsity_recipe(model, recipe, calib)
+            res = run_sparsity_recipe(model, recipe, calib, log=lambda s: print(s, flush=True) if s.startswith('block') and s.split()[1].rstrip(':') in ('0', '15', '29') else None)
             secs = time.time() - t
             ppl = perplexity(model, ids, args.eval_L, args.eval_windows)
             row = {"method": m, "pattern": pat.label, "ppl": ppl, "seconds": secs, "sparsity": res.sparsity,
