@@ -58,10 +58,10 @@ def test_mamba_dt_proj_gets_its_hessian_from_x_proj():
 
 
 def test_nonuniform_overrides_and_recipe_errors(tmp_path):
-    rec = load_recipe({"method": "mrp", "sparsity": {"ratio": 0.5, "granularity": "row"},
-                       "layers": {"overrides": {"*.mlp.down_proj": 0.25}, "exclude": ["*.k_proj"]}})
+    rec = {"method": "mrp", "sparsity": {"ratio": 0.5, "granularity": "row"},
+           "layers": {"overrides": {"*.mlp.down_proj": 0.25}, "exclude": ["*.k_proj"]}}
     model = tiny_model("llama")
-    res = run_sparsity_recipe(model, rec, _calib())
+    res = run_sparsity_recipe(model, rec, _calib())  # a plain dict is accepted (the prune command's path)
     by = {l.name.rsplit(".", 2)[-2] + "." + l.name.rsplit(".", 1)[-1]: l for l in res.layers}
     assert abs(by["mlp.down_proj"].sparsity - 0.25) < 0.02 and abs(by["mlp.up_proj"].sparsity - 0.5) < 0.02
     assert "self_attn.k_proj" not in by

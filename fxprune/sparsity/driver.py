@@ -175,14 +175,20 @@ def _sparsify_linear(name, lin, acc, recipe, reports, on_skip):
 
 
 @torch.no_grad()
-def run_sparsity_recipe(model: nn.Module, recipe: SparsityRecipe, calib_batches: Iterable[torch.Tensor] | None,
+def run_sparsity_recipe(model: nn.Module, recipe, calib_batches: Iterable[torch.Tensor] | None,
                         log: Callable[[str], None] | None = None) -> SparsityResult:
     """Sparsify ``model`` in place following ``recipe``; returns the per-layer report.
+
+    ``recipe``: a ``SparsityRecipe``, a recipe dict (as read from YAML/JSON), a recipe file path or a
+    built-in recipe name (parsed by ``fxprune.sparsity.recipe.load_recipe``).
 
     ``calib_batches``: token-id tensors ``(B, L)`` or ``(L,)``; ignored by methods that need no
     calibration (magnitude). Linear layers whose width cannot carry the pattern (e.g. ``d_in`` not a
     multiple of M) are left dense and reported as skipped.
     """
+    if not isinstance(recipe, SparsityRecipe):
+        from .recipe import load_recipe
+        recipe = load_recipe(recipe)
     log = log or (lambda s: None)
     t_start = time.perf_counter()
     was_training = model.training
