@@ -9,7 +9,7 @@ import sys
 
 from .errors import FxPruneError
 
-COMMANDS = ["inspect", "eval", "prune"]
+COMMANDS = ["inspect", "eval", "prune", "sparsify"]
 
 
 def _load_commands():
