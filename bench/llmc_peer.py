@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def export(args):
     from bench.data import C4
-    from fxprune.commands.sparsify import calibration_windows
+    from sparsity_data import calibration_windows
     from fxprune.loading import load_model
     lm = load_model("smollm2")
     out = Path(args.out)

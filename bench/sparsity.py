@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.data import C4, ByteTokenizer, perplexity, wikitext_ids  # noqa: E402
-from fxprune.commands.sparsify import calibration_windows  # noqa: E402
+from sparsity_data import calibration_windows  # noqa: E402
 from fxprune.loading import load_model  # noqa: E402
 from fxprune.sparsity import (MagnitudeConfig, MRPConfig, SparseGPTConfig, SparsityRecipe, WandaConfig,  # noqa: E402
                               run_sparsity_recipe)

@@ -52,7 +52,7 @@ def one_run(cfg: dict) -> dict:
     if cfg["criterion"] != "dense":
         recipe = Recipe(criterion=cfg["criterion"], reconstruction=cfg["reconstruction"],
                         allocation=cfg["allocation"], target=cfg["target"], calib_samples=cfg["calib_samples"],
-                        calib_seq_len=cfg["calib_len"], kinds=("attention", "ffn"))
+                        calib_seq_len=cfg["calib_len"], kinds=tuple(cfg["kinds"]))
         calib = calibration_windows(tok, CalibrationConfig("c4", recipe.calib_samples, recipe.calib_seq_len, 0))
         t0 = time.perf_counter()
         res = prune_model(loaded.model, recipe, calib.ids, engine)
@@ -72,21 +72,21 @@ def one_run(cfg: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     dense = next((r for r in rows if r["config"]["criterion"] == "dense"), None)
-    lines = ["| target | criterion | reconstruction | allocation | achieved | PPL L=128 | PPL L=512 | prune s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | kinds | criterion | reconstruction | allocation | achieved | PPL L=128 | PPL L=512 | prune s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     if dense:
-        lines.append(f"| 0 | dense | - | - | 0 | {dense.get('ppl_L128', float('nan')):.2f} | "
+        lines.append(f"| 0 | - | dense | - | - | 0 | {dense.get('ppl_L128', float('nan')):.2f} | "
                      f"{dense.get('ppl_L512', float('nan')):.2f} | - | {dense['peak_rss_mb']:.0f} |")
     for r in rows:
         c = r["config"]
         if c["criterion"] == "dense":
             continue
         if "error" in r:
-            lines.append(f"| {c['target']} | {c['criterion']} | {c['reconstruction']} | {c['allocation']} | "
+            lines.append(f"| {c['target']} | {'+'.join(c.get('kinds', []))} | {c['criterion']} | {c['reconstruction']} | {c['allocation']} | "
                          f"error: {r['error'][:60]} | | | | |")
             continue
-        lines.append(f"| {c['target']} | {c['criterion']} | {c['reconstruction']} | {c['allocation']} | "
-                     f"{r['achieved_decoder_linear']:.3f} | {r.get('ppl_L128', float('nan')):.2f} | "
+        lines.append(f"| {c['target']} | {'+'.join(c.get('kinds', ['attention', 'ffn']))} | {c['criterion']} | "
+                     f"{c['reconstruction']} | {c['allocation']} | {r['achieved_decoder_linear']:.3f} | {r.get('ppl_L128', float('nan')):.2f} | "
                      f"{r.get('ppl_L512', float('nan')):.2f} | {r['prune_seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
@@ -102,6 +102,7 @@ def main():
     ap.add_argument("--w128", type=int, default=256)
     ap.add_argument("--w512", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kinds", nargs="+", default=["attention", "ffn"])
     ap.add_argument("--tag", default="structured")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -114,14 +115,16 @@ def main():
     if out_jsonl.exists():
         for line in out_jsonl.read_text().splitlines():
             c = json.loads(line)["config"]
-            done.add((c["criterion"], c["reconstruction"], c["allocation"], c["target"]))
+            done.add((c["criterion"], c["reconstruction"], c["allocation"], c["target"],
+                      tuple(c.get("kinds", ["attention", "ffn"]))))
     base = {"calib_samples": args.calib_samples, "calib_len": args.calib_len, "w128": args.w128,
-            "w512": args.w512, "threads": args.threads, "command": " ".join([sys.executable, *sys.argv])}
+            "w512": args.w512, "threads": args.threads, "kinds": args.kinds, "command": " ".join([sys.executable, *sys.argv])}
     configs = [{"criterion": "dense", "reconstruction": "-", "allocation": "-", "target": 0.0}]
     configs += [{"criterion": c, "reconstruction": r, "allocation": a, "target": t}
                 for t, c, r, a in itertools.product(args.targets, args.criteria, args.recons, args.allocs)]
     for cfg in configs:
-        key = (cfg["criterion"], cfg["reconstruction"], cfg["allocation"], cfg["target"])
+        key = (cfg["criterion"], cfg["reconstruction"], cfg["allocation"], cfg["target"],
+               tuple(args.kinds) if cfg["criterion"] != "dense" else ("attention", "ffn"))
         if key in done:
             continue
         cfg = {**base, **cfg}

@@ -52,7 +52,12 @@ def run(args) -> int:
     path = resolve_recipe(args.recipe)
     if _method(path) != "structured":
         from .sparsify import run as run_sparsify
+        if not args.out:
+            from ..errors import RecipeError
+            raise RecipeError("--out is required for sparsity recipes")
         args.recipe = str(path)
+        for name, default in (("samples", None), ("seqlen", None), ("seed", 0), ("semi_structured", False)):
+            setattr(args, name, getattr(args, name, default))
         return run_sparsify(args)
     return _run_structured(args, path)
 
