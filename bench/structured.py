@@ -104,12 +104,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kinds", nargs="+", default=["attention", "ffn"])
     ap.add_argument("--tag", default="structured")
+    ap.add_argument("--render-only", action="store_true", help="only rebuild the table from the jsonl")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print("RESULT " + json.dumps(one_run(json.loads(args.one))))
         return
-    prepare_model()
+    if not args.render_only:
+        prepare_model()
     out_jsonl = RESULTS / f"{args.tag}.jsonl"
     done = set()
     if out_jsonl.exists():
@@ -122,7 +124,7 @@ def main():
     configs = [{"criterion": "dense", "reconstruction": "-", "allocation": "-", "target": 0.0}]
     configs += [{"criterion": c, "reconstruction": r, "allocation": a, "target": t}
                 for t, c, r, a in itertools.product(args.targets, args.criteria, args.recons, args.allocs)]
-    for cfg in configs:
+    for cfg in ([] if args.render_only else configs):
         key = (cfg["criterion"], cfg["reconstruction"], cfg["allocation"], cfg["target"],
                tuple(args.kinds) if cfg["criterion"] != "dense" else ("attention", "ffn"))
         if key in done:
@@ -138,9 +140,11 @@ def main():
             f.write(json.dumps(res) + "\n")
         print(json.dumps({k: v for k, v in res.items() if k != "config"} | {"cfg": key}), flush=True)
     rows = [json.loads(l) for l in out_jsonl.read_text().splitlines()]
-    header = (f"# Structured pruning of SmolLM2-135M\n\nCommand: `{base['command']}`\n\n"
-              f"Calibration: C4 train head, {args.calib_samples} x {args.calib_len} tokens, seed 0. "
-              f"Evaluation: WikiText-2 raw test, first {args.w128} windows at L=128 and {args.w512} at L=512. "
+    c0 = rows[0]["config"]
+    commands = sorted({r["config"].get("command", "") for r in rows} - {""})
+    header = ("# Structured pruning of SmolLM2-135M\n\nCommands:\n" + "".join(f"- `{c}`\n" for c in commands) + "\n"
+              f"Calibration: C4 train head, {c0['calib_samples']} x {c0['calib_len']} tokens, seed 0. "
+              f"Evaluation: WikiText-2 raw test, first {c0['w128']} windows at L=128 and {c0['w512']} at L=512. "
               "`achieved` = fraction of decoder linear parameters removed (exact, sympy cost model).\n\n")
     (RESULTS / f"{args.tag}.md").write_text(header + table(rows) + "\n")
     print(table(rows))
