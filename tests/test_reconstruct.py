@@ -104,3 +104,14 @@ def test_added_biases_save_and_reload(tmp_path, ids):
     assert back.model.layers[0].mlp.down_proj.bias is not None
     with torch.no_grad():
         assert torch.equal(back(input_ids=ids).logits, m(input_ids=ids).logits)
+
+
+def test_goa_refit_ridge_pulls_towards_the_current_weights():
+    # with a huge ridge the refit must stay at its starting point, not collapse to zero
+    small = torch.nn.Linear(6, 3).double()
+    W0 = small.weight.detach().clone()
+    acc = RefitAccumulator()
+    x = torch.randn(50, 6, dtype=torch.float64)
+    acc.add(x, torch.randn(50, 3, dtype=torch.float64))
+    acc.solve_into(ConsumerLayer(torch.nn.ModuleDict({"l": small}), "l", "l.weight", 1), 1e9)
+    assert torch.allclose(small.weight.detach(), W0, atol=1e-5)

@@ -11,9 +11,11 @@ import torch
 from . import ConsumerLayer, Reconstructor, Stat, register
 
 
-def solve_damped(A: torch.Tensor, B: torch.Tensor, n_damped: int, alpha: float) -> torch.Tensor:
-    """Solve ``(A + lambda I_d) Z = B`` by Cholesky, damping the first ``n_damped`` diagonal entries;
-    retries with 10x damping when the factorisation fails."""
+def solve_damped(A: torch.Tensor, B: torch.Tensor, n_damped: int, alpha: float,
+                 prior: torch.Tensor | None = None) -> torch.Tensor:
+    """Solve ``(A + lambda I_d) Z = B + lambda P_d`` by Cholesky, damping the first ``n_damped``
+    diagonal entries (ridge towards ``prior``'s first rows, or towards 0 without one); retries with
+    10x damping when the factorisation fails."""
     diag = torch.diagonal(A)[:n_damped]
     lam = alpha * diag.mean().clamp_min(1e-12) if n_damped else A.new_tensor(0.0)
     for _ in range(6):
@@ -22,7 +24,8 @@ def solve_damped(A: torch.Tensor, B: torch.Tensor, n_damped: int, alpha: float) 
         D[idx, idx] += lam
         L, info = torch.linalg.cholesky_ex(D)
         if int(info) == 0:
-            return torch.cholesky_solve(B, L)
+            rhs = B if prior is None else B + torch.cat([lam * prior[:n_damped], 0 * prior[n_damped:]])
+            return torch.cholesky_solve(rhs, L)
         lam = lam * 10 if lam > 0 else diag.mean().clamp_min(1e-12) * 1e-6
     return torch.linalg.lstsq(A, B).solution
 
