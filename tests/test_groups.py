@@ -17,7 +17,11 @@ def analyses():
 
 def test_llama_gqa_groups(analyses):
     a = analyses["llama"]  # 4 q heads, 2 kv heads, head_dim 16, ffn 96, 2 layers
-    assert len(a.prunable()) == 6
+    assert len(a.prunable()) == 8  # per layer: kv groups, q per kv, value channels, FFN
+    v = a.group("model.layers.0.self_attn:v_channels")
+    assert (v.kind, v.units) == (Kind.V_CHANNELS, 16)
+    assert members(v) == {("model.layers.0.self_attn.v_proj.weight", 0, "producer"),
+                          ("model.layers.0.self_attn.o_proj.weight", 1, "consumer")}
     kv = a.group("model.layers.0.self_attn")
     assert (kv.kind, kv.units, kv.unit_size) == (Kind.ATTN_KV_GROUPS, 2, 32)
     p = "model.layers.0.self_attn."

@@ -21,7 +21,7 @@ def test_allocators_meet_budget(family, mode, target):
     m = tiny_model(family, num_hidden_layers=3) if family != "mamba" else tiny_model(family, num_hidden_layers=3)
     a = analyse(m)
     cost = build_cost_model(m, a)
-    groups = [g for g in a.prunable() if g.kind != "attn_kv_groups"]
+    groups = [g for g in a.prunable() if g.kind not in ("attn_kv_groups", "attn_v_channels")]
     g = torch.Generator().manual_seed(0)
     scores = {x.id: torch.rand(x.units, generator=g, dtype=torch.float64) for x in groups}
     al = allocate(groups, scores, cost, cost.linear_params, target, mode, channel_multiple=8)

@@ -24,7 +24,8 @@ def test_smollm2_groups(smollm2):
     _, a = smollm2
     kinds = [g.kind for g in a.prunable()]
     assert kinds.count("ffn_channels") == 30 and kinds.count("attn_kv_groups") == 30
-    assert kinds.count("attn_q_per_kv") == 30 and len(kinds) == 90
+    assert kinds.count("attn_q_per_kv") == 30 and kinds.count("attn_v_channels") == 30 and len(kinds) == 120
+    assert a.group("model.layers.7.self_attn:v_channels").units == 64
     g = a.group("model.layers.7.self_attn")
     assert (g.units, g.unit_size) == (3, 192)  # 3 KV heads, each with 3 q heads of 64 channels
     assert a.group("model.layers.7.self_attn:q_per_kv").units == 3

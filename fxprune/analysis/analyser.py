@@ -169,10 +169,14 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         roles = {m.role for m in members}
         tags = tags_of[i]
         kind = _classify(roles, tags, pf, ag, comp_of, tags_of)
+        why = sorted({d["why"] for f in comp for _, _, d in graph.edges(f, data=True)})
+        if kind == Kind.FFN and why and all(w.startswith("aten.linear") for w in why):
+            kind = Kind.LOW_RANK  # two linear layers with nothing between: a factorisation's rank
         mods = [m.param.rsplit(".", 1)[0] for m in members if m.role in ("producer", "consumer", "depthwise")]
         prefix = _common_prefix(mods or [m.param.rsplit(".", 1)[0] for m in members]) or "model"
         suffix = {Kind.ATTN_Q_PER_KV: ":q_per_kv", Kind.QK_CHANNELS: ":qk_channels",
-                  Kind.V_CHANNELS: ":v_channels", Kind.OTHER: ":other", Kind.RESIDUAL: ":residual"}.get(kind, "")
+                  Kind.V_CHANNELS: ":v_channels", Kind.OTHER: ":other", Kind.RESIDUAL: ":residual",
+                  Kind.LOW_RANK: ":rank"}.get(kind, "")
         gid = prefix + suffix
         used_ids[gid] += 1
         if used_ids[gid] > 1:
@@ -185,7 +189,6 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         elif supported_kinds is not None and kind not in supported_kinds:
             not_offered = f"the model family adapter cannot resize {kind}"
         cons = [m for m in members if m.role == "consumer"] or members
-        why = sorted({d["why"] for f in comp for _, _, d in graph.edges(f, data=True)})
         explanation = tuple(why[:12] + ([f"... and {len(why) - 12} more"] if len(why) > 12 else []))
         detail = {}
         if kind in (Kind.FFN,):

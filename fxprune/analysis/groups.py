@@ -21,11 +21,12 @@ class Kind:
     SSM = "ssm_channels"                 # Mamba d_inner channels
     QK_CHANNELS = "attn_qk_channels"     # q/k channels within heads (not offered: head size fixed)
     V_CHANNELS = "attn_v_channels"       # v/o channels within heads (Olica's V/O decomposition)
+    LOW_RANK = "low_rank"                # the rank of a factorised linear (x -> up(down(x))), reported only
     RESIDUAL = "residual"                # the hidden stream: not depth-2, reported only
     OTHER = "other"
 
 
-DEPTH2_KINDS = {Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV, Kind.FFN, Kind.SSM}
+DEPTH2_KINDS = {Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV, Kind.FFN, Kind.SSM, Kind.V_CHANNELS}
 
 
 @dataclass(frozen=True)

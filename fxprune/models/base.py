@@ -26,6 +26,33 @@ def sync_standard_module(module: nn.Module) -> dict:
     return set_attrs(module, out)
 
 
+def sync_value_width(v: nn.Module, o: nn.Module, head_dim: int, kv_heads: int, q_heads: int) -> None:
+    """Keep an attention's value/output projections consistent with their value head width.
+
+    When the value projection ``v`` is narrower than ``kv_heads * head_dim`` (value channels removed,
+    e.g. by Olica's V/O decomposition), ``v`` becomes a ``PaddedOutLinear`` (zero-pads every KV
+    head's kept channels back to ``head_dim``) and ``o`` a ``SlicedInLinear`` (reads the kept
+    channels of every q head): the attention module itself, its scale and its KV cache layout stay
+    stock. Module classes are recorded in checkpoints by ``structure.module_specs``."""
+    from ..errors import SurgeryError
+    from ..structure import PaddedOutLinear, SlicedInLinear
+    if v.weight.shape[0] == kv_heads * head_dim and not isinstance(v, PaddedOutLinear):
+        return
+    for mod, cls, groups in ((v, PaddedOutLinear, kv_heads), (o, SlicedInLinear, q_heads)):
+        if not isinstance(mod, cls):
+            if type(mod) is not nn.Linear:
+                raise SurgeryError(f"value width change needs nn.Linear value/output projections, got "
+                                   f"{type(mod).__name__}")
+            mod.__class__ = cls
+        mod.groups, mod.head_dim = groups, head_dim
+
+
+def narrowed_values(modules) -> bool:
+    """True if any module is a value projection narrower than its heads (stock configs can't say so)."""
+    from ..structure import PaddedOutLinear
+    return any(isinstance(m, PaddedOutLinear) for m in modules)
+
+
 def set_attrs(module: nn.Module, attrs: dict) -> dict:
     """Set ``attrs`` on ``module`` and return them (what ``sync`` reports)."""
     for k, v in attrs.items():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..analysis.groups import Kind
 from . import register
-from .base import FamilyAdapter, base_model, set_attrs
+from .base import FamilyAdapter, base_model, narrowed_values, set_attrs, sync_value_width
 
 
 def _uniform(values):
@@ -15,15 +15,17 @@ def _uniform(values):
 class LlamaAdapter(FamilyAdapter):
     name = "llama"
     model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "granite")
-    supported_kinds = frozenset({Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV, Kind.FFN})
+    supported_kinds = frozenset({Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV, Kind.FFN,
+                                 Kind.V_CHANNELS})
 
     def sync_module(self, m):
         if hasattr(m, "q_proj") and hasattr(m, "k_proj") and hasattr(m, "num_key_value_groups"):
-            q, k = m.q_proj.weight.shape[0], m.k_proj.weight.shape[0]
+            q, k = m.q_proj.out_features, m.k_proj.out_features
             attrs = {"num_key_value_groups": q // k}
             for name in ("num_heads", "num_key_value_heads"):  # present in some family members
                 if hasattr(m, name):
                     attrs[name] = (q if name == "num_heads" else k) // m.head_dim
+            sync_value_width(m.v_proj, m.o_proj, m.head_dim, k // m.head_dim, q // m.head_dim)
             return set_attrs(m, attrs)
         if hasattr(m, "gate_proj") and hasattr(m, "down_proj") and hasattr(m, "intermediate_size"):
             m.intermediate_size = m.down_proj.weight.shape[1]
@@ -33,9 +35,11 @@ class LlamaAdapter(FamilyAdapter):
     def patch_config(self, config, model) -> bool:
         layers = base_model(model).layers
         attn = [l.self_attn for l in layers]
+        if narrowed_values(a.v_proj for a in attn):
+            return False
         hd = attn[0].head_dim
-        heads = _uniform(a.q_proj.weight.shape[0] // hd for a in attn)
-        kv = _uniform(a.k_proj.weight.shape[0] // hd for a in attn)
+        heads = _uniform(a.q_proj.out_features // hd for a in attn)
+        kv = _uniform(a.k_proj.out_features // hd for a in attn)
         inter = _uniform(l.mlp.down_proj.weight.shape[1] for l in layers)
         if heads is None or kv is None or inter is None:
             return False

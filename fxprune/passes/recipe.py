@@ -10,6 +10,7 @@ from ..errors import RecipeError
 SCOPES = ("decoder_linear", "all")
 ALLOCATIONS = ("uniform", "global")
 ATTENTION_UNITS = ("q_per_kv", "kv_groups")
+ATTENTION_MODES = ("heads", "olica")
 KINDS = ("attention", "ffn", "ssm")
 
 
@@ -21,7 +22,14 @@ class Recipe:
     weights of the prunable groups' linear layers; ``all``: every parameter). ``kinds``: which group
     families may lose units. ``attention_unit``: for GQA models, remove q heads uniformly in every
     KV group (``q_per_kv``) or whole KV groups. ``channel_multiple``: FFN/SSM widths are rounded to a
-    multiple of it. ``protect_first``/``protect_last``: blocks left whole."""
+    multiple of it. ``protect_first``/``protect_last``: blocks left whole.
+
+    ``attention``: ``heads`` removes whole heads; ``olica`` keeps every head and instead rotates V/O
+    (orthogonal decomposition, removing rotated value channels) and factorises Q/K to low rank, with
+    Olica's ratio split (``olica_k``) between Q/K, V/O and the FFN. ``lincal_layers`` > 0 inserts a
+    low-rank linear calibration (rank ``lincal_rank_ratio * hidden``, ridge ``lincal_damping``) beside
+    the pruned FFN of that many layers, chosen by how linearly predictable their residual is; it
+    composes with any criterion, reconstruction and attention mode."""
 
     criterion: str = "flap"
     reconstruction: str = "liar"
@@ -34,6 +42,11 @@ class Recipe:
     protect_first: int = 0
     protect_last: int = 0
     damping: float = 0.01
+    attention: str = "heads"
+    olica_k: float = 3.0
+    lincal_layers: int = 0
+    lincal_rank_ratio: float = 0.03
+    lincal_damping: float = 0.05
     calib_source: str = "c4"
     calib_samples: int = 128
     calib_seq_len: int = 128
@@ -50,6 +63,7 @@ class Recipe:
             ("allocation", self.allocation in ALLOCATIONS, ALLOCATIONS),
             ("scope", self.scope in SCOPES, SCOPES),
             ("attention_unit", self.attention_unit in ATTENTION_UNITS, ATTENTION_UNITS),
+            ("attention", self.attention in ATTENTION_MODES, ATTENTION_MODES),
             ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
         ]
         for name, ok, allowed in checks:
@@ -57,6 +71,11 @@ class Recipe:
                 raise RecipeError(f"recipe field {name!r}: {getattr(self, name)!r} is not one of {list(allowed)}")
         if not 0.0 <= self.target < 1.0:
             raise RecipeError(f"recipe field 'target': {self.target} must be in [0, 1)")
+        if self.attention == "olica" and self.allocation != "uniform":
+            raise RecipeError("recipe field 'allocation': attention 'olica' uses its own ratio split; "
+                              "set allocation: uniform")
+        if int(self.lincal_layers) < 0 or not 0 < float(self.lincal_rank_ratio) <= 1:
+            raise RecipeError("recipe fields 'lincal_layers' must be >= 0 and 'lincal_rank_ratio' in (0, 1]")
         for name in ("channel_multiple", "calib_samples", "calib_seq_len", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise RecipeError(f"recipe field {name!r} must be >= 1")

@@ -1,7 +1,8 @@
 """Criteria score every unit of a group (higher = keep). One small file per criterion.
 
-Contract: ``needs`` lists the ``Stat``s a criterion reads from each consumer module (gathered on the
-dense stream before allocation); ``score(group, model, stats) -> Tensor[units]`` (float64).
+Contract: ``needs`` lists the ``Stat``s a criterion reads from each consumer module, ``producer_needs``
+those it reads from each producer module (both gathered on the stream the pipeline scores on);
+``score(group, model, stats) -> Tensor[units]`` (float64).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def register(cls):
 class Criterion:
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset] = frozenset()
+    producer_needs: ClassVar[frozenset] = frozenset()
     needs_heads: ClassVar[bool] = False  # per-head output Gram on attention consumers
 
     def score(self, group, model, stats) -> torch.Tensor:

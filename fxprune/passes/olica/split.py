@@ -1,0 +1,77 @@
+"""Olica's ratio split between Q/K, V/O and FFN, solved exactly with the sympy cost model.
+
+Target ``s`` (over the recipe's scope), ``k`` (default 3): if ``s <= 0.4``: ``s_qk = 2s``,
+``s_vo = 2s / (1 + k)``; else ``s_vo = 2s / (1 + k)``, ``s_qk = k s_vo``. Q/K projections are
+factorised to the rank that removes ``s_qk`` of their weights (only where that saves parameters),
+every KV group keeps ``round(head_dim (1 - s_vo))`` rotated value channels, and the FFN width is
+solved (bisection on the kept fraction, widths rounded to ``channel_multiple``) so the total removal
+is closest to the target. The achieved count is exact: cost-model polynomial + factorisation sizes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..allocate import _round
+
+
+def ratios(s: float, k: float = 3.0) -> tuple[float, float]:
+    """``(s_qk, s_vo)`` for target ``s``."""
+    s_vo = 2 * s / (1 + k)
+    s_qk = 2 * s if s <= 0.4 else k * s_vo
+    return min(s_qk, 0.95), min(s_vo, 0.95)
+
+
+@dataclass(frozen=True)
+class OlicaSplit:
+    s_qk: float
+    s_vo: float
+    v_kept: dict        # v_channels group id -> kept rotated channels
+    ranks: dict         # q/k weight param -> rank (only factorised ones)
+    ffn_kept: dict      # ffn group id -> kept channels
+    removed: int
+    budget: int
+    total: int
+
+    @property
+    def achieved(self) -> float:
+        return self.removed / self.total
+
+
+def solve(model, parts, ffn_groups, cost, expr, target: float, k: float = 3.0,
+          channel_multiple: int = 8) -> OlicaSplit:
+    s_qk, s_vo = ratios(target, k) if target > 0 else (0.0, 0.0)
+    total = cost.evaluate(expr, {})
+    budget = int(round(target * total))
+    ranks, qk_removed = {}, 0
+    for p in parts.values():
+        for w in p.qk_weights:
+            out_f, in_f = model.get_parameter(w).shape
+            r = saving = None
+            if s_qk > 0:
+                from .lowrank import saving_rank
+                r = saving_rank(in_f, out_f, s_qk)
+            if r is not None:
+                ranks[w] = r
+                saving = in_f * out_f - r * (in_f + out_f)
+                qk_removed += saving
+    v_kept = {p.v_group: max(1, int(round(p.head_dim * (1 - s_vo)))) for p in parts.values()}
+
+    def removed(frac):
+        kept = dict(v_kept)
+        kept.update({g.id: _round(int(round(g.units * frac)), g.units, channel_multiple) for g in ffn_groups})
+        return qk_removed + total - cost.evaluate(expr, kept), kept
+
+    lo, hi = 0.0, 1.0   # kept fraction of FFN channels; removal decreases with it
+    best = removed(1.0)
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        rem, kept = removed(mid)
+        if abs(rem - budget) < abs(best[0] - budget):
+            best = (rem, kept)
+        if rem > budget:
+            lo = mid
+        else:
+            hi = mid
+    rem, kept = best
+    ffn_kept = {g.id: kept[g.id] for g in ffn_groups if kept[g.id] < g.units}
+    return OlicaSplit(s_qk, s_vo, v_kept, ranks, ffn_kept, rem, budget, total)
