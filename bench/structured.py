@@ -52,14 +52,15 @@ def one_run(cfg: dict) -> dict:
     if cfg["criterion"] != "dense":
         recipe = Recipe(criterion=cfg["criterion"], reconstruction=cfg["reconstruction"],
                         allocation=cfg["allocation"], target=cfg["target"], calib_samples=cfg["calib_samples"],
-                        calib_seq_len=cfg["calib_len"], kinds=tuple(cfg["kinds"]))
+                        calib_seq_len=cfg["calib_len"], kinds=tuple(cfg["kinds"]), **cfg.get("extra", {}))
         calib = calibration_windows(tok, CalibrationConfig("c4", recipe.calib_samples, recipe.calib_seq_len, 0))
         t0 = time.perf_counter()
         res = prune_model(loaded.model, recipe, calib.ids, engine)
         out["prune_seconds"] = time.perf_counter() - t0
         out["params_before"], out["params_after"] = res.report["params_before"], res.report["params_after"]
         alloc = next(p for p in res.report["passes"] if p["name"] == "allocate")
-        out["achieved_decoder_linear"] = alloc["achieved"]
+        out["achieved_decoder_linear"] = alloc["achieved"]  # of the recipe's scope
+        out["passes"] = res.report["passes"]
         out["peak_rss_prune_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for L, n in ((128, cfg["w128"]), (512, cfg["w512"])):
         if n:
@@ -70,12 +71,22 @@ def one_run(cfg: dict) -> dict:
     return out
 
 
+def _extra(c: dict) -> str:
+    e = c.get("extra") or {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(e.items())) or "-"
+
+
+def _key(cfg: dict, kinds) -> tuple:
+    return (cfg["criterion"], cfg["reconstruction"], cfg["allocation"], cfg["target"], tuple(kinds),
+            json.dumps(cfg.get("extra") or {}, sort_keys=True))
+
+
 def table(rows: list[dict]) -> str:
     dense = next((r for r in rows if r["config"]["criterion"] == "dense"), None)
-    lines = ["| target | kinds | criterion | reconstruction | allocation | achieved | PPL L=128 | PPL L=512 | prune s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | kinds | criterion | reconstruction | allocation | extra | achieved | params | PPL L=128 | PPL L=512 | prune s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if dense:
-        lines.append(f"| 0 | - | dense | - | - | 0 | {dense.get('ppl_L128', float('nan')):.2f} | "
+        lines.append(f"| 0 | - | dense | - | - | - | 0 | - | {dense.get('ppl_L128', float('nan')):.2f} | "
                      f"{dense.get('ppl_L512', float('nan')):.2f} | - | {dense['peak_rss_mb']:.0f} |")
     for r in rows:
         c = r["config"]
@@ -83,10 +94,11 @@ def table(rows: list[dict]) -> str:
             continue
         if "error" in r:
             lines.append(f"| {c['target']} | {'+'.join(c.get('kinds', []))} | {c['criterion']} | {c['reconstruction']} | {c['allocation']} | "
-                         f"error: {r['error'][:60]} | | | | |")
+                         f"{_extra(c)} | error: {r['error'][-80:]} | | | | | |")
             continue
         lines.append(f"| {c['target']} | {'+'.join(c.get('kinds', ['attention', 'ffn']))} | {c['criterion']} | "
-                     f"{c['reconstruction']} | {c['allocation']} | {r['achieved_decoder_linear']:.3f} | {r.get('ppl_L128', float('nan')):.2f} | "
+                     f"{c['reconstruction']} | {c['allocation']} | {_extra(c)} | {r['achieved_decoder_linear']:.3f} | "
+                     f"{r['params_after'] / 1e6:.2f}M | {r.get('ppl_L128', float('nan')):.2f} | "
                      f"{r.get('ppl_L512', float('nan')):.2f} | {r['prune_seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
@@ -104,6 +116,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kinds", nargs="+", default=["attention", "ffn"])
     ap.add_argument("--tag", default="structured")
+    ap.add_argument("--extra", default="{}", help="JSON of further recipe fields (e.g. attention, lincal_layers, scope)")
     ap.add_argument("--render-only", action="store_true", help="only rebuild the table from the jsonl")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -117,19 +130,21 @@ def main():
     if out_jsonl.exists():
         for line in out_jsonl.read_text().splitlines():
             c = json.loads(line)["config"]
-            done.add((c["criterion"], c["reconstruction"], c["allocation"], c["target"],
-                      tuple(c.get("kinds", ["attention", "ffn"]))))
+            done.add(_key(c, c.get("kinds", ["attention", "ffn"]) if c["criterion"] != "dense" else ["attention", "ffn"]))
     base = {"calib_samples": args.calib_samples, "calib_len": args.calib_len, "w128": args.w128,
-            "w512": args.w512, "threads": args.threads, "kinds": args.kinds, "command": " ".join([sys.executable, *sys.argv])}
-    configs = [{"criterion": "dense", "reconstruction": "-", "allocation": "-", "target": 0.0}]
+            "w512": args.w512, "threads": args.threads, "kinds": args.kinds, "command": " ".join([sys.executable, *sys.argv]),
+            "extra": json.loads(args.extra)}
+    configs = [{"criterion": "dense", "reconstruction": "-", "allocation": "-", "target": 0.0, "extra": {}}]
     configs += [{"criterion": c, "reconstruction": r, "allocation": a, "target": t}
                 for t, c, r, a in itertools.product(args.targets, args.criteria, args.recons, args.allocs)]
     for cfg in ([] if args.render_only else configs):
-        key = (cfg["criterion"], cfg["reconstruction"], cfg["allocation"], cfg["target"],
-               tuple(args.kinds) if cfg["criterion"] != "dense" else ("attention", "ffn"))
+        key = _key({**cfg, "extra": base["extra"] if cfg["criterion"] != "dense" else {}},
+                   args.kinds if cfg["criterion"] != "dense" else ["attention", "ffn"])
         if key in done:
             continue
         cfg = {**base, **cfg}
+        if cfg["criterion"] == "dense":
+            cfg["extra"] = {}
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True, text=True,
                            env={**os.environ, "TQDM_DISABLE": "1"})

@@ -14,7 +14,8 @@ def setup():
     a = analyse(m)
     ffn = a.group("model.layers.0.mlp")
     attn = a.group("model.layers.1.self_attn:q_per_kv")
-    req = StatsRequest({"model.layers.0.mlp.down_proj": {Stat.INPUT_SQ, Stat.INPUT_SUM},
+    req = StatsRequest({"model.layers.0.mlp.down_proj": {Stat.INPUT_SQ, Stat.INPUT_SUM, Stat.INPUT_GRAM},
+                        "model.layers.0.mlp.gate_proj": {Stat.INPUT_SQ}, "model.layers.0.mlp.up_proj": {Stat.INPUT_SQ},
                         "model.layers.1.self_attn.o_proj": {Stat.INPUT_SQ, Stat.INPUT_SUM, Stat.HEAD_GRAM}},
                        heads={"model.layers.1.self_attn.o_proj": HeadLayout(4, 16)})
     ids = torch.randint(5, 128, (4, 12), generator=torch.Generator().manual_seed(0))
@@ -65,4 +66,44 @@ def test_random_is_a_seeded_control(setup):
     m, ffn, _, stats, _ = setup
     a = get_criterion("random").score(ffn, m, stats)
     assert torch.equal(a, get_criterion("random").score(ffn, m, stats))
-    assert set(CRITERIA) >= {"magnitude", "wanda_sp", "flap", "goa", "random"}
+    assert set(CRITERIA) >= {"magnitude", "wanda_sp", "flap", "goa", "random", "olica", "obs"}
+
+
+def test_olica_ffn_score_by_hand(setup):
+    m, ffn, _, stats, X = setup
+    mlp = m.model.layers[0].mlp
+    Wd = mlp.down_proj.weight.detach().double()
+    Wg, Wu = mlp.gate_proj.weight.detach().double(), mlp.up_proj.weight.detach().double()
+    s_in = stats["model.layers.0.mlp.gate_proj"].second_moment.double().sqrt()
+    want = (Wu * s_in).norm(dim=1) + (Wg * s_in).norm(dim=1) + Wd.norm(dim=0) * X.pow(2).mean(0).sqrt()
+    assert torch.allclose(get_criterion("olica").score(ffn, m, stats), want, rtol=1e-5)
+
+
+def _augmented_inverse(X, alpha=0.01):
+    G = X.T @ X
+    n = G.shape[0]
+    Xa = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], 1)
+    H = Xa.T @ Xa
+    H[range(n), range(n)] += alpha * torch.diagonal(G).mean()
+    return torch.linalg.inv(H)
+
+
+def test_obs_removes_first_the_channel_liar_compensates_best(setup):
+    m, ffn, _, stats, X = setup
+    Wd = m.model.layers[0].mlp.down_proj.weight.detach().double()
+    Hinv = _augmented_inverse(X)
+    cost = Wd.pow(2).sum(0) / torch.diagonal(Hinv)[:-1]  # error left after optimal compensation
+    scores = get_criterion("obs").score(ffn, m, stats)
+    first8 = set(torch.argsort(scores)[:8].tolist())  # one greedy round removes 8 channels
+    assert first8 == set(torch.argsort(cost)[:8].tolist())
+    # and the greedy set is better compensated by LIAR than magnitude's at equal size
+    from fxprune.passes.reconstruct.liar import liar_coefficients
+    st = stats["model.layers.0.mlp.down_proj"]
+
+    def liar_error(sc, k=48):
+        keep = torch.zeros(96, dtype=torch.bool)
+        keep[torch.argsort(sc, descending=True)[:k]] = True
+        Q, p = liar_coefficients(st.gram.double(), st.input_sum.double(), st.count, keep, 0.01)
+        R, P = torch.nonzero(keep).flatten(), torch.nonzero(~keep).flatten()
+        return float(((X[:, P] - X[:, R] @ Q - p) @ Wd[:, P].T).pow(2).sum())
+    assert liar_error(scores) < liar_error(get_criterion("magnitude").score(ffn, m, stats))
