@@ -91,3 +91,17 @@ def test_zero_target_changes_nothing():
     assert out.plan == {} and out.report["params_after"] == out.report["params_before"]
     with torch.no_grad():
         assert torch.equal(m(input_ids=ids).logits, dense)
+
+
+def test_shipped_structured_recipes_parse():
+    from pathlib import Path
+
+    import yaml
+
+    import fxprune
+    names = []
+    for f in sorted((Path(fxprune.__file__).parent / "recipes").glob("*.yaml")):
+        if yaml.safe_load(f.read_text()).get("method") == "structured":
+            Recipe.from_file(f)
+            names.append(f.stem)
+    assert {"goa-liar-ffn-20", "olica-20", "olica-decoder-20"} <= set(names)
