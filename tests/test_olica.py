@@ -164,3 +164,24 @@ def test_linear_calibration_composes_with_flap_and_liar():
 def test_olica_rejects_global_allocation():
     with pytest.raises(RecipeError, match="allocation"):
         Recipe(attention="olica", allocation="global")
+
+
+@pytest.mark.parametrize("attention", ["olica", "heads"])
+def test_cli_dry_run_prints_the_plan_and_sizes(attention, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from fxprune.cli import main
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(f"word{i % 97} and more text" for i in range(3000)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"method": "structured", "criterion": "olica" if attention == "olica" else "flap",
+                                      "reconstruction": "none", "attention": attention, "target": 0.2,
+                                      "calib_samples": 4, "calib_seq_len": 16}))
+    assert main(["prune", "tiny:llama", "--recipe", str(recipe), "--calib", str(text), "--dry-run", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    before, after = rep["params"]
+    assert after < before
+    kinds = {p["kind"] for p in rep["plan"].values()}
+    assert ("low_rank" in kinds and "attn_v_channels" in kinds) == (attention == "olica")

@@ -96,15 +96,28 @@ def _run_structured(args, path: Path) -> int:
     if args.dry_run:
         ctx = PassManager([Analyse(), SelectGroups(recipe), Score(recipe, windows.ids, engine, force=True),
                            Allocate(recipe)]).run(PassContext(model))
-        cost, plan = ctx["cost"], ctx["plan"]
-        kept = {g: len(k) for g, k in plan.items()}
-        a = ctx["analysis"]
-        report["plan"] = {g: {"kind": a.group(g).kind, "units": a.group(g).units, "kept": len(k),
-                              "kept_units": k if len(k) <= 16 else f"{len(k)} indices"} for g, k in plan.items()}
-        report["params"] = [cost.evaluate(cost.params, {}), cost.evaluate(cost.params, kept)]
-        report["flops_per_token_L"] = {"L": recipe.calib_seq_len,
-                                       "before": cost.evaluate(cost.flops_per_token, {}, recipe.calib_seq_len),
-                                       "after": cost.evaluate(cost.flops_per_token, kept, recipe.calib_seq_len)}
+        cost, plan, a = ctx["cost"], ctx["plan"], ctx["analysis"]
+        split = ctx.facts.get("olica_split")
+        if plan is None:  # widths only (Olica's split): units are chosen block by block when pruning
+            kept = dict(ctx["kept"])
+            kept.update(split.v_kept if split else {})
+            plan = {g: f"{k} best" for g, k in kept.items()}
+        else:
+            kept = {g: len(k) for g, k in plan.items()}
+        saved_qk = 0
+        if split:  # low-rank q/k: weights removed beyond the unit-count polynomial
+            saved_qk = split.removed - (cost.evaluate(cost.params, {}) - cost.evaluate(cost.params, kept))
+            for w, r in split.ranks.items():
+                plan[w] = f"rank {r}"
+        report["plan"] = {g: {"kind": a.group(g).kind if g in a.by_id() else "low_rank",
+                              "units": a.group(g).units if g in a.by_id() else None,
+                              "kept": kept.get(g, k),
+                              "kept_units": k if isinstance(k, str) or len(k) <= 16 else f"{len(k)} indices"}
+                          for g, k in plan.items()}
+        L = recipe.calib_seq_len
+        report["params"] = [cost.evaluate(cost.params, {}), cost.evaluate(cost.params, kept) - saved_qk]
+        report["flops_per_token_L"] = {"L": L, "before": cost.evaluate(cost.flops_per_token, {}, L),
+                                       "after": cost.evaluate(cost.flops_per_token, kept, L) - 2 * saved_qk}
         report["passes"] = [{"name": r.name, **r.report} for r in ctx.results]
         _print(report, args, dry=True)
         return 0
@@ -129,7 +142,7 @@ def _print(report, args, dry=False):
         return
     if dry:
         for gid, p in report["plan"].items():
-            print(f"{gid:48s} {p['kind']:16s} {p['units']:5d} -> {p['kept']:5d}")
+            print(f"{gid:48s} {p['kind']:16s} {str(p['units'] or '-'):>5s} -> {str(p['kept']):>8s}")
         b, a = report["params"]
         f = report["flops_per_token_L"]
         print(f"parameters {b:,} -> {a:,} ({100 * (1 - a / b):.1f}% fewer); FLOPs/token at L={f['L']}: "
