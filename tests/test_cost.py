@@ -34,7 +34,7 @@ def test_flops_and_kv_cache_of_gqa():
     # removing one q head per KV group leaves the KV cache alone
     assert cm.evaluate(cm.kv_bytes_per_token, {"model.layers.0.self_attn:q_per_kv": 1}) == 2 * 2 * 32 * 2
     dense = cm.evaluate(cm.flops_per_token, {}, seq_len=128)
-    assert dense == 2 * cm.evaluate(cm.linear_params, {}) + 2 * 4 * 128 * 64
+    assert dense == 2 * (cm.evaluate(cm.linear_params, {}) + 128 * 64) + 2 * 4 * 128 * 64  # + LM head
     assert sp.diff(cm.flops_per_token, L) != 0
 
 
@@ -73,3 +73,12 @@ def test_pass_manager_contracts():
         raise AssertionError("should fail")
     except PassError as e:
         assert e.pass_name == "liar" and "did not produce ['z']" in str(e)
+
+
+def test_decoder_linear_scope_excludes_embeddings_and_head():
+    m = tiny_model("llama")  # hidden 64, q 64, k/v 32 each, ffn 96, 2 layers, vocab 128 (untied)
+    cm = build_cost_model(m, analyse(m))
+    per_layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 96
+    assert cm.evaluate(cm.linear_params, {}) == 2 * per_layer
+    assert cm.evaluate(cm.params, {}) == count_params(m)
+    assert cm.evaluate(cm.flops_per_token, {}, seq_len=1) == 2 * (2 * per_layer + 128 * 64) + 2 * 4 * 64

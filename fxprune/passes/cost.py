@@ -3,7 +3,9 @@
 Every prunable group ``g`` gets a symbol ``k_g`` (kept units, ``0 < k_g <= units``). A parameter
 touched by groups ``G_p`` (q_proj rows are in both a KV-group and a q-per-KV group) has
 ``numel * prod_{g in G_p} k_g / units_g`` entries, so the parameter count is an exact polynomial.
-FLOPs per token: 2 per linear weight entry, plus attention ``4 * L * (q width)`` per layer with the
+``linear_params`` counts the 2-D weights the prunable groups touch (the decoder's linear layers: no
+embeddings, no LM head). FLOPs per token: 2 per matmul weight entry (linear layers and the LM head,
+not input embedding tables), plus attention ``4 * L * (q width)`` per layer with the
 sequence length ``L`` a symbol. KV-cache bytes per token: ``2 * (k width) * bytes`` per layer.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import sympy as sp
+import torch
 
 from ..analysis.analyser import Analysis
 from ..analysis.groups import Kind
@@ -44,29 +47,38 @@ def build_cost_model(model, analysis: Analysis, kv_bytes: int = 2) -> CostModel:
     groups = analysis.prunable()
     symbols = {g.id: sp.Symbol(f"k[{g.id}]", positive=True, integer=True) for g in groups}
     scale = defaultdict(lambda: sp.Integer(1))  # param -> product of k_g/units_g
+    head_scale = defaultdict(lambda: sp.Integer(1))  # the same without value-channel groups
     for g in groups:
         for m in {m.param for m in g.members}:
             scale[m] *= symbols[g.id] / g.units
+            if g.kind != Kind.V_CHANNELS:
+                head_scale[m] *= symbols[g.id] / g.units
     total = sp.Integer(0)
     linear = sp.Integer(0)
     flops = sp.Integer(0)
     seen = set()
+    embeddings = {f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    out_w = getattr(out_emb, "weight", None)
+    outputs = {n for n, p in model.named_parameters(remove_duplicate=False) if out_w is not None and p is out_w}
     for name, p in model.named_parameters():
         if id(p) in seen:
             continue
         seen.add(id(p))
+        touched = name in scale  # test before indexing: ``scale`` is a defaultdict
         term = p.numel() * scale[name]
         total += term
-        if p.dim() == 2 and name in scale:
+        if p.dim() == 2 and touched:
             linear += term
-            flops += 2 * term
+        if p.dim() == 2 and (name not in embeddings or name in outputs):
+            flops += 2 * term  # every matmul weight (not an input embedding table; a tied LM head is one)
     # Attention: scores and context cost 4 * L * (q width) FLOPs per token; the KV cache holds k and
     # v, each (q width / q heads per KV head) wide.
     q_width, rep = {}, {}
     for g in groups:
         if g.kind in (Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV):
             cons = g.members_by_role("consumer")[0]
-            q_width[g.module] = cons.size * scale[cons.param]
+            q_width[g.module] = cons.size * head_scale[cons.param]
             if g.kind == Kind.ATTN_Q_PER_KV:
                 rep[g.module] = symbols[g.id]
     kv = sp.Integer(0)
