@@ -185,3 +185,23 @@ def test_cli_dry_run_prints_the_plan_and_sizes(attention, tmp_path, capsys):
     assert after < before
     kinds = {p["kind"] for p in rep["plan"].values()}
     assert ("low_rank" in kinds and "attn_v_channels" in kinds) == (attention == "olica")
+
+
+def test_whitened_low_rank_has_lower_output_error_than_diagonal():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(32, 24)
+    X = torch.randn(512, 32) @ torch.randn(32, 32)  # correlated inputs
+    errs = {}
+    for mode in ("diag", "whitened"):
+        holder = torch.nn.Module()
+        holder.p = copy.deepcopy(lin)
+        factorise(holder, "p", 8, X.pow(2).mean(0), gram=(X.T @ X / len(X)) if mode == "whitened" else None,
+                  damping=1e-6)
+        with torch.no_grad():
+            errs[mode] = float((holder.p(X) - lin(X)).pow(2).sum())
+    assert errs["whitened"] < errs["diag"]
+    holder = torch.nn.Module()
+    holder.p = copy.deepcopy(lin)
+    factorise(holder, "p", 24, gram=X.T @ X / len(X), damping=1e-6)  # full rank: exact
+    with torch.no_grad():
+        torch.testing.assert_close(holder.p(X), lin(X), atol=1e-4, rtol=1e-4)

@@ -110,13 +110,13 @@ class SelectGroups(Pass):
 
 
 def _stats_request(groups, stats: frozenset, heads: bool, producer_stats: frozenset = frozenset(),
-                   parts=()) -> StatsRequest:
+                   parts=(), qk_gram: bool = False) -> StatsRequest:
     mods, layouts = defaultdict(set), {}
     for p in parts:  # Olica attention: value input, output-projection input Gram and output moments
         mods[p.v_module] |= {Stat.INPUT_SQ}
         mods[p.o_module] |= {Stat.INPUT_GRAM, Stat.OUTPUT_SQ}
         for w in p.qk_weights:
-            mods[w.rsplit(".", 1)[0]] |= {Stat.INPUT_SQ}
+            mods[w.rsplit(".", 1)[0]] |= {Stat.INPUT_SQ} | ({Stat.INPUT_GRAM} if qk_gram else set())
     for g in groups:
         if producer_stats:
             for m in g.members:
@@ -229,7 +229,8 @@ class ReconstructAndRemove(Pass):
         groups = [a.group(g) for g in kept]
         need = set(rec.needs) | (set(crit.needs) if plan is None else set())
         req = _stats_request(groups, frozenset(need), plan is None and crit.needs_heads,
-                             crit.producer_needs if plan is None else frozenset(), parts.values())
+                             crit.producer_needs if plan is None else frozenset(), parts.values(),
+                             qk_gram=r.olica_qk == "whitened")
         damping = r.damping
         final_plan = {}
         lincal_rank = max(1, int(round(r.lincal_rank_ratio * _hidden_size(ctx.model))))
@@ -245,7 +246,9 @@ class ReconstructAndRemove(Pass):
                 for w in p.qk_weights:
                     if w in split.ranks:
                         mod = w.rsplit(".", 1)[0]
-                        factorise(ctx.model, mod, split.ranks[w], stats[mod].second_moment)
+                        st = stats[mod]
+                        factorise(ctx.model, mod, split.ranks[w], st.second_moment,
+                                  gram=st.gram / st.count if r.olica_qk == "whitened" else None)
                         report["factorised"] += 1
             gids = by_block.get(i)
             if not gids:

@@ -26,7 +26,8 @@ class Recipe:
 
     ``attention``: ``heads`` removes whole heads; ``olica`` keeps every head and instead rotates V/O
     (orthogonal decomposition, removing rotated value channels) and factorises Q/K to low rank, with
-    Olica's ratio split (``olica_k``) between Q/K, V/O and the FFN. ``lincal_layers`` > 0 inserts a
+    Olica's ratio split (``olica_k``) between Q/K, V/O and the FFN; ``olica_qk``: ``diag`` (the paper's
+    activation-weighted SVD) or ``whitened`` (SVD whitened by the input Gram: least output error). ``lincal_layers`` > 0 inserts a
     low-rank linear calibration (rank ``lincal_rank_ratio * hidden``, ridge ``lincal_damping``) beside
     the pruned FFN of that many layers, chosen by how linearly predictable their residual is; it
     composes with any criterion, reconstruction and attention mode."""
@@ -44,6 +45,7 @@ class Recipe:
     damping: float = 0.01
     attention: str = "heads"
     olica_k: float = 3.0
+    olica_qk: str = "diag"
     lincal_layers: int = 0
     lincal_rank_ratio: float = 0.03
     lincal_damping: float = 0.05
@@ -64,6 +66,7 @@ class Recipe:
             ("scope", self.scope in SCOPES, SCOPES),
             ("attention_unit", self.attention_unit in ATTENTION_UNITS, ATTENTION_UNITS),
             ("attention", self.attention in ATTENTION_MODES, ATTENTION_MODES),
+            ("olica_qk", self.olica_qk in ("diag", "whitened"), ("diag", "whitened")),
             ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
         ]
         for name, ok, allowed in checks:
