@@ -82,3 +82,14 @@ def test_decoder_linear_scope_excludes_embeddings_and_head():
     assert cm.evaluate(cm.linear_params, {}) == 2 * per_layer
     assert cm.evaluate(cm.params, {}) == count_params(m)
     assert cm.evaluate(cm.flops_per_token, {}, seq_len=1) == 2 * (2 * per_layer + 128 * 64) + 2 * 4 * 64
+
+
+def test_compiled_evaluation_equals_exact_substitution():
+    m = tiny_model("llama")
+    a = analyse(m)
+    cm = build_cost_model(m, a)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        kept = {gr.id: int(torch.randint(1, gr.units + 1, (1,), generator=g)) for gr in a.prunable()}
+        for expr in (cm.params, cm.linear_params, cm.flops_per_token, cm.kv_bytes_per_token):
+            assert cm.evaluate(expr, kept, seq_len=77) == cm.evaluate_exact(expr, kept, seq_len=77)
