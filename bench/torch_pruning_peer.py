@@ -421,10 +421,13 @@ def run(args):
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     wall = time.perf_counter() - t0
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # the reaped prune process (the only child so far)
     log.close()
     prog = json.loads((work / "progress.json").read_text()) if (work / "progress.json").exists() else {}
     phase_at = {ph["phase"]: ph["at"] for ph in prog.get("phases", [])}
     res["prune_wall_seconds"] = wall
+    res["prune_cpu_seconds"] = ru.ru_utime + ru.ru_stime  # < wall when other jobs share the 2 cores
     res["stack_samples"] = stacks
     res["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for k in ("params_before", "decoder_linear_before", "trace_seconds", "group_building_seconds", "pruning_seconds",
@@ -496,7 +499,7 @@ def summarize(_args):
         root_node = next((v for k, v in st["nodes"].items() if st["root"] + " " in k), None)
         s["diagnose"] = {"groups_finished_before": [g["root"] for g in diag["groups_finished"]],
                          "stuck_group_root": st["root"], "seconds_observed": st["seconds_in_group"],
-                         "group_len_at_end": st["growth"][-1]["group_len"] if st["growth"] else None}
+                         "group_len_last_sample": st["growth"][-1]["group_len"] if st["growth"] else None}
         if root_node:
             s["diagnose"]["root_visits"] = root_node["visits"]
             s["diagnose"]["root_index_list_latest_[len,min,max]"] = root_node["index_lists"][-1]
