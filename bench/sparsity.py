@@ -69,6 +69,7 @@ def main():
     ap.add_argument("--runs", nargs="*", help="explicit METHOD@PATTERN list (overrides --methods/--patterns)")
     ap.add_argument("--mrp-options", default="{}", help="JSON overrides for MRPConfig")
     ap.add_argument("--render-only", action="store_true", help="merge <tag>.json and llmc_peer.json into <tag>.md")
+    ap.add_argument("--stop-after", help="HH:MM (UTC): start no further run after this time (finished runs are kept)")
     args = ap.parse_args()
     if args.render_only:
         d = json.loads((Path(__file__).parent / "results" / f"{args.tag}.json").read_text())
@@ -114,6 +115,9 @@ def main():
     print(f"dense ppl {meta['dense_ppl']:.3f} ({time.time() - t:.0f}s)", flush=True)
     runs = [r.split("@") for r in args.runs] if args.runs else [(m, p) for p in args.patterns for m in args.methods]
     for m, spec in runs:
+        if args.stop_after and time.strftime("%H:%M", time.gmtime()) >= args.stop_after:
+            print(f"--stop-after {args.stop_after}: not starting {m}@{spec} or later runs", flush=True)
+            break
         if True:
             model.load_state_dict(dense_state)
             pat = pattern_for(m, spec)
