@@ -69,6 +69,9 @@ def main():
     ap.add_argument("--runs", nargs="*", help="explicit METHOD@PATTERN list (overrides --methods/--patterns)")
     ap.add_argument("--mrp-options", default="{}", help="JSON overrides for MRPConfig")
     ap.add_argument("--render-only", action="store_true", help="merge <tag>.json and llmc_peer.json into <tag>.md")
+    ap.add_argument("--queue", help="file of METHOD@PATTERN lines, re-read before every run (edit it to reorder "
+                    "or drop runs while the process works); the first line not yet run by this process is next")
+    ap.add_argument("--stop-after", help="HH:MM (UTC): start no further run after this time (finished runs are kept)")
     args = ap.parse_args()
     if args.render_only:
         d = json.loads((Path(__file__).parent / "results" / f"{args.tag}.json").read_text())
@@ -113,7 +116,21 @@ def main():
     meta["dense_ppl"] = prev.get("meta", {}).get("dense_ppl") or perplexity(model, ids, args.eval_L, args.eval_windows)
     print(f"dense ppl {meta['dense_ppl']:.3f} ({time.time() - t:.0f}s)", flush=True)
     runs = [r.split("@") for r in args.runs] if args.runs else [(m, p) for p in args.patterns for m in args.methods]
+    if args.queue:
+        def queued():
+            done = set()
+            while True:
+                todo = [ln.strip() for ln in Path(args.queue).read_text().splitlines()
+                        if ln.strip() and not ln.startswith("#") and ln.strip() not in done]
+                if not todo:
+                    return
+                done.add(todo[0])
+                yield todo[0].split("@")
+        runs = queued()
     for m, spec in runs:
+        if args.stop_after and time.strftime("%H:%M", time.gmtime()) >= args.stop_after:
+            print(f"--stop-after {args.stop_after}: not starting {m}@{spec} or later runs", flush=True)
+            break
         if True:
             model.load_state_dict(dense_state)
             pat = pattern_for(m, spec)
