@@ -104,4 +104,5 @@ def test_shipped_structured_recipes_parse():
         if yaml.safe_load(f.read_text()).get("method") == "structured":
             Recipe.from_file(f)
             names.append(f.stem)
-    assert {"goa-liar-ffn-20", "olica-20", "olica-decoder-20", "olica-attn-goa-liar-20"} <= set(names)
+    assert {"goa-liar-ffn-20", "goa-liar-ffn-global-20", "olica-20", "olica-decoder-20",
+            "olica-attn-goa-liar-20"} <= set(names)
