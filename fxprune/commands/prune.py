@@ -104,9 +104,8 @@ def _run_structured(args, path: Path) -> int:
             plan = {g: f"{k} best" for g, k in kept.items()}
         else:
             kept = {g: len(k) for g, k in plan.items()}
-        saved_qk = 0
-        if split:  # low-rank q/k: weights removed beyond the unit-count polynomial
-            saved_qk = split.removed - (cost.evaluate(cost.params, {}) - cost.evaluate(cost.params, kept))
+        saved_qk = split.qk_removed if split else 0  # low-rank q/k: beyond the unit-count polynomial
+        if split:
             for w, r in split.ranks.items():
                 plan[w] = f"rank {r}"
         report["plan"] = {g: {"kind": a.group(g).kind if g in a.by_id() else "low_rank",

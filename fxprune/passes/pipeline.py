@@ -292,46 +292,30 @@ class _LinCalCapture:
     and fits the residual of the pruned FFN afterwards (``lincal.fit``)."""
 
     def __init__(self, model, analysis, gids, block, inputs):
-        self.model = model
-        mods = sorted({analysis.group(g).module for g in gids})
-        self.modules = []
-        for name in mods:
-            mod = model.get_submodule(name)
+        self.names = sorted({analysis.group(g).module for g in gids})
+        self.modules = [model.get_submodule(n) for n in self.names]
+        for name, mod in zip(self.names, self.modules):
             if mod is block:
                 raise RecipeError(f"linear calibration: the FFN group of {name} is not a submodule of its "
                                   "block (its channels live directly in the block); not supported")
-            self.modules.append((name, mod))
-        self.xs = {n: [] for n, _ in self.modules}
-        self.ys = {n: [] for n, _ in self.modules}
-        hooks = []
-        for name, mod in self.modules:
-            def hook(m, args, out, name=name):
-                if not isinstance(out, torch.Tensor) or out.shape != args[0].shape:
-                    raise RecipeError(f"linear calibration: {name} does not map its input to an output "
-                                      "of the same shape; not supported")
-                self.xs[name].append(args[0].detach())
-                self.ys[name].append(out.detach())
-            hooks.append(mod.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                for inp in inputs:
-                    block(*inp.args, **inp.kwargs)
-        finally:
-            for h in hooks:
-                h.remove()
+        self.io = _capture(block, self.modules, inputs)
+        for name, pairs in zip(self.names, self.io):
+            if any(not isinstance(y, torch.Tensor) or y.shape != x.shape for x, y in pairs):
+                raise RecipeError(f"linear calibration: {name} does not map its input to an output "
+                                  "of the same shape; not supported")
 
     @torch.no_grad()
     def fit(self, rank, alpha, reduce):
         out = []
-        for name, mod in self.modules:
-            acc = _lincal.ResidualFit(self.xs[name][0].shape[-1])
-            for x, y in zip(self.xs[name], self.ys[name]):
+        for name, mod, pairs in zip(self.names, self.modules, self.io):
+            acc = _lincal.ResidualFit(pairs[0][0].shape[-1])
+            for x, y in pairs:
                 acc.add(x, y - mod(x))
             for attr in ("G", "C", "sx", "se", "see"):
                 setattr(acc, attr, reduce(getattr(acc, attr)))
             acc.n = int(reduce(torch.tensor(float(acc.n))).item())
             out.append(_lincal.fit(acc, rank, alpha, module=name))
-        self.xs = self.ys = None
+        self.io = None
         return out
 
 
@@ -366,17 +350,18 @@ def _consumer_layers(model, analysis: Analysis, sub: dict):
     return out
 
 
-def _capture(block, layers, inputs, want: str):
-    """Per batch, the input (``want='in'``) or output of every consumer layer when running ``block``."""
-    got = [[] for _ in layers]
+def _capture(block, modules, inputs) -> list[list[tuple]]:
+    """Per module, the ``(input, output)`` of every batch when running ``block`` on ``inputs``."""
+    got = [[] for _ in modules]
     hooks = []
-    for j, (layer, _) in enumerate(layers):
-        def hook(mod, args, out, j=j):
-            got[j].append(args[0].detach() if want == "in" else out.detach())
-        hooks.append(layer.module.register_forward_hook(hook))
+    for j, mod in enumerate(modules):
+        def hook(m, args, out, j=j):
+            got[j].append((args[0].detach(), out.detach() if isinstance(out, torch.Tensor) else out))
+        hooks.append(mod.register_forward_hook(hook))
     try:
-        for inp in inputs:
-            block(*inp.args, **inp.kwargs)
+        with torch.no_grad():
+            for inp in inputs:
+                block(*inp.args, **inp.kwargs)
     finally:
         for h in hooks:
             h.remove()
@@ -384,16 +369,16 @@ def _capture(block, layers, inputs, want: str):
 
 
 def _consumer_outputs(block, layers, dense_inputs):
-    return _capture(block, layers, dense_inputs, "out")
+    return [[y for _, y in pairs] for pairs in _capture(block, [l.module for l, _ in layers], dense_inputs)]
 
 
 def _refit(model, block, layers, inputs, targets, damping, reduce):
     """GOA step 2. Under data parallelism each rank holds its shard's inputs and dense targets: the
     sums are all-reduced before the solve so every rank computes the same weights."""
-    xs = _capture(block, layers, inputs, "in")
-    for (layer, _), x_list, y_list in zip(layers, xs, targets):
+    ios = _capture(block, [l.module for l, _ in layers], inputs)
+    for (layer, _), pairs, y_list in zip(layers, ios, targets):
         acc = RefitAccumulator()
-        for x, y in zip(x_list, y_list):
+        for (x, _), y in zip(pairs, y_list):
             acc.add(x, y)
         acc.A, acc.C = reduce(acc.A), reduce(acc.C)
         acc.solve_into(layer, damping)

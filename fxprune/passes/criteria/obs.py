@@ -45,20 +45,20 @@ class OBS(Criterion):
             states.append(list(_state(W, stats[c.module])))
             unit_idx.append(c.member.unit_index(group.units))
         units = group.units
+        multi_channel = [bool((torch.bincount(ui, minlength=units) > 1).any()) for ui in unit_idx]
         alive = torch.ones(units, dtype=torch.bool)
         order = []
         step = 1 if units <= 64 else self.step_units
         while int(alive.sum()) > 1:
             cost = torch.zeros(units, dtype=torch.float64)
-            for (Hinv, Wa), ui in zip(states, unit_idx):
-                per_ch = Wa[:, :-1].pow(2).sum(0) / torch.diagonal(Hinv)[:-1].clamp_min(1e-30)
-                if bool((torch.bincount(ui, minlength=units) > 1).any()):  # multi-channel units: joint cost
+            for (Hinv, Wa), ui, multi in zip(states, unit_idx, multi_channel):
+                if multi:  # joint cost of a unit's channels
                     for u in torch.nonzero(alive).flatten().tolist():
                         P = torch.nonzero(ui == u).flatten()
                         WP = Wa[:, P]
                         cost[u] += (WP @ torch.linalg.solve(Hinv[P][:, P], WP.T)).trace()
                 else:
-                    cost.index_add_(0, ui, per_ch)
+                    cost.index_add_(0, ui, Wa[:, :-1].pow(2).sum(0) / torch.diagonal(Hinv)[:-1].clamp_min(1e-30))
             cost[~alive] = float("inf")
             k = min(step, int(alive.sum()) - 1)
             drop = torch.argsort(cost, stable=True)[:k]

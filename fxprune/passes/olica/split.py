@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..allocate import _round
+from .lowrank import saving_rank
 
 
 def ratios(s: float, k: float = 3.0) -> tuple[float, float]:
@@ -28,6 +29,7 @@ class OlicaSplit:
     v_kept: dict        # v_channels group id -> kept rotated channels
     ranks: dict         # q/k weight param -> rank (only factorised ones)
     ffn_kept: dict      # ffn group id -> kept channels
+    qk_removed: int     # weights the q/k factorisations remove (beyond the unit-count polynomial)
     removed: int
     budget: int
     total: int
@@ -46,14 +48,10 @@ def solve(model, parts, ffn_groups, cost, expr, target: float, k: float = 3.0,
     for p in parts.values():
         for w in p.qk_weights:
             out_f, in_f = model.get_parameter(w).shape
-            r = saving = None
-            if s_qk > 0:
-                from .lowrank import saving_rank
-                r = saving_rank(in_f, out_f, s_qk)
+            r = saving_rank(in_f, out_f, s_qk) if s_qk > 0 else None
             if r is not None:
                 ranks[w] = r
-                saving = in_f * out_f - r * (in_f + out_f)
-                qk_removed += saving
+                qk_removed += in_f * out_f - r * (in_f + out_f)
     v_kept = {p.v_group: max(1, int(round(p.head_dim * (1 - s_vo)))) for p in parts.values()}
 
     def removed(frac):
@@ -74,4 +72,4 @@ def solve(model, parts, ffn_groups, cost, expr, target: float, k: float = 3.0,
             hi = mid
     rem, kept = best
     ffn_kept = {g.id: kept[g.id] for g in ffn_groups if kept[g.id] < g.units}
-    return OlicaSplit(s_qk, s_vo, v_kept, ranks, ffn_kept, rem, budget, total)
+    return OlicaSplit(s_qk, s_vo, v_kept, ranks, ffn_kept, qk_removed, rem, budget, total)
