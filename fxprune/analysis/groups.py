@@ -26,6 +26,9 @@ class Kind:
     OTHER = "other"
 
 
+#: Kinds whose unit is a whole attention head (or a KV group of heads).
+ATTENTION_KINDS = (Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV)
+
 DEPTH2_KINDS = {Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV, Kind.FFN, Kind.SSM, Kind.V_CHANNELS}
 
 

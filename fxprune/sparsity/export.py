@@ -52,9 +52,12 @@ def save_sparse_model(model, out_dir: str | Path, tokenizer=None, result=None) -
             model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        if result is not None:
-            result.to_json(tmp / "sparsity_report.json")
-            (tmp / "sparsity_report.md").write_text(result.to_markdown() + "\n")
+        if result is not None:  # a run report (``fxprune.report``)
+            import json
+
+            from ..report import markdown
+            (tmp / "sparsity_report.json").write_text(json.dumps(result, indent=1, default=str))
+            (tmp / "sparsity_report.md").write_text(markdown(result) + "\n")
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"cannot save sparse model to {str(out)!r}: {type(e).__name__}: {e}") from e

@@ -17,6 +17,7 @@ from torch import nn
 
 from ...calibration.observers import Stat
 from ...errors import RecipeError
+from ..consumers import as_columns
 
 RECONSTRUCTORS: dict[str, type] = {}
 
@@ -33,10 +34,14 @@ class ConsumerLayer:
         self.module = model.get_submodule(module)
         self.name, self.weight_name, self.dim = module, weight_param, dim
 
+    @classmethod
+    def of(cls, model: nn.Module, consumer) -> "ConsumerLayer":
+        """The layer of a ``passes.consumers.Consumer``."""
+        return cls(model, consumer.module, consumer.member.param, consumer.member.dim)
+
     @property
     def W(self) -> torch.Tensor:
-        w = self.module.get_parameter(self.weight_name.rsplit(".", 1)[1])
-        return w if self.dim == 1 else w.transpose(0, 1)
+        return as_columns(self.module.get_parameter(self.weight_name.rsplit(".", 1)[1]), self.dim)
 
     def bias(self, create: bool = False) -> torch.Tensor | None:
         b = getattr(self.module, "bias", None)
