@@ -19,7 +19,7 @@ import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 from ..errors import FxPruneError, RecipeError
 
@@ -64,12 +64,41 @@ class Step:
         raise NotImplementedError
 
 
+def _checked(name: str, value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it fits the simple type ``hint`` (int, float, bool, str, Literal); ints pass as
+    floats. Other hints are left to the config's own validation."""
+    if get_origin(hint) is Literal:
+        if value not in get_args(hint):
+            raise RecipeError(f"{where}: field {name!r}: {value!r} is not one of {list(get_args(hint))}")
+        return value
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:
+        return value
+    if not ok:
+        raise RecipeError(f"{where}: field {name!r}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
 def dataclass_from(cls, fields: dict, where: str):
-    """``cls(**fields)`` with unknown names and bad values reported as ``RecipeError`` naming ``where``."""
+    """``cls(**fields)`` with unknown names and values of the wrong simple type reported as
+    ``RecipeError`` naming ``where`` and the field; the config's own checks run after."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise RecipeError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+    try:
+        hints = get_type_hints(cls)
+    except Exception:  # unresolvable annotations: no generic check
+        hints = {}
+    fields = {k: _checked(k, v, hints.get(k), where) for k, v in fields.items()}
     try:
         return cls(**fields)
     except (FxPruneError, TypeError, ValueError) as e:
