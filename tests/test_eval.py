@@ -133,3 +133,19 @@ def test_eval_cli_missing_data_is_an_error(tmp_path, capsys):
     rc = main(["eval", "tiny:llama", "--ppl", "wikitext2", "--data-root", str(tmp_path)])
     assert rc == 2
     assert "wiki.test.raw" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_shared_context_equals_separate_forwards(family):
+    """Cached-context scoring (one context forward per item) gives the unshared log-likelihoods."""
+    from fxprune.evaluation.zeroshot import supports_shared_context
+    model = tiny_model(family).eval()
+    tok = ByteTokenizer(model.config.vocab_size)
+    assert supports_shared_context(model)
+    reqs = [("Question: why?\nAnswer:", " because"), ("Question: why?\nAnswer:", " no"),
+            ("Question: why?\nAnswer:", " it is what it is"), ("Hi", " there you go"), ("Hi", " x"),
+            ("alone", " here")]
+    shared = loglikelihoods(model, tok, reqs, progress=False, share_context=True)
+    separate = loglikelihoods(model, tok, reqs, progress=False, share_context=False)
+    assert shared == pytest.approx(separate, abs=1e-4)
+    assert not supports_shared_context(_toy())
