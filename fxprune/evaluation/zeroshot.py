@@ -21,7 +21,8 @@ so the prefix is exactly common). The context is run once with ``use_cache=True`
 score every choice's first token, and the cache, repeated once per choice, scores the remaining
 continuation tokens in one right-padded batch. The inputs are the same token sequences as without
 sharing, so the log-likelihoods agree to float rounding (tested to 1e-4); BoolQ (one-token answers)
-needs one forward per item instead of two, HellaSwag about half the tokens.
+needs one forward per item instead of two, HellaSwag about half the tokens. Items with short contexts
+(ARC, OBQA, PIQA) stay in the token-budget batches, which are faster for them.
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
     """Sum of continuation log-probabilities for each ``(context, continuation)`` request.
 
     ``share_context``: score requests with identical context tokens from one cached context forward
-    (None: wherever the model has a standard KV cache, see ``supports_shared_context``)."""
+    (True: every such group; None: where the model has a standard KV cache, see
+    ``supports_shared_context``, and the group saves at least 128 context tokens; False: never)."""
     from tqdm.auto import tqdm
     prefix = getattr(tokenizer, "eos_token_id", None)
     if prefix is None:
@@ -79,6 +81,7 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
     if max_length is None:
         cfg = getattr(model, "config", None)
         max_length = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+    min_saved = 0 if share_context else 128
     if share_context is None:
         share_context = supports_shared_context(model)
     seqs, groups = [], {}
@@ -92,7 +95,9 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
     bar = tqdm(total=len(seqs), desc="loglikelihood", leave=False, disable=not progress)
     shared = set()
     for c, members in groups.items():
-        if len(members) < 2:
+        # short contexts: one forward per item costs more than the tokens it saves (unshared requests
+        # are batched up to max_batch_tokens); share only where it saves >= min_saved tokens
+        if len(members) < 2 or (len(members) - 1) * len(c) < min_saved:
             continue
         with autocast():
             for j, ll in zip([j for j, _ in members], _shared_context_lls(model, list(c), [k for _, k in members], device)):
