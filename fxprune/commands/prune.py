@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..evaluation import report as _report
+from ..evaluation import render as _report
 
 NAME = "prune"
 HELP = "Prune MODEL by RECIPE with calibration DATA and save the result to DIR."

@@ -18,7 +18,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..errors import ModelLoadError
-    from ..evaluation.report import render_dir
+    from ..evaluation.render import render_dir
     d = Path(args.dir)
     if not (d / "config.json").is_file():
         raise ModelLoadError(str(d), "not a checkpoint directory (no config.json)")

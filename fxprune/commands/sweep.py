@@ -153,7 +153,7 @@ def run(args) -> int:
     import fxprune
     from ..calibration import Engine
     from ..data import CalibrationConfig, calibration_windows, evaluation_windows, tokenizer_for
-    from ..evaluation.report import peak_rss_mb
+    from ..evaluation.render import peak_rss_mb
     from ..evaluation.suite import evaluate_suite, parse_tasks
     from ..evaluation.widths import count_params, widths_table
     from ..loading import load_model
