@@ -80,12 +80,8 @@ def write_prune_report(args: Any, report: dict, loaded: Any) -> Path | None:
     model = loaded.model
     out = Path(args.out)
     data = {"model": report.get("model"), "checkpoint": str(out), "recipe": recipe_entry(report.get("recipe_file")),
-            "calibration": report.get("calibration", {}), "stages": []}
-    if report.get("prune_seconds") is not None:
-        data["stages"].append({"name": "prune (total)", "seconds": report["prune_seconds"], "peak_rss_mb": None})
-    for p in report.get("passes", []) or []:
-        if isinstance(p, dict) and "seconds" in p:
-            data["stages"].append({"name": f"pass {p.get('name')}", "seconds": p["seconds"], "peak_rss_mb": None})
+            "calibration": report.get("calibration", {})}
+    data["stages"] = _stages_of(report)
     data["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if "ppl_dense" in report:
         data["ppl"] = {"set": getattr(args, "eval_ppl", None), "seq_len": getattr(args, "seq_len", None),
@@ -107,6 +103,17 @@ def write_prune_report(args: Any, report: dict, loaded: Any) -> Path | None:
     data["widths"]["dense"], data["widths"]["dense_source"] = dense_widths_for(report.get("model"), model)
     (out / REPORT_JSON).write_text(json.dumps(data, indent=1, default=str))
     return render_dir(out, model=model)
+
+
+def _stages_of(report: dict) -> list[dict]:
+    """Stages with seconds from a prune report: the total, then each pass it lists."""
+    stages = []
+    if report.get("prune_seconds") is not None:
+        stages.append({"name": "prune (total)", "seconds": report["prune_seconds"], "peak_rss_mb": None})
+    for p in report.get("passes", []) or []:
+        if isinstance(p, dict) and "seconds" in p:
+            stages.append({"name": f"pass {p.get('name')}", "seconds": p["seconds"], "peak_rss_mb": None})
+    return stages
 
 
 def render_dir(directory, model: Any = None) -> Path:
@@ -167,7 +174,7 @@ def render_dir(directory, model: Any = None) -> Path:
             cells.append("-" if w is None else (f"{w} / {dw}" if dw is not None and dw != w else f"{w}"))
         md.append(f"| {layer} | " + " | ".join(cells) + " |")
     md += ["", "(`kept / dense` where they differ)", ""]
-    stages = data.get("stages") or []
+    stages = data.get("stages") or _stages_of(saved)
     md += ["## Time and memory per stage", ""]
     if stages:
         md += ["| stage | seconds | peak RSS MiB (process, so far) |", "|---|---|---|"]
