@@ -8,6 +8,8 @@ import json
 import sys
 import time
 
+from ..evaluation import render as _report
+
 NAME = "prune"
 HELP = "Prune MODEL by RECIPE (structured, sparsity or both) with calibration DATA and save to DIR."
 
@@ -29,6 +31,7 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--semi-structured", action="store_true",
                    help="CUDA only: convert 2:4 layers to semi-structured sparse tensors and time them")
+    _report.add_report_arguments(p)  # --eval-tasks, --limit (fxprune/evaluation/render.py)
 
 
 def recipe_from_args(args):
@@ -61,6 +64,7 @@ def run(args) -> int:
     from ..errors import RecipeError
     from ..loading import load_model
     from ..pipeline import plan_model, prune_model
+    from ..recipe import resolve_recipe_path
 
     recipe = recipe_from_args(args)
     if not args.dry_run and not args.out:
@@ -69,7 +73,7 @@ def run(args) -> int:
     model, tok = loaded.model, tokenizer_for(loaded)
     windows = (calibration_windows(tok, recipe.calibration, model=model, root=args.data_root)
                if recipe.needs_calibration else None)
-    report = {"model": args.model, "recipe_name": recipe.name}
+    report = {"model": args.model, "recipe_name": recipe.name, "recipe_file": str(resolve_recipe_path(args.recipe))}
     if args.dry_run:
         ctxs = plan_model(model, recipe, windows)
         report["steps"] = [describe_plan(step, ctx, recipe.calibration.seq_len)
@@ -92,6 +96,7 @@ def run(args) -> int:
         report["semi_structured"] = {k: v for k, v in convert_2to4_and_time(model, ids).items() if k != "converted"}
     save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan})
     report["out"] = args.out
+    report["report"] = str(_report.write_prune_report(args, report, loaded))  # report.md beside the weights
     _print(report, args)
     return 0
 
