@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import CalibrationConfig
-from .errors import RecipeError
+from .errors import FxPruneError, RecipeError
 from .steps import Step, dataclass_from, parse_step
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
@@ -61,6 +61,14 @@ class Recipe:
             raise RecipeError(f"recipe {self.name!r} has no structured step whose target could be set")
         steps = [replace(s, target=target) if isinstance(s, StructuredStep) else s for s in self.steps]
         return replace(self, steps=tuple(steps), name=f"{self.name}@{target:g}" if self.name else "")
+
+    def with_calibration(self, **changes) -> "Recipe":
+        """The same recipe with these fields of its calibration block changed (``source``, ``samples``,
+        ``seq_len``, ``seed``, ``batch_size``, ``bos``); bad values are a ``RecipeError``."""
+        try:
+            return replace(self, calibration=replace(self.calibration, **changes))
+        except (FxPruneError, TypeError) as e:
+            raise RecipeError(f"calibration override {changes}: {e}") from e
 
     def to_dict(self) -> dict:
         return {"name": self.name, "calibration": asdict(self.calibration),

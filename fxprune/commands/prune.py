@@ -36,19 +36,10 @@ def add_arguments(p):
 
 def recipe_from_args(args):
     """The recipe named by ``--recipe`` with the calibration overrides of the command line."""
-    from dataclasses import replace
-
     from ..recipe import load_recipe
-    recipe = load_recipe(args.recipe)
     over = {k: v for k, v in (("source", args.calib), ("samples", args.calib_samples),
                               ("seq_len", args.calib_seq_len), ("seed", args.seed)) if v is not None}
-    if over:
-        from ..errors import DataError, RecipeError
-        try:
-            recipe = replace(recipe, calibration=replace(recipe.calibration, **over))
-        except DataError as e:
-            raise RecipeError(f"command-line calibration override: {e}") from e
-    return recipe
+    return load_recipe(args.recipe).with_calibration(**over)
 
 
 def _ppl(model, tok, args):

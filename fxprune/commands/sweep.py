@@ -51,17 +51,8 @@ def add_arguments(p):
 def recipe_at(spec: str, target: float, overrides: dict | None = None):
     """Recipe ``spec`` (name or file) with every structured step's removal fraction set to ``target``
     and its calibration block updated by ``overrides`` (``source``, ``samples``...)."""
-    from dataclasses import replace
-
-    from ..errors import DataError, RecipeError
     from ..recipe import load_recipe
-    recipe = load_recipe(spec).with_target(float(target))
-    if overrides:
-        try:
-            recipe = replace(recipe, calibration=replace(recipe.calibration, **overrides))
-        except DataError as e:
-            raise RecipeError(f"calibration override: {e}") from e
-    return recipe
+    return load_recipe(spec).with_target(float(target)).with_calibration(**(overrides or {}))
 
 
 def _float_list(s: str) -> list[float]:

@@ -95,6 +95,13 @@ class Pass:
         raise NotImplementedError
 
 
+class StepPass(Pass):
+    """A pass of a recipe step: keeps the step's config as ``self.step``."""
+
+    def __init__(self, step):
+        self.step = step
+
+
 class PassManager:
     def __init__(self, passes: list[Pass]):
         self.passes = list(passes)

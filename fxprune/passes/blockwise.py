@@ -3,16 +3,17 @@ it builds from its facts, then harvests what they produced."""
 from __future__ import annotations
 
 from ..calibration.runner import Stream
-from .base import Pass
+from .base import StepPass
 
 
-class BlockwisePass(Pass):
-    """Subclasses implement ``ops(ctx)`` and ``finish(ctx, ops) -> report``; ``env`` is the run's
-    ``steps.StepEnv`` (windows, engine, batch size)."""
+class BlockwisePass(StepPass):
+    """Subclasses implement ``ops(ctx)`` and ``finish(ctx, ops) -> report``; ``step`` is the step's
+    config, ``env`` the run's ``steps.StepEnv`` (windows, engine, batch size)."""
 
     stream = Stream.PRUNED
 
-    def __init__(self, env):
+    def __init__(self, step, env):
+        super().__init__(step)
         self.env = env
 
     def ops(self, ctx) -> list:

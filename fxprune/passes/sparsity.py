@@ -11,19 +11,16 @@ from torch import nn
 from ..calibration import find_blocks
 from ..report import sparsity_totals
 from ..sparsity.masks import MaskError, check_pattern
-from .base import Pass
+from .base import StepPass
 from .blockwise import BlockwisePass
 from .ops import Sparsify
 
 
-class SelectLinears(Pass):
+class SelectLinears(StepPass):
     """Every ``nn.Linear`` inside the model's repeated blocks that the step's layer selection takes,
     with its pattern, or the reason it cannot take it (e.g. ``d_in`` not a multiple of M)."""
 
     name, ensures = "select_linears", ("linears",)
-
-    def __init__(self, step):
-        self.step = step
 
     def run(self, ctx):
         blocks = find_blocks(ctx.model)
@@ -48,10 +45,6 @@ class SelectLinears(Pass):
 
 class SparsifyBlocks(BlockwisePass):
     name, requires, ensures = "sparsify_blocks", ("linears",), ("sparsity_layers",)
-
-    def __init__(self, step, env):
-        super().__init__(env)
-        self.step = step
 
     def ops(self, ctx):
         by_block = defaultdict(list)

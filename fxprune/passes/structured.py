@@ -18,7 +18,7 @@ from ..calibration.runner import Stream
 from ..errors import AnalysisError, RecipeError
 from ..surgery import prune, verify_pruned
 from .allocate import allocate
-from .base import Pass
+from .base import Pass, StepPass
 from .blockwise import BlockwisePass
 from .consumers import stats_request
 from .cost import build_cost_model
@@ -45,6 +45,11 @@ def layerwise_extras(step) -> bool:
     return step.attention == "olica" or step.lincal_layers > 0
 
 
+def _in_scope(step, cost):
+    """The cost-model expression the step's target is a fraction of."""
+    return cost.params if step.scope == "all" else cost.linear_params
+
+
 def _by_block(gids, block_of) -> dict:
     out = defaultdict(list)
     for gid in gids:
@@ -64,14 +69,11 @@ class Analyse(Pass):
         return {"groups": len(a.groups), "prunable": len(a.prunable())}
 
 
-class SelectGroups(Pass):
+class SelectGroups(StepPass):
     """The groups the step may shrink (kinds, attention unit, protected blocks), the block of every
     group, and (Olica) the attention parts to decompose."""
 
     name, requires, ensures = "select_groups", ("analysis",), ("groups", "block_of", "attention_parts")
-
-    def __init__(self, step):
-        self.step = step
 
     def run(self, ctx):
         r, a = self.step, ctx["analysis"]
@@ -114,10 +116,6 @@ class Score(BlockwisePass):
     name, requires, ensures = "score", ("groups", "block_of", "analysis"), ("scores",)
     stream = Stream.DENSE
 
-    def __init__(self, step, env):
-        super().__init__(env)
-        self.step = step
-
     def run(self, ctx):
         crit = get_criterion(self.step.criterion)
         if scores_in_block(self.step):
@@ -146,36 +144,30 @@ class Score(BlockwisePass):
         return {}
 
 
-class Allocate(Pass):
+class Allocate(StepPass):
     """Kept units per group meeting the step's target (``passes/allocate.py``)."""
 
     name, requires, ensures = "allocate", ("scores", "cost", "groups"), ("allocation",)
 
-    def __init__(self, step):
-        self.step = step
-
     def run(self, ctx):
         r, cost = self.step, ctx["cost"]
-        expr = cost.params if r.scope == "all" else cost.linear_params
-        alloc = allocate(ctx["groups"], ctx["scores"], cost, expr, r.target, r.allocation, r.channel_multiple)
+        alloc = allocate(ctx["groups"], ctx["scores"], cost, _in_scope(r, cost), r.target, r.allocation,
+                         r.channel_multiple)
         ctx.facts["allocation"] = alloc  # plan None: widths only, units picked block by block
         return {"scope": r.scope, "target": r.target, "achieved": round(alloc.achieved, 6),
                 "removed_params": alloc.removed, "in_scope_params": alloc.total}
 
 
-class OlicaSplit(Pass):
+class OlicaSplit(StepPass):
     """Olica's ratio split between Q/K ranks, rotated value channels and FFN widths (``olica/split.py``)."""
 
     name, requires, ensures = "olica_split", ("cost", "groups", "attention_parts"), ("allocation",)
 
-    def __init__(self, step):
-        self.step = step
-
     def run(self, ctx):
         r, cost = self.step, ctx["cost"]
-        expr = cost.params if r.scope == "all" else cost.linear_params
         ffn = [g for g in ctx["groups"] if g.kind not in ATTENTION_KINDS]
-        sp = olica_solve(ctx.model, ctx["attention_parts"], ffn, cost, expr, r.target, r.olica_k, r.channel_multiple)
+        sp = olica_solve(ctx.model, ctx["attention_parts"], ffn, cost, _in_scope(r, cost), r.target, r.olica_k,
+                         r.channel_multiple)
         ctx.facts["allocation"] = sp
         return {"scope": r.scope, "target": r.target, "achieved": round(sp.achieved, 6),
                 "removed_params": sp.removed, "in_scope_params": sp.total, "split": "olica",
@@ -205,10 +197,6 @@ class ReconstructBlocks(BlockwisePass):
     name = "reconstruct_blocks"
     requires = ("allocation", "analysis", "block_of", "attention_parts")
     ensures = ("plan", "pruned", "lincal_candidates")
-
-    def __init__(self, step, env):
-        super().__init__(env)
-        self.step = step
 
     def ops(self, ctx):
         r, a, alloc = self.step, ctx["analysis"], ctx["allocation"]
@@ -247,13 +235,10 @@ class ReconstructBlocks(BlockwisePass):
                 "scored_on": "pruned stream, per block" if ctx["allocation"].plan is None else "dense stream"}
 
 
-class InsertLinearCalibration(Pass):
+class InsertLinearCalibration(StepPass):
     """Insert the ``lincal_layers`` fitted calibrations whose residual fit is best (mean Pearson r)."""
 
     name, requires = "insert_linear_calibration", ("lincal_candidates",)
-
-    def __init__(self, step):
-        self.step = step
 
     def run(self, ctx):
         cands = sorted(ctx["lincal_candidates"], key=lambda c: -c.mean_r)

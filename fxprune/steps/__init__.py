@@ -16,12 +16,11 @@ calibrates on the model the earlier ones produced.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 from ..errors import FxPruneError, RecipeError
+from ..registry import import_all
 
 STEPS: dict[str, type] = {}
 
@@ -135,7 +134,6 @@ def step_kinds() -> list[str]:
     return sorted(set(STEPS) | set(METHOD_NAMES))
 
 
-for _m in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_m.name}")
+import_all(__name__, __path__)
 
 __all__ = ["STEPS", "Step", "StepEnv", "dataclass_from", "parse_step", "register_step", "step_kinds", "step_type"]

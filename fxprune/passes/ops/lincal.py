@@ -7,23 +7,17 @@ from __future__ import annotations
 
 import torch
 
-from ...calibration.runner import BlockOp
 from ...errors import RecipeError
 from ..olica import lincal as _lincal
+from .base import ByBlock, GroupsOp
 from .capture import capture_io
 
 
-class CaptureForLinCal(BlockOp):
-    name, modifies, needs_data = "capture_for_lincal", False, True
-
-    def __init__(self, model, analysis, by_block: dict):
-        self.model, self.analysis, self.by_block = model, analysis, by_block
-
-    def active(self, index):
-        return index in self.by_block
+class CaptureForLinCal(GroupsOp):
+    name, modifies = "capture_for_lincal", False
 
     def apply(self, ctx, stats):
-        names = sorted({self.analysis.group(g).module for g in self.by_block[ctx.index]})
+        names = sorted({g.module for g in self.groups(ctx.index)})
         modules = [self.model.get_submodule(n) for n in names]
         for name, mod in zip(names, modules):
             if mod is ctx.block:
@@ -37,15 +31,13 @@ class CaptureForLinCal(BlockOp):
         ctx.scratch["lincal_io"] = list(zip(names, modules, io))
 
 
-class FitLinCal(BlockOp):
-    name, modifies, needs_data = "fit_lincal", False, True
+class FitLinCal(ByBlock):
+    name, modifies = "fit_lincal", False
 
     def __init__(self, by_block: dict, rank: int, alpha: float):
-        self.by_block, self.rank, self.alpha = by_block, rank, alpha
+        super().__init__(by_block)
+        self.rank, self.alpha = rank, alpha
         self.candidates: list = []
-
-    def active(self, index):
-        return index in self.by_block
 
     @torch.no_grad()
     def apply(self, ctx, stats):

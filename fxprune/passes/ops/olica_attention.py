@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ...calibration import Accumulation, Stat, StatsRequest
-from ...calibration.runner import BlockOp
 from ...surgery import prune
 from ..olica.lowrank import factorise
 from ..olica.vo import rotate_vo
+from .base import ByBlock
 
 
 def attention_request(parts, whitened: bool) -> StatsRequest:
@@ -23,23 +23,20 @@ def attention_request(parts, whitened: bool) -> StatsRequest:
     return StatsRequest(mods, accumulation=Accumulation.MIXED)
 
 
-class OlicaAttention(BlockOp):
+class OlicaAttention(ByBlock):
     name = "olica_attention"
 
     def __init__(self, model, analysis, parts_by_block: dict, split, whitened: bool):
-        self.model, self.analysis, self.parts = model, analysis, parts_by_block
-        self.split, self.whitened = split, whitened
+        super().__init__(parts_by_block)
+        self.model, self.analysis, self.split, self.whitened = model, analysis, split, whitened
         self.final_plan: dict = {}
         self.factorised = 0
 
-    def active(self, index):
-        return index in self.parts
-
     def request(self, ctx):
-        return attention_request(self.parts[ctx.index], self.whitened)
+        return attention_request(self.by_block[ctx.index], self.whitened)
 
     def apply(self, ctx, stats):
-        for p in self.parts[ctx.index]:
+        for p in self.by_block[ctx.index]:
             rotate_vo(self.model, p, stats)
             keep_v = list(range(self.split.v_kept[p.v_group]))
             if len(keep_v) < p.head_dim:

@@ -7,37 +7,28 @@ Under data parallelism each rank holds its shard's inputs and targets: the sums 
 """
 from __future__ import annotations
 
-from ...calibration.runner import BlockOp
 from ..consumers import consumers
 from ..reconstruct.goa import RefitAccumulator
+from .base import ByBlock, GroupsOp
 from .capture import capture_io
 
 
-class CaptureRefitTargets(BlockOp):
+class CaptureRefitTargets(GroupsOp):
     name, modifies, needs_dense = "capture_refit_targets", False, True
 
-    def __init__(self, model, analysis, by_block: dict):
-        self.model, self.analysis, self.by_block = model, analysis, by_block
-
-    def active(self, index):
-        return index in self.by_block
-
     def apply(self, ctx, stats):
-        names = list(dict.fromkeys(c.module for g in self.by_block[ctx.index]
-                                   for c in consumers(self.analysis.group(g))))
+        names = list(dict.fromkeys(c.module for g in self.groups(ctx.index) for c in consumers(g)))
         mods = [self.model.get_submodule(n) for n in names]
         outs = capture_io(ctx.block, mods, ctx.dense_inputs)
         ctx.scratch["refit_targets"] = {n: [y for _, y in pairs] for n, pairs in zip(names, outs)}
 
 
-class Refit(BlockOp):
-    name, needs_data = "goa_refit", True
+class Refit(ByBlock):
+    name = "goa_refit"
 
     def __init__(self, by_block: dict, damping: float):
-        self.by_block, self.damping = by_block, damping
-
-    def active(self, index):
-        return index in self.by_block
+        super().__init__(by_block)
+        self.damping = damping
 
     def apply(self, ctx, stats):
         layers = [layer for layer, _ in ctx.scratch["removed"]]

@@ -8,11 +8,11 @@ Leaves ``ctx.scratch["removed"]``: the consumer layers and their keep masks.
 """
 from __future__ import annotations
 
-from ...calibration.runner import BlockOp
 from ...surgery import _keep_masks, prune
 from ..allocate import top_units
 from ..consumers import consumers, stats_request
 from ..reconstruct import ConsumerLayer
+from .base import GroupsOp
 
 
 def consumer_layers(model, analysis, sub: dict) -> list:
@@ -29,20 +29,17 @@ def consumer_layers(model, analysis, sub: dict) -> list:
     return out
 
 
-class RemoveUnits(BlockOp):
+class RemoveUnits(GroupsOp):
     name = "remove_units"
 
     def __init__(self, model, analysis, by_block: dict, kept: dict, plan: dict | None, criterion,
                  reconstructor, damping: float):
-        self.model, self.analysis, self.by_block = model, analysis, by_block
+        super().__init__(model, analysis, by_block)
         self.kept, self.plan, self.crit, self.rec, self.damping = kept, plan, criterion, reconstructor, damping
         self.final_plan: dict = {}
 
-    def active(self, index):
-        return index in self.by_block
-
     def request(self, ctx):
-        groups = [self.analysis.group(g) for g in self.by_block[ctx.index]]
+        groups = self.groups(ctx.index)
         if self.plan is None:  # scored here
             return stats_request(groups, self.rec.needs | self.crit.needs, self.crit.needs_heads,
                                  self.crit.producer_needs)

@@ -8,22 +8,20 @@ import time
 import torch
 
 from ...calibration import Accumulation, Stat, StatsRequest
-from ...calibration.runner import BlockOp
 from ...report import LayerReport
 from ...sparsity.methods import LayerStats, prune_weight
+from .base import ByBlock
 
 
-class Sparsify(BlockOp):
+class Sparsify(ByBlock):
     name = "sparsify"
 
     def __init__(self, model, by_block: dict, method):
         """``by_block``: block index -> [(layer name, pattern, or a reason it is skipped)]."""
-        self.model, self.by_block, self.method = model, by_block, method
+        super().__init__(by_block)
+        self.model, self.method = model, method
         self.needs_data = bool(getattr(method, "needs_calibration", True))
         self.reports: list[LayerReport] = []
-
-    def active(self, index):
-        return index in self.by_block
 
     def request(self, ctx):
         if not self.needs_data:

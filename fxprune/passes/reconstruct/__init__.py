@@ -8,23 +8,17 @@ One small file per reconstructor.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ...calibration.observers import Stat
-from ...errors import RecipeError
+from ...registry import Registry, import_all
 from ..consumers import as_columns
 
-RECONSTRUCTORS: dict[str, type] = {}
-
-
-def register(cls):
-    RECONSTRUCTORS[cls.name] = cls
-    return cls
+RECONSTRUCTORS = Registry("reconstruction")
+register = RECONSTRUCTORS.register
 
 
 class ConsumerLayer:
@@ -67,12 +61,9 @@ class NoReconstruction(Reconstructor):
 
 
 def get_reconstructor(name: str) -> Reconstructor:
-    if name not in RECONSTRUCTORS:
-        raise RecipeError(f"reconstruction: unknown {name!r}; known: {sorted(RECONSTRUCTORS)}")
-    return RECONSTRUCTORS[name]()
+    return RECONSTRUCTORS.create(name)
 
 
-for _m in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_m.name}")
+import_all(__name__, __path__)
 
 __all__ = ["ConsumerLayer", "RECONSTRUCTORS", "Reconstructor", "Stat", "get_reconstructor", "register"]

@@ -9,12 +9,12 @@ weight (zeros where pruned) and the mask, and never modifies ``W`` in place.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from ...registry import import_all
 
 
 @dataclass
@@ -75,8 +75,7 @@ def prune_weight(W, stats, pattern, cfg) -> Pruned:
     return fn(W, stats, pattern, cfg)
 
 
-for _m in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_m.name}")
+import_all(__name__, __path__)
 
 from .magnitude import MagnitudeConfig  # noqa: E402
 from .mrp import MRPConfig  # noqa: E402
