@@ -46,7 +46,7 @@ def _round(k: int, units: int, multiple: int) -> int:
 
 
 def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, allocation: str,
-             channel_multiple: int = 8) -> Allocation:
+             channel_multiple: int = 8, cumulative: bool = False) -> Allocation:
     """Plan for ``groups`` (already filtered by kind/protection) removing ``target`` of ``expr``.
 
     ``uniform`` needs no scores: with ``scores=None`` it returns widths only (``plan=None``) and the
@@ -62,7 +62,7 @@ def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, 
         if scores is None:
             raise ValueError("pooled allocation needs scores")
         from .allocate_pooled import pooled
-        kept = _finish(pooled(attn + chan, scores, removed, budget, ATTN, channel_multiple),
+        kept = _finish(pooled(attn + chan, scores, removed, budget, ATTN, channel_multiple, cumulative),
                        attn + chan, scores, removed, budget, channel_multiple)
     else:
         if scores is None:

@@ -1,8 +1,10 @@
 """``pooled`` allocation: one currency for every unit of every kind in every layer.
 
-The criterion's scores are read as *cumulative costs*: sorted ascending, the ``r``-th smallest is
-the cost of removing the group's ``r`` cheapest units (``fisher_obs``: calibration-loss increase
-after LIAR's compensation). Each group's cost curve ``C_g(r)`` is replaced by its lower convex hull,
+A criterion that declares ``cumulative_costs = True`` (``fisher_obs``) gives scores that, sorted
+ascending, are the cost of removing the group's ``r`` cheapest units (calibration-loss increase after
+LIAR's compensation); any other criterion's scores are read as additive per-unit costs and summed.
+Only a criterion whose costs share one unit across layers (``fisher_obs``) makes the pool fair; with
+raw energies (``goa``, ``flap``) the pool favours whichever layers happen to have small outputs. Each group's cost curve ``C_g(r)`` is replaced by its lower convex hull,
 and units are removed in order of the smallest marginal cost *per parameter removed*
 (``(C_g(r+1) - C_g(r)) / params_per_unit_g``) until the budget is met: the exact greedy solution of
 the separable convex problem "least total cost for this many parameters". Attention units (a whole
@@ -37,14 +39,15 @@ def _lower_hull_slopes(costs: list[float]) -> list[float]:
     return slopes
 
 
-def pooled(groups, scores: dict, removed, budget: int, attn_kinds, mult: int) -> dict:
+def pooled(groups, scores: dict, removed, budget: int, attn_kinds, mult: int, cumulative: bool = True) -> dict:
     """Kept units per group (before rounding); ``removed(kept)`` counts parameters exactly."""
     kept = {g.id: g.units for g in groups}
     minimum = {g.id: (1 if g.kind in attn_kinds else min(mult, g.units)) for g in groups}
     heap = []
     slopes = {}
     for g in groups:
-        s = torch.sort(scores[g.id].double())[0].tolist()[: g.units - minimum[g.id]]
+        s = torch.sort(scores[g.id].double())[0]
+        s = (s if cumulative else torch.cumsum(s.clamp_min(0), 0)).tolist()[: g.units - minimum[g.id]]
         ppu = max(1, removed({g.id: g.units - 1}))  # parameters one unit of this group carries
         slopes[g.id] = [m / ppu for m in _lower_hull_slopes(s)]
         if slopes[g.id]:

@@ -187,7 +187,8 @@ class Allocate(Pass):
                     "s_qk": round(sp.s_qk, 4), "s_vo": round(sp.s_vo, 4),
                     "v_kept": sorted(set(sp.v_kept.values())), "qk_ranks": sorted(set(sp.ranks.values())),
                     "ffn_kept": sorted(set(sp.ffn_kept.values()))}
-        alloc = allocate(ctx["groups"], ctx["scores"], cost, expr, r.target, r.allocation, r.channel_multiple)
+        alloc = allocate(ctx["groups"], ctx["scores"], cost, expr, r.target, r.allocation, r.channel_multiple,
+                         cumulative=getattr(get_criterion(r.criterion), "cumulative_costs", False))
         ctx.facts["plan"] = alloc.plan  # None: widths only, units picked block by block
         ctx.facts["kept"] = alloc.kept
         ctx.facts["allocation"] = alloc

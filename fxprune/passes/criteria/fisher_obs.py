@@ -26,6 +26,7 @@ from .obs import _state
 class FisherOBS(Criterion):
     name = "fisher_obs"
     needs = frozenset({Stat.INPUT_GRAM, Stat.INPUT_SUM})
+    cumulative_costs = True   # scores are cumulative costs in loss units (see allocate_pooled)
     step_units = 8            # units removed per greedy round (groups of <= 64 units: 1)
     fisher_windows = 64       # calibration windows the gradient pass uses (at most)
     max_fraction = 0.8        # the greedy stops after this share of a group's units (no recipe removes more)
