@@ -67,3 +67,30 @@ def test_loss_weighted_costs_pool_across_renormalised_layers():
     g1 = _plan(m, "goa", "pooled", w)
     assert g1 != g0  # energy is not a currency across layers whose outputs are renormalised
     assert g1["model.layers.0.mlp"] < g0["model.layers.0.mlp"]  # the shrunk layer looks cheap
+
+
+def _layer_outputs(model, w):
+    outs = []
+    hooks = [layer.register_forward_hook(lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o))
+             for layer in model.model.layers]
+    with torch.no_grad():
+        model(input_ids=w)
+    for h in hooks:
+        h.remove()
+    return outs
+
+
+def test_liar_lowers_the_error_after_the_post_norms_attention_and_ffn():
+    """LIAR fits the consumer's pre-norm output; the error that reaches the residual stream, after the
+    post-attention and post-FFN norms, must fall too (attention: q heads of the single KV group)."""
+    w = _windows()
+    dense = _layer_outputs(tiny_gemma(), w)
+    err = {}
+    for rec in ("none", "liar"):
+        m = tiny_gemma()
+        r = Recipe(criterion="goa", reconstruction=rec, allocation="uniform", target=0.3,
+                   kinds=("attention", "ffn"), channel_multiple=4, calib_samples=w.shape[0], calib_seq_len=w.shape[1])
+        res = prune_model(m, r, w)
+        assert any("q_per_kv" in g for g in res.plan)  # MQA heads pruned, q/k norms kept whole
+        err[rec] = sum(float((a - b).pow(2).sum() / b.pow(2).sum()) for a, b in zip(_layer_outputs(m, w), dense))
+    assert err["liar"] < err["none"]
