@@ -118,10 +118,14 @@ class Score(BlockwisePass):
 
     def run(self, ctx):
         crit = get_criterion(self.step.criterion)
-        if scores_in_block(self.step):
+        prepare = getattr(crit, "prepare", None)  # a criterion with a pass of its own (gradients: needs logits)
+        if scores_in_block(self.step) and prepare is None:
             ctx.facts["scores"] = None
             return {"criterion": crit.name, "deferred_to_blocks": True}
         groups, block_of = ctx["groups"], ctx["block_of"]
+        if prepare is not None:
+            prepare(ctx.model, self.env.windows, groups, self.env.batch_size)
+        self.criterion = crit  # the instance that prepared is the one that scores
         if not (crit.needs or crit.needs_heads or crit.producer_needs):
             ctx.facts["scores"] = {g.id: crit.score(g, ctx.model, {}) for g in groups}
             return {"criterion": crit.name, "calibrated": False}
@@ -135,9 +139,8 @@ class Score(BlockwisePass):
         return {"criterion": crit.name, **report}
 
     def ops(self, ctx):
-        crit = get_criterion(self.step.criterion)
         by_block = _by_block([g.id for g in ctx["groups"]], ctx["block_of"])
-        return [ScoreBlocks(ctx.model, ctx["analysis"], by_block, crit)]
+        return [ScoreBlocks(ctx.model, ctx["analysis"], by_block, self.criterion)]
 
     def finish(self, ctx, ops):
         ctx.facts["scores"] = ops[0].scores
@@ -152,7 +155,7 @@ class Allocate(StepPass):
     def run(self, ctx):
         r, cost = self.step, ctx["cost"]
         alloc = allocate(ctx["groups"], ctx["scores"], cost, _in_scope(r, cost), r.target, r.allocation,
-                         r.channel_multiple)
+                         r.channel_multiple, cumulative=getattr(get_criterion(r.criterion), "cumulative_costs", False))
         ctx.facts["allocation"] = alloc  # plan None: widths only, units picked block by block
         return {"scope": r.scope, "target": r.target, "achieved": round(alloc.achieved, 6),
                 "removed_params": alloc.removed, "in_scope_params": alloc.total}

@@ -14,7 +14,7 @@ from ..errors import RecipeError
 from . import Step, dataclass_from, register_step
 
 SCOPES = ("decoder_linear", "all")
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "pooled")
 ATTENTION_UNITS = ("q_per_kv", "kv_groups")
 ATTENTION_MODES = ("heads", "olica")
 KINDS = ("attention", "ffn", "ssm")
