@@ -160,7 +160,7 @@ def prune(model: nn.Module, plan: Plan, analysis: Analysis | None = None, verify
                 touched.add(".".join(parts[:i]))
     for name in sorted(touched, key=lambda s: -s.count(".")):
         adapter.sync(model.get_submodule(name) if name else model)
-    stock = adapter.patch_config(model.config, model) if hasattr(model, "config") else False
+    stock = adapter.patch_config_checked(model.config, model) if hasattr(model, "config") else False
     result = SurgeryResult(plan, before, count_params(model), stock)
     if verify:
         result.analysis_after = verify_pruned(model, analysis, plan)

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from ..arguments import positive_int, seq_len
+
 NAME = "eval"
 HELP = "Perplexity and zero-shot accuracy of a model (lm-eval log-likelihood protocol)."
 
@@ -16,14 +18,14 @@ HELP = "Perplexity and zero-shot accuracy of a model (lm-eval log-likelihood pro
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="smollm2, tiny:<family>, a .gguf file or a model directory")
     p.add_argument("--ppl", default="", help="comma-separated perplexity sets: wikitext2 or text-file paths")
-    p.add_argument("--seq-len", type=int, default=512, help="window length L in tokens (default 512)")
-    p.add_argument("--windows", type=int, default=None, help="use only the first N windows")
+    p.add_argument("--seq-len", type=seq_len, default=512, help="window length L in tokens (default 512)")
+    p.add_argument("--windows", type=positive_int, default=None, help="use only the first N windows")
     p.add_argument("--tasks", default="", help="comma-separated zero-shot tasks (arc_easy, arc_challenge, "
                                                 "boolq, openbookqa, piqa, winogrande, hellaswag)")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each task")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N items of each task")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--data-root", default=None, help="data directory (default $FXPRUNE_DATA or ../shared/data)")
-    p.add_argument("--batch-size", type=int, default=1, help="perplexity windows per forward")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="perplexity windows per forward")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto")
     p.add_argument("--devices", default="1", help="number of devices (several: DDP)")
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPU")
