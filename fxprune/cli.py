@@ -92,6 +92,26 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous = None
+    if hasattr(signal, "SIGTERM"):
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread
+            previous = None
+    try:
+        return _main(argv)
+    except Terminated:  # while parsing or importing
+        print("fxprune: interrupted: SIGTERM", file=sys.stderr)
+        return EXIT_SIGTERM
+    except KeyboardInterrupt:
+        print("fxprune: interrupted: Ctrl-C", file=sys.stderr)
+        return EXIT_SIGINT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser, handlers = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -105,12 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     from . import preflight, trust
     trust.ALLOW_PICKLE = bool(args.allow_pickle)
     preflight.MEMORY_LIMIT = args.memory_limit
-    previous = None
-    if hasattr(signal, "SIGTERM"):
-        try:
-            previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        except ValueError:  # not the main thread
-            previous = None
     try:
         return int(handlers[command](args) or 0)
     except FxPruneError as e:
@@ -134,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
                                         "FXPRUNE_TRACEBACK=1 for the traceback)")
         return EXIT_BUG
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         trust.ALLOW_PICKLE = False
         preflight.MEMORY_LIMIT = None
 

@@ -407,7 +407,11 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _commit(plan: OutputPlan, tmp: Path) -> None:
     target = plan.path
-    now = _decide(target, overwrite=True)
+    try:
+        now = _decide(target, overwrite=True)
+    except OutputError as e:
+        raise OutputError(f"--out {str(target)!r} changed while fxprune was working and may no longer be "
+                          f"written: {e}") from e
     if now.existing != plan.existing or (now.existing == "checkpoint" and set(now.keep) != set(plan.keep)):
         raise OutputError(f"--out {str(target)!r} changed while fxprune was working "
                           f"(was {plan.existing}, now {now.existing}): nothing was replaced")
