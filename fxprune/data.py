@@ -10,7 +10,9 @@ Contracts
 - ``evaluation_windows``: the WikiText-2 raw test split joined the way GPTQ/SparseGPT/Wanda join the
   Hugging Face rows, or any text file, cut into *non-overlapping* windows of ``seq_len`` tokens
   (a trailing partial window is dropped), optionally limited to the first ``max_windows``.
-- Calibration and evaluation data from the same file are refused (``DataError`` naming the file).
+- Calibration and evaluation data from the same file are refused (``DataError`` naming the file), and
+  so is calibration text that contains evaluation text (a renamed, re-encoded, wrapped or partial
+  copy: ``fxprune.disjoint``, word 13-grams).
 
 Every failure to find or read a file is a ``DataError`` that names the file.
 """
@@ -97,10 +99,8 @@ def wikitext_hf_text(path: Path) -> str:
 
 
 def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"cannot read data file {str(path)!r}: {e}") from e
+    from .disjoint import read_text  # UTF-8 (BOM or not) or BOM-marked UTF-16/32, else DataError
+    return read_text(path)
 
 
 def read_documents(path: Path) -> list[str]:
@@ -225,13 +225,14 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
         if model is None:
             raise DataError("generated (data-free) calibration needs the model")
         return generated_windows(model, tokenizer, cfg)
+    if evaluation_files is None:
+        evaluation_files = [data_root(root) / f for f in EVALUATION_FILES]
+    evaluation_files = [f for f in evaluation_files if Path(f).exists()]
     if cfg.source.startswith("hf:"):
         docs, sha, name = read_hf_documents(cfg.source), None, cfg.source
     else:
         path = resolve(cfg.source, root)
-        if evaluation_files is None:
-            evaluation_files = [data_root(root) / f for f in EVALUATION_FILES]
-        check_disjoint(path, [f for f in evaluation_files if Path(f).exists()])
+        check_disjoint(path, evaluation_files)
         docs, sha, name = read_documents(path), sha256_file(path), str(path)
     rng = random.Random(cfg.seed)
     cache: dict[int, list[int]] = {}
@@ -249,6 +250,8 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
             continue
         start = rng.randrange(len(ids) - cfg.seq_len)
         windows.append(ids[start:start + cfg.seq_len])
+    from .disjoint import check_content_disjoint  # a renamed, re-encoded or wrapped copy of test text
+    check_content_disjoint((docs[j] for j in sorted(cache)), name, evaluation_files)
     return Windows(torch.tensor(windows, dtype=torch.long), name, sha, cfg.n_samples * cfg.seq_len)
 
 
@@ -288,6 +291,8 @@ def evaluation_windows(tokenizer: Any, source: str, seq_len: int, max_windows: i
     """Non-overlapping ``seq_len`` windows of ``source`` (``wikitext2`` or a text file)."""
     if seq_len < 2:
         raise DataError(f"evaluation windows need seq_len >= 2 (got {seq_len})")
+    if max_windows is not None and max_windows < 1:
+        raise DataError(f"evaluation needs at least one window (got max_windows={max_windows})")
     path = resolve(source, root)
     text = "\n\n".join(read_documents(path)) if path.suffix == ".jsonl" else read_documents(path)[0]
     ids = tokenize(tokenizer, text)
