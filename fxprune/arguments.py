@@ -32,3 +32,14 @@ def non_negative_int(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"{v} must be >= 0")
     return v
+
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "64", "32", "16", "bf16")
+
+
+def devices(text: str):
+    """``auto`` or a number of devices >= 1."""
+    if text == "auto":
+        return text
+    return positive_int(text)

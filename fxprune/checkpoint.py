@@ -103,7 +103,7 @@ def save_pruned(model: nn.Module, out_dir, tokenizer=None, extra: dict | None = 
     from .output import checkpoint_dir
     out_dir = Path(out_dir)
     try:
-        with checkpoint_dir(out_dir, overwrite=overwrite) as tmp:
+        with checkpoint_dir(out_dir, overwrite=overwrite, manifest={"environment": run_environment()}) as tmp:
             write_checkpoint(model, tmp, tokenizer=tokenizer)
             if extra is not None:
                 (tmp / "fxprune_report.json").write_text(json.dumps(extra, indent=2, default=str))
@@ -112,6 +112,25 @@ def save_pruned(model: nn.Module, out_dir, tokenizer=None, extra: dict | None = 
     except Exception as e:
         raise CheckpointError(f"could not save to {out_dir}: {type(e).__name__}: {e}") from e
     return out_dir
+
+
+def run_environment() -> dict:
+    """What a checkpoint's bits may depend on besides recipe, seed and data (recorded in the manifest).
+
+    Measured (bench/results/reliability.md): runs with the same recipe, seed, data, versions and
+    thread count are bit-identical; matrix products are thread-count invariant here (MKL), but LAPACK
+    factorizations (Cholesky in SparseGPT / MRP) and whole-tensor reductions are not."""
+    import platform
+    import sys
+
+    import transformers
+
+    from . import __version__
+    return {"fxprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": sys.version.split()[0], "machine": platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "blas": "mkl" if torch.backends.mkl.is_available() else "other",
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
 
 
 def write_checkpoint(model: nn.Module, directory: Path, tokenizer=None, structure: bool = True) -> None:

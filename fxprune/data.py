@@ -112,9 +112,12 @@ def read_documents(path: Path) -> list[str]:
                 continue
             try:
                 row = json.loads(line)
-                docs.append(row["text"])
+                text = row["text"]
+                if not isinstance(text, str):
+                    raise TypeError(f"\"text\" is a {type(text).__name__}, not a string")
+                docs.append(text)
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{str(path)!r} line {i + 1}: expected a JSON object with a \"text\" field "
+                raise DataError(f"{str(path)!r} line {i + 1}: expected a JSON object with a \"text\" string "
                                 f"({type(e).__name__}: {e})") from e
         if not docs:
             raise DataError(f"{str(path)!r} holds no documents")

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from ..arguments import positive_int, seq_len
+from ..arguments import ACCELERATORS, PRECISIONS, devices, positive_int, seq_len
 
 NAME = "eval"
 HELP = "Perplexity and zero-shot accuracy of a model (lm-eval log-likelihood protocol)."
@@ -26,9 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--data-root", default=None, help="data directory (default $FXPRUNE_DATA or ../shared/data)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="perplexity windows per forward")
-    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto")
-    p.add_argument("--devices", default="1", help="number of devices (several: DDP)")
-    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPU")
+    p.add_argument("--accelerator", default="cpu", choices=ACCELERATORS, help="Lightning accelerator: cpu, gpu, auto")
+    p.add_argument("--devices", default="1", type=devices, help="number of devices (several: DDP) or auto")
+    p.add_argument("--precision", default="32-true", choices=PRECISIONS,
+                   help="Lightning precision, e.g. bf16-mixed on GPU")
 
 
 def _versions() -> dict:
@@ -49,9 +50,14 @@ def run(args) -> int:
 
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     strategy = "ddp" if isinstance(devices, int) and devices > 1 else "auto"
-    engine = Engine(EngineConfig(accelerator=args.accelerator, devices=devices, strategy=strategy,
-                                 precision=args.precision))
-    engine.launch()
+    try:
+        engine = Engine(EngineConfig(accelerator=args.accelerator, devices=devices, strategy=strategy,
+                                     precision=args.precision))
+        engine.launch()
+    except Exception as e:  # Lightning refuses a setting this machine cannot run (no GPU, too many devices)
+        from ..errors import ArgumentError
+        raise ArgumentError(f"--accelerator {args.accelerator} --devices {args.devices} --precision "
+                            f"{args.precision}: {type(e).__name__}: {e}") from e
     loaded = load_model(args.model)
     tok = tokenizer_for(loaded)
     model = engine.prepare(loaded.model)

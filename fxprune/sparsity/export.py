@@ -17,11 +17,11 @@ def save_sparse_model(model, out_dir: str | Path, tokenizer=None, result=None, *
     through the one atomic writer (``fxprune.output.checkpoint_dir``: a new or empty directory, or an
     fxprune checkpoint with ``overwrite``; files fxprune did not write are never removed). Stock
     ``save_pretrained`` layout; a GGUF quantizer marker is hidden while saving."""
-    from ..checkpoint import write_checkpoint
+    from ..checkpoint import run_environment, write_checkpoint
     from ..output import checkpoint_dir
     out = Path(out_dir)
     try:
-        with checkpoint_dir(out, overwrite=overwrite) as tmp:
+        with checkpoint_dir(out, overwrite=overwrite, manifest={"environment": run_environment()}) as tmp:
             write_checkpoint(model, tmp, tokenizer=tokenizer, structure=False)
             if result is not None:
                 result.to_json(tmp / "sparsity_report.json")
