@@ -466,9 +466,10 @@ def checkpoint_dir(path, *, overwrite: bool = False, need_bytes: int = 0,
     replaces ``path`` atomically (see the module docstring). On any exception or interrupt the
     temporary is removed and ``path`` is untouched. ``manifest``: extra fields for the manifest."""
     plan = check_output(path, overwrite=overwrite, need_bytes=need_bytes)
-    with deferred_signals():
-        tmp = _Temporary(plan.path)
+    tmp = None
     try:
+        with deferred_signals():  # a signal held here is delivered on leaving: inside the try
+            tmp = _Temporary(plan.path)
         yield tmp.path
         _finish(tmp.path, plan.path if plan.existing != "new" else None, manifest)
         with deferred_signals():
@@ -477,7 +478,8 @@ def checkpoint_dir(path, *, overwrite: bool = False, need_bytes: int = 0,
             _fsync(plan.path.parent, directory=True)
             tmp.release()
     except BaseException:
-        tmp.discard()
+        if tmp is not None:
+            tmp.discard()
         raise
 
 
@@ -493,9 +495,10 @@ def atomic_file(path, *, overwrite: bool = False) -> Iterator[Path]:
         raise OutputError(f"{str(p)!r}: cannot create files in {str(anc)!r} (permission denied)")
     if p.parent.is_dir():
         clean_stale(p.parent)
-    with deferred_signals():
-        tmp_dir = _Temporary(p)
+    tmp_dir = None
     try:
+        with deferred_signals():
+            tmp_dir = _Temporary(p)
         yield tmp_dir.path / p.name
         f = tmp_dir.path / p.name
         os.chmod(f, 0o666 & ~_umask())
@@ -505,5 +508,6 @@ def atomic_file(path, *, overwrite: bool = False) -> Iterator[Path]:
             _rmtree(tmp_dir.path)
             tmp_dir.release()
     except BaseException:
-        tmp_dir.discard()
+        if tmp_dir is not None:
+            tmp_dir.discard()
         raise

@@ -56,8 +56,8 @@ def test_interrupt_at_random_moments_leaves_complete_output_and_no_temporaries(t
     try:
         for trial in range(20):
             timer = threading.Timer(rng.uniform(0, 2 * one_save), os.kill, (os.getpid(), sig))
-            timer.start()
             try:
+                timer.start()
                 deadline = time.monotonic() + 30
                 i = trial
                 while time.monotonic() < deadline:

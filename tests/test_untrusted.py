@@ -48,6 +48,8 @@ def test_tampered_modeling_file_is_never_run(pruned, tmp_path, capsys):
     with torch.no_grad():
         want = m(input_ids=ids).logits
         assert torch.equal(load_pruned(evil)(input_ids=ids).logits, want)
+        import fxprune
+        assert torch.equal(fxprune.load_pruned(evil)(input_ids=ids).logits, want)
         assert torch.equal(load_model(str(evil)).model(input_ids=ids).logits, want)
     text = tmp_path / "t.txt"
     text.write_text("hello world, " * 200)

@@ -58,6 +58,9 @@ def run(args) -> int:
         from ..errors import ArgumentError
         raise ArgumentError(f"--accelerator {args.accelerator} --devices {args.devices} --precision "
                             f"{args.precision}: {type(e).__name__}: {e}") from e
+    from ..preflight import JobSizes, check_job  # model files readable, the job fits in memory
+    check_job(args.model, out=None, sizes=JobSizes("eval", eval_seq_len=args.seq_len if args.ppl else 0,
+                                                   eval_batch=args.batch_size))
     loaded = load_model(args.model)
     tok = tokenizer_for(loaded)
     model = engine.prepare(loaded.model)
