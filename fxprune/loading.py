@@ -95,6 +95,8 @@ def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
             cls = transformers.AutoModelForCausalLM
         else:
             cls = model_class(arch, path / "config.json")
+        if safe:
+            _check_size(path, raw, cls)
         try:
             model = cls.from_pretrained(str(path), dtype=dtype, use_safetensors=safe, trust_remote_code=False)
         except Exception as e:
@@ -106,6 +108,35 @@ def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
     except Exception:
         tok = None  # a model directory without tokenizer files is still a model
     return LoadedModel(model.eval(), tok, str(path))
+
+
+def _check_size(path: Path, raw: dict, cls) -> None:
+    """Refuse a config that describes far more parameters than the safetensors hold (a tampered
+    ``vocab_size: 10**12`` would otherwise be allocated before transformers notices the mismatch).
+    Counted on the meta device: nothing is allocated."""
+    from .trust import safetensors_header
+    held = 0
+    for f in sorted(path.glob("*.safetensors")):
+        for shape in safetensors_header(f).values():
+            n = 1
+            for d in shape:
+                n *= d
+            held += n
+    try:
+        import transformers
+        if cls is transformers.AutoModelForCausalLM:
+            config = transformers.AutoConfig.for_model(**raw)
+            build = lambda: cls.from_config(config)  # noqa: E731
+        else:
+            config = cls.config_class.from_dict(raw)
+            build = lambda: cls(config)  # noqa: E731
+        with torch.device("meta"):
+            described = sum(p.numel() for p in build().parameters())
+    except Exception as e:  # a config transformers cannot build: name the file
+        raise ModelLoadError(str(path / "config.json"), f"does not build a model ({type(e).__name__}: {e})") from e
+    if described > 2 * held + (1 << 20):
+        raise ModelLoadError(str(path / "config.json"), f"describes {described:,} parameters but the safetensors "
+                                                        f"hold {held:,}: config and weights do not match")
 
 
 def minilm_path() -> Path:

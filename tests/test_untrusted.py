@@ -108,3 +108,13 @@ def test_class_names_are_looked_up_among_transformers_models_only(pruned, tmp_pa
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="unknown model class"):
         load_pruned(bad)
+
+
+def test_config_describing_far_more_than_the_weights_is_refused_before_allocating(tmp_path):
+    d = tmp_path / "m"
+    tiny_model("llama").save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["vocab_size"] = 10 ** 10  # 640 GB of embeddings if allocated
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="config and weights do not match"):
+        load_model(str(d))
