@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..arguments import positive_int, seq_len
+from ..evaluation import render as _report
 
 NAME = "prune"
 HELP = "Prune MODEL by RECIPE with calibration DATA and save the result to DIR."
@@ -30,6 +31,7 @@ def add_arguments(p):
     p.add_argument("--windows", type=positive_int, default=64, help="perplexity windows")
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _report.add_report_arguments(p)  # --eval-tasks, --limit (fxprune/evaluation/report.py)
 
 
 def resolve_recipe(spec: str) -> Path:
@@ -152,6 +154,7 @@ def _run_structured(args, path: Path) -> int:
     save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan},
                 overwrite=args.overwrite)
     report["out"] = args.out
+    report["report"] = str(_report.write_prune_report(args, report, loaded))  # report.md beside the weights
     _print(report, args)
     return 0
 
