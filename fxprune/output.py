@@ -193,8 +193,9 @@ def _gib(n: int) -> str:
 # ------------------------------------------------------------------------------------ locking
 @contextlib.contextmanager
 def _locked_dir(path: Path, blocking: bool = True):
-    """Hold an flock on directory ``path``; yields False (nothing held) if non-blocking and busy."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """Hold an flock on ``path`` (a directory or a file); yields False (nothing held) if non-blocking
+    and busy."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0) | os.O_NOFOLLOW)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -242,8 +243,7 @@ def clean_stale(parent: Path) -> list[str]:
                     continue
                 entry = parent / name
                 try:
-                    ctx = _locked_dir(entry, blocking=False) if entry.is_dir() and not entry.is_symlink() \
-                        else contextlib.nullcontext(True)
+                    ctx = contextlib.nullcontext(True) if entry.is_symlink() else _locked_dir(entry, blocking=False)
                     with ctx as free:
                         if not free:
                             continue  # a live writer holds it
@@ -344,7 +344,7 @@ def _finish(tmp: Path, mode_from: Path | None, extra: dict | None) -> None:
         tensors.update(t)
         os.chmod(f, 0o666 & ~mask)
         _fsync(f)
-    manifest = {"format": MANIFEST_FORMAT, "version": 1, "files": files, "tensors": tensors}
+    manifest = {"format": MANIFEST_FORMAT, "version": 1, "kind": "checkpoint", "files": files, "tensors": tensors}
     if extra:
         manifest.update(extra)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -511,3 +511,111 @@ def atomic_file(path, *, overwrite: bool = False) -> Iterator[Path]:
         if tmp_dir is not None:
             tmp_dir.discard()
         raise
+
+
+# ------------------------------------------------------------------------------------ owned dirs
+class OwnedDir:
+    """A directory fxprune owns file by file: reports added to a checkpoint, a sweep's results.
+
+    Every file is written atomically (a locked temporary ``.<name>.fxprune-tmp-<hex>`` beside it,
+    then ``os.replace``) and listed in the directory's manifest, so a later ``--overwrite`` knows it is
+    fxprune's. A file fxprune did not write is never replaced (``OutputError``). ``kind``: what the
+    directory is (``checkpoint``, ``sweep``); ``create``: a new or empty directory may be started
+    (else it must already be an fxprune directory of that kind)."""
+
+    def __init__(self, path, *, kind: str = "checkpoint", create: bool = False):
+        p = _resolve(path)
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"{str(p)!r} is a file, not a directory")
+        if not p.exists():
+            if not create:
+                raise OutputError(f"{str(p)!r}: no such directory")
+            anc = _existing_ancestor(p)
+            if not os.access(anc, os.W_OK | os.X_OK):
+                raise OutputError(f"{str(p)!r}: cannot create files in {str(anc)!r} (permission denied)")
+            p.mkdir(parents=True, mode=0o777)
+        self.path = p
+        clean_stale(p)
+        with _locked_dir(p):
+            names = set(os.listdir(p))
+            m = _read_manifest(p)
+            if m is None:
+                if names and not (kind == "checkpoint" and _legacy_fxprune(p, names)):
+                    what = "not empty and not written by fxprune" if create else "not written by fxprune"
+                    raise OutputError(f"{str(p)!r} is {what} (it holds {_listing(names)}): fxprune never "
+                                      "replaces files it did not write; choose a new or empty directory")
+                owned = _owned(p, names) or set()
+                m = {"format": MANIFEST_FORMAT, "version": 1, "kind": kind,
+                     "files": {n: {"bytes": (p / n).stat().st_size, "sha256": _hash_file(p / n)[0]}
+                               for n in sorted(owned - {MANIFEST})}}
+                self._write_manifest(m)
+            elif m.get("kind", "checkpoint") != kind:
+                raise OutputError(f"{str(p)!r} is an fxprune {m.get('kind', 'checkpoint')} directory, not a {kind} "
+                                  "directory: choose another directory")
+
+    def _write_manifest(self, m: dict) -> None:
+        tmp = self.path / f".{MANIFEST}{TMP_TAG}{secrets.token_hex(4)}"
+        with deferred_signals():
+            tmp.write_text(json.dumps(m, indent=1, sort_keys=True) + "\n")
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, self.path / MANIFEST)
+
+    def _record(self, name: str, entry: dict) -> None:
+        with _locked_dir(self.path):
+            m = _read_manifest(self.path) or {"format": MANIFEST_FORMAT, "version": 1, "files": {}}
+            m["files"][name] = entry
+            self._write_manifest(m)
+
+    def _check_name(self, name: str) -> Path:
+        if not name or "/" in name or name in (".", "..", MANIFEST) or name.startswith("."):
+            raise OutputError(f"{name!r} is not a plain file name")
+        target = self.path / name
+        m = _read_manifest(self.path) or {"files": {}}
+        if (target.exists() or target.is_symlink()) and name not in m["files"]:
+            raise OutputError(f"{str(target)!r} was not written by fxprune: it is never replaced; move it away")
+        return target
+
+    @contextlib.contextmanager
+    def file(self, name: str) -> Iterator[Path]:
+        """Yield a temporary path to write ``name`` into; it replaces ``DIR/name`` when the block ends
+        normally (removed on any exception or interrupt)."""
+        target = self._check_name(name)
+        tmp, fd = None, None
+        try:
+            with deferred_signals():
+                tmp = self.path / f".{name}{TMP_TAG}{secrets.token_hex(4)}"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())
+            _fsync(tmp)
+            entry = {"bytes": tmp.stat().st_size, "sha256": _hash_file(tmp)[0]}
+            with deferred_signals():
+                os.replace(tmp, target)
+                self._record(name, entry)
+        except BaseException:
+            if tmp is not None:
+                with deferred_signals():
+                    tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def write(self, name: str, data: bytes | str) -> Path:
+        """Write ``name`` (text as UTF-8) atomically; returns its path."""
+        with self.file(name) as tmp:
+            tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        return self.path / name
+
+    def append(self, name: str, text: str) -> Path:
+        """Append ``text`` to ``name`` (an fxprune log such as ``results.jsonl``) and fsync. An append is
+        not atomic: a reader must tolerate a torn last line after a kill."""
+        target = self._check_name(name)
+        with deferred_signals():
+            with open(target, "a", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            self._record(name, {"bytes": None, "sha256": None, "appended": True})
+        return target

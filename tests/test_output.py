@@ -205,3 +205,48 @@ def test_tensor_digests_match_the_manifest(tmp_path):
     assert d["a"] == hashlib.sha256(torch.arange(6.0).numpy().tobytes()).hexdigest()
     assert {k: v["sha256"] for k, v in m["tensors"].items()} == d
     assert m["tensors"]["b"]["shape"] == [2, 3] and m["tensors"]["b"]["dtype"] == "BF16"
+
+
+def test_files_added_to_a_checkpoint_are_fxprunes_and_replaced_on_overwrite(tmp_path):
+    out = write(tmp_path / "c", {"config.json": "1"})
+    owned = output.OwnedDir(out)
+    owned.write("report.md", "# report")
+    (out / "notes.txt").write_text("mine")
+    m = json.loads((out / MANIFEST).read_text())
+    assert set(m["files"]) == {"config.json", "report.md"}
+    with pytest.raises(OutputError, match="notes.txt.*not written by fxprune"):
+        owned.write("notes.txt", "fxprune's")
+    assert (out / "notes.txt").read_text() == "mine"
+    write(out, {"config.json": "2"}, overwrite=True)  # the report was fxprune's: not carried over
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", MANIFEST, "notes.txt"]
+    with pytest.raises(RuntimeError):
+        with output.OwnedDir(out).file("report.md") as t:
+            t.write_text("half")
+            raise RuntimeError
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", MANIFEST, "notes.txt"]
+
+
+def test_owned_directories_refuse_a_users_folder(tmp_path):
+    user = tmp_path / "results"
+    user.mkdir()
+    (user / "results.csv").write_text("mine")
+    with pytest.raises(OutputError, match="not written by fxprune"):
+        output.OwnedDir(user, kind="sweep", create=True)
+    sweep = output.OwnedDir(tmp_path / "sweep", kind="sweep", create=True)
+    sweep.append("results.jsonl", '{"a": 1}\n')
+    sweep.append("results.jsonl", '{"a": 2}\n')
+    assert (tmp_path / "sweep" / "results.jsonl").read_text().count("\n") == 2
+    with pytest.raises(OutputError, match="sweep directory, not a checkpoint"):
+        output.OwnedDir(tmp_path / "sweep")
+    assert (user / "results.csv").read_text() == "mine"
+
+
+def test_sweep_into_a_users_folder_is_refused_before_any_work(tmp_path, capsys):
+    from fxprune.cli import main
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "results.csv").write_text("mine")
+    rc = main(["sweep", "tiny:llama", "--recipes", "magnitude-structured-20", "--targets", "0.2",
+               "--out", str(user)])
+    assert rc == 2 and "OutputError" in capsys.readouterr().err
+    assert [p.name for p in user.iterdir()] == ["results.csv"]
