@@ -582,7 +582,7 @@ class OwnedDir:
         target = self._check_name(name)
         tmp, fd = None, None
         try:
-            with deferred_signals():
+            with deferred_signals(), _locked_dir(self.path):  # never races a clean-up of this directory
                 tmp = self.path / f".{name}{TMP_TAG}{secrets.token_hex(4)}"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
