@@ -8,6 +8,7 @@ import json
 import sys
 import time
 
+from ..arguments import positive_int, seq_len
 from ..evaluation import render as _report
 
 NAME = "prune"
@@ -19,14 +20,18 @@ def add_arguments(p):
     p.add_argument("--recipe", required=True, help="recipe file (.yaml/.json) or a shipped name in fxprune/recipes")
     p.add_argument("--calib", default=None, help="calibration data: c4, a text/jsonl file, hf:<name> or "
                                                  "generated (default: the recipe's calibration.source)")
-    p.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default: the recipe's)")
-    p.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window (default: the recipe's)")
+    p.add_argument("--calib-samples", "--samples", dest="calib_samples", type=positive_int, default=None,
+                   help="calibration windows (default: the recipe's)")
+    p.add_argument("--calib-seq-len", "--seqlen", dest="calib_seq_len", type=seq_len, default=None,
+                   help="tokens per calibration window (default: the recipe's)")
     p.add_argument("--seed", type=int, default=None, help="calibration sampling seed (default: the recipe's)")
     p.add_argument("--out", default=None, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an fxprune checkpoint at --out "
+                                                            "(files fxprune did not write are kept)")
     p.add_argument("--dry-run", action="store_true", help="run the planning passes only: print the plan, change nothing")
     p.add_argument("--eval-ppl", default="", help="also report perplexity before/after on this set (wikitext2)")
-    p.add_argument("--seq-len", type=int, default=128, help="perplexity window length")
-    p.add_argument("--windows", type=int, default=64, help="perplexity windows")
+    p.add_argument("--seq-len", type=seq_len, default=128, help="perplexity window length")
+    p.add_argument("--windows", type=positive_int, default=64, help="perplexity windows")
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--semi-structured", action="store_true",
@@ -57,10 +62,20 @@ def run(args) -> int:
     from ..pipeline import plan_model, prune_model
     from ..recipe import resolve_recipe_path
 
+    from ..preflight import JobSizes, check_job
+
     recipe = recipe_from_args(args)
     if not args.dry_run and not args.out:
         raise RecipeError("--out is required unless --dry-run")
+    cal = recipe.calibration
+    structured = any(s.kind == "structured" for s in recipe.steps)
+    job = check_job(args.model, out=None if args.dry_run else args.out, overwrite=args.overwrite,
+                    samples_field="--calib-samples", sizes=JobSizes(
+                        "structured" if structured else "sparsity", cal.samples if recipe.needs_calibration else 0,
+                        cal.seq_len, cal.batch_size, generated=cal.source == "generated",
+                        eval_seq_len=args.seq_len if args.eval_ppl else 0))  # output, memory, savable: before the work
     loaded = load_model(args.model)
+    job.check_model(loaded.model)
     model, tok = loaded.model, tokenizer_for(loaded)
     windows = (calibration_windows(tok, recipe.calibration, model=model, root=args.data_root)
                if recipe.needs_calibration else None)
@@ -85,7 +100,8 @@ def run(args) -> int:
         from ..sparsity import convert_2to4_and_time
         ids = windows.ids[:1] if windows is not None else torch.randint(0, model.config.vocab_size, (1, 128))
         report["semi_structured"] = {k: v for k, v in convert_2to4_and_time(model, ids).items() if k != "converted"}
-    save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan})
+    save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan},
+                overwrite=args.overwrite)
     report["out"] = args.out
     report["report"] = str(_report.write_prune_report(args, report, loaded))  # report.md beside the weights
     _print(report, args)
