@@ -28,7 +28,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 PREVIOUS = "goa-liar-ffn-global-20"
 NEW = "olica-goa-liar-global-20"
-LENGTHS = ((128, 256), (512, 64))
+LENGTHS = ((512, 64), (128, 256))  # the goal length first
 
 
 def _lines(path: Path) -> list[dict]:
