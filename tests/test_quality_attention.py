@@ -64,3 +64,25 @@ def test_olica_still_refuses_pooled_allocation():
     with pytest.raises(RecipeError, match="allocation"):
         StructuredStep(attention="olica", allocation="pooled")
     StructuredStep(attention="olica", allocation="global")  # accepted now
+
+
+def test_olica_global_on_the_gemma_like_testbed():
+    """MQA (one KV head), q/k norms, post-attention/post-FFN norms, GELU: the attention is pruned too and
+    the count is exact (random weights: no quality claim)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_quality_robust import _windows, tiny_gemma
+    m = tiny_gemma(layers=3)
+    dense = copy.deepcopy(m)
+    recipe = load_recipe({"calibration": {"samples": 16, "seq_len": 32}, "steps": [{"structured": {
+        "criterion": "goa", "reconstruction": "liar", "allocation": "global", "attention": "olica", "target": 0.2,
+        "kinds": ["attention", "ffn"], "channel_multiple": 4}}]})
+    out = prune_model(m, recipe, _windows())
+    s = find_pass(out.report, "olica_split")
+    assert s["v_kept"] == [14] and s["qk_ranks"]  # value channels and Q/K ranks cut in every layer
+    assert abs(s["achieved"] - 0.2) < 0.01
+    biases = sum(layer.mlp.down_proj.bias is not None for layer in m.model.layers)
+    assert count_params(dense) - count_params(m) == s["removed_params"] - 64 * biases
+    with torch.no_grad():
+        assert torch.isfinite(m(input_ids=_windows(2, seed=7)).logits).all()
