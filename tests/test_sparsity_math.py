@@ -115,3 +115,132 @@ def test_masks_hit_the_pattern_exactly(cfg, pattern):
     res = prune_weight(W.float(), _acc(X), pattern, cfg)
     assert mask_conforms(res.mask, pattern)
     assert bool((res.weight[res.mask] == 0).all())
+
+
+# ---- the exact solve and the sweep of the multiple-removal kernel (issue 17) ----
+
+from fxprune.sparsity.methods import mrp as _mrp  # noqa: E402
+
+
+def _refit(W, H, mask):
+    """Brute force, row by row in float64: ``w_R = H_RR⁻¹ (H wᵀ)_R``, zeros on the mask."""
+    W, H = W.double(), H.double()
+    out = torch.zeros_like(W)
+    for r in range(W.shape[0]):
+        R = ~mask[r]
+        if bool(R.any()):
+            out[r, R] = torch.linalg.solve(H[R][:, R], (H @ W[r])[R])
+    return out
+
+
+def _correlated_masks(rows, d, seed, p_follow=0.8, ratio=0.5):
+    """Masks that mostly follow a few shared patterns (as real layers' masks do), plus an empty and
+    a fully pruned row."""
+    g = torch.Generator().manual_seed(seed)
+    bases = torch.rand(3, d, generator=g) < ratio
+    who = torch.randint(0, 3, (rows,), generator=g)
+    follow = torch.rand(rows, d, generator=g) < p_follow
+    mask = torch.where(follow, bases[who], torch.rand(rows, d, generator=g) < ratio)
+    mask[0] = False
+    mask[1] = True
+    return mask
+
+
+@pytest.mark.parametrize("pivot", ["empty", "all", "majority", "random"])
+@pytest.mark.parametrize("with_hinv", [False, True])
+def test_pivot_solve_equals_brute_force_refit_for_any_pivot_set(pivot, with_hinv):
+    W, X = _layer(11, d_out=24, d_in=40)
+    H = 2 * X @ X.T
+    mask = _correlated_masks(24, 40, 3)
+    S = {"empty": torch.zeros(40, dtype=torch.bool), "all": torch.ones(40, dtype=torch.bool),
+         "majority": (~mask).float().mean(0) > 0.5,
+         "random": torch.rand(40, generator=torch.Generator().manual_seed(5)) < 0.4}[pivot]
+    new = _mrp._solve_pivot(W, H, torch.linalg.inv(H) if with_hinv else None, ~mask, S, row_chunk=5)
+    new[mask] = 0
+    torch.testing.assert_close(new, _refit(W, H, mask), rtol=1e-9, atol=1e-9)
+
+
+def test_auto_form_uses_shared_pivots_and_stays_exact():
+    W, X = _layer(12, d_out=48, d_in=64)
+    H = 2 * X @ X.T
+    mask = _correlated_masks(48, 64, 4, p_follow=0.9)
+    sets, who = _mrp._choose_pivots(~mask, 4)
+    assert len(sets) > 2 and bool((who >= 2).any())       # cluster pivot sets were worth it here
+    # each row is served by the pivot set nearest its kept set (never worse than min(|P|, |R|))
+    nk = (~mask).sum(1)
+    served = torch.stack([(S ^ ~mask[r]).sum() for r, S in zip(range(48), (sets[int(j)] for j in who))])
+    assert bool((served <= torch.minimum(nk, 64 - nk)).all())
+    new = optimal_update(W, H, mask, Hinv=torch.linalg.inv(H), row_chunk=3)
+    torch.testing.assert_close(new, _refit(W, H, mask), rtol=1e-9, atol=1e-9)
+    assert bool((new[mask] == 0).all())
+
+
+@pytest.mark.parametrize("pattern", [NM(2, 4), NM(4, 8), Unstructured(0.5), Unstructured(0.6, "layer")],
+                         ids=["2:4", "4:8", "50row", "60layer"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_mrp_final_weights_are_the_exact_refit_of_its_mask(pattern, dtype):
+    W, X = _layer(13, d_out=20, d_in=48)
+    acc = _acc(X)
+    res = prune_weight(W.float(), acc, pattern, MRPConfig(blocksize=16, solve_dtype=dtype))
+    _, Hd, _ = robust_cholesky(acc.hessian().double(), 0.01)
+    ref = _refit(W.float().double(), Hd, res.mask)
+    tol = 1e-6 if dtype == "float64" else 2e-4   # the kernel returns W's dtype (float32 here)
+    torch.testing.assert_close(res.weight.double(), ref, rtol=tol, atol=tol)
+
+
+def _reference_nm_sweep(W, U, n, m, blocksize):
+    """The N:M sweep written out plainly: per group, per row, every pattern's loss by a dense solve."""
+    W = W.clone()
+    rows, cols = W.shape
+    pats = nm_patterns(n, m)
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, U1, Err1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2], torch.zeros(rows, i2 - i1, dtype=W.dtype)
+        for g in range(0, i2 - i1, m):
+            ug = U1[g:g + m, g:g + m]
+            A = ug.T @ ug
+            for r in range(rows):
+                losses = []
+                for p in pats:
+                    P = torch.nonzero(p).squeeze(1)
+                    losses.append(float(W1[r, g + P] @ torch.linalg.solve(A[P][:, P], W1[r, g + P])))
+                best = pats[min(range(len(pats)), key=losses.__getitem__)]
+                P = torch.nonzero(best).squeeze(1)
+                e = torch.linalg.solve(A[P][:, P], W1[r, g + P]) @ ug[:, P].T
+                W1[r, g:] -= e @ U1[g:g + m, g:]
+                W1[r, g:g + m][best] = 0
+                mask[r, i1 + g:i1 + g + m] = best
+                Err1[r, g:g + m] = e
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return mask, W
+
+
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8)], ids=["2:4", "4:8"])
+def test_nm_sweep_picks_the_exhaustive_minimum_of_every_group(nm):
+    n, m = nm
+    W, X = _layer(14, d_out=6, d_in=32)
+    H = 2 * X @ X.T / X.shape[1] + 0.01 * torch.eye(32, dtype=torch.float64)
+    U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    mask, swept = _mrp.adaptive_mask(W, U, NM(n, m), blocksize=16)
+    ref_mask, ref_swept = _reference_nm_sweep(W, U, n, m, 16)
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(swept, ref_swept, rtol=1e-9, atol=1e-9)
+
+
+def test_factorisation_is_shared_between_linears_of_one_input_and_refreshed_on_change():
+    W, X = _layer(15, d_out=8, d_in=24)
+    acc = _acc(X)
+    cfg = MRPConfig(blocksize=8, solve_dtype="float64")
+    a = prune_weight(W.float(), acc, NM(2, 4), cfg)
+    assert _mrp._factor_cache["entry"][1] is acc.gram
+    b = prune_weight(W.float(), acc, NM(2, 4), cfg)            # cache hit: same result
+    assert torch.equal(a.weight, b.weight)
+    acc.add_batch(X.T[:16].float())                             # Gram changes in place: factors recomputed
+    c = prune_weight(W.float(), acc, NM(2, 4), cfg)
+    fresh = _acc(X)
+    fresh.gram, fresh.n = acc.gram.clone(), acc.n
+    _mrp._factor_cache.clear()
+    d = prune_weight(W.float(), fresh, NM(2, 4), cfg)
+    torch.testing.assert_close(c.weight, d.weight)
