@@ -146,33 +146,29 @@ def _correlated_masks(rows, d, seed, p_follow=0.8, ratio=0.5):
     return mask
 
 
-@pytest.mark.parametrize("pivot", ["empty", "all", "majority", "random"])
-@pytest.mark.parametrize("with_hinv", [False, True])
-def test_pivot_solve_equals_brute_force_refit_for_any_pivot_set(pivot, with_hinv):
+@pytest.mark.parametrize("form", ["R", "P", "auto"])
+@pytest.mark.parametrize("row_chunk", [1, 5, 64])
+def test_exact_solve_equals_brute_force_refit_with_unequal_counts(form, row_chunk):
     W, X = _layer(11, d_out=24, d_in=40)
     H = 2 * X @ X.T
-    mask = _correlated_masks(24, 40, 3)
-    S = {"empty": torch.zeros(40, dtype=torch.bool), "all": torch.ones(40, dtype=torch.bool),
-         "majority": (~mask).float().mean(0) > 0.5,
-         "random": torch.rand(40, generator=torch.Generator().manual_seed(5)) < 0.4}[pivot]
-    new = _mrp._solve_pivot(W, H, torch.linalg.inv(H) if with_hinv else None, ~mask, S, row_chunk=5)
-    new[mask] = 0
-    torch.testing.assert_close(new, _refit(W, H, mask), rtol=1e-9, atol=1e-9)
-
-
-def test_auto_form_uses_shared_pivots_and_stays_exact():
-    W, X = _layer(12, d_out=48, d_in=64)
-    H = 2 * X @ X.T
-    mask = _correlated_masks(48, 64, 4, p_follow=0.9)
-    sets, who = _mrp._choose_pivots(~mask, 4)
-    assert len(sets) > 2 and bool((who >= 2).any())       # cluster pivot sets were worth it here
-    # each row is served by the pivot set nearest its kept set (never worse than min(|P|, |R|))
-    nk = (~mask).sum(1)
-    served = torch.stack([(S ^ ~mask[r]).sum() for r, S in zip(range(48), (sets[int(j)] for j in who))])
-    assert bool((served <= torch.minimum(nk, 64 - nk)).all())
-    new = optimal_update(W, H, mask, Hinv=torch.linalg.inv(H), row_chunk=3)
+    mask = _correlated_masks(24, 40, 3)          # counts differ per row: chunks are padded
+    new = optimal_update(W, H, mask, Hinv=torch.linalg.inv(H), row_chunk=row_chunk, form=form)
     torch.testing.assert_close(new, _refit(W, H, mask), rtol=1e-9, atol=1e-9)
     assert bool((new[mask] == 0).all())
+
+
+def test_joint_removal_equals_the_update_formula_on_the_block():
+    g = torch.Generator().manual_seed(21)
+    B = torch.randn(16, 16, generator=g, dtype=torch.float64)
+    U = torch.linalg.cholesky(torch.linalg.inv(B @ B.T + 0.5 * torch.eye(16, dtype=torch.float64)), upper=True)
+    w = torch.randn(7, 16, generator=g, dtype=torch.float64)
+    pm = torch.rand(7, 16, generator=g) < torch.linspace(0.1, 0.9, 7).unsqueeze(1)   # |P| < |R| and |P| > |R|
+    A = U.T @ U
+    e = _mrp._joint_removal(w, U, pm)
+    for r in range(7):
+        P = torch.nonzero(pm[r]).squeeze(1)
+        ref = torch.linalg.solve(A[P][:, P], w[r, P]) @ U[:, P].T          # w_P A_PP⁻¹ U[:, P]ᵀ
+        torch.testing.assert_close(e[r], ref, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("pattern", [NM(2, 4), NM(4, 8), Unstructured(0.5), Unstructured(0.6, "layer")],

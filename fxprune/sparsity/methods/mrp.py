@@ -22,27 +22,17 @@ This file has three pieces:
     The sweep only decides the mask; the final weights come from the exact ``optimal_update`` on the
     full row, so every kept weight (left and right) is re-optimised.
 
-Exact solve (``optimal_update``). The unknowns of a row are ``δ_R`` (the update of the kept weights)
-and ``y_P = (H δ)_P``; known are ``δ_P = −w_P`` and ``(H δ)_R = 0`` (optimality). Solving for them
-needs one SPD system per row; its size depends on a *pivot set* ``S`` (a set of columns) that may be
-shared by many rows: with the principal pivot transform of ``H`` on ``S``,
-    ``G = [[K, −M], [Mᵀ, C]]``,  ``K = H_SS⁻¹``, ``M = K H_{S,S̄}``, ``C = H_S̄S̄ − H_S̄S M``
-(one Cholesky of ``H_SS`` per pivot set), a row whose kept set is ``R`` only has to solve a system on
-``a = S∖R`` (pruned columns inside ``S``) and ``b = R∖S`` (kept columns outside ``S``), of size
-``|a| + |b| = |S Δ R|``:
-    ``[[K_aa, −M_ab], [M_abᵀ, C_bb]] [y_a; δ_b] = [f_a; f_b]``,
-solved by block elimination (Cholesky of ``K_aa``, then of the SPD Schur complement
-``C_bb + M_abᵀ K_aa⁻¹ M_ab``); everything else of the row follows from two matrix products shared
-by all rows of the pivot set. ``S = ∅`` is the refit form (``|R|``-sized systems ``H_RR``),
-``S = all`` the update form (``|P|``-sized systems ``(H⁻¹)_PP``); ``form="auto"`` also offers the
-majority kept sets of clusters of rows with similar masks (Hamming k-means on the masks), kept only
-where the saved per-row work ``Σ (m_old³ − m_new³)/3`` exceeds the pivot's ``O(d³)`` cost, and gives
-each row the pivot set nearest its own kept set. Any ``S`` gives the same exact optimum (up to
-rounding); ``S`` only changes the cost. Rows are solved in chunks sorted by system size, padded with
-identity (distinct sentinel columns) to the chunk's largest ``|a|`` and ``|b|``; chunks are sized to
-stay in cache (``_CHUNK_FLOATS``, at most ``row_chunk`` rows).
-Peak extra memory: ``O(d_in²)`` for ``H``, ``H⁻¹``, ``U`` and one pivot transform, plus
-``rows × d_in`` for the right-hand sides and one chunk.
+Exact solve (``optimal_update``): one SPD system per row, of size ``min(|R|, |P|)``: the refit
+``H_RR δ_R = H_RP w_P`` (``δ_P = −w_P``; new row ``w + δ``) or the update form
+``(H⁻¹)_PP z = w_P``, ``δ = −z (H⁻¹)_{P,:}``. Rows are solved in chunks sorted by system size; a
+chunk's matrices are gathered with ``index_select`` (rows of ``H`` then columns, per row), padded to
+the chunk's largest size with distinct sentinel columns of an identity block appended to ``H``
+(none when all rows have equal counts, as for N:M and per-row unstructured), factorised by one
+batched Cholesky and solved by two triangular solves; chunks are sized to stay in cache
+(``_CHUNK_FLOATS``, at most ``row_chunk`` rows). The unstructured sweep's joint removal within a
+block uses the same solver on the block's conditional Hessian.
+Peak extra memory: ``O(d_in²)`` for ``H``, ``H⁻¹`` and ``U``, plus ``rows × d_in`` for the
+right-hand sides and one chunk.
 """
 from __future__ import annotations
 
@@ -54,8 +44,6 @@ from ..masks import check_pattern, cumulative_count, lowest_global, lowest_per_r
 from . import Pruned, register
 
 _CHUNK_FLOATS = 1 << 20   # ~4 MiB of fp32 per chunk of gathered systems: stays in cache
-_MAX_ANCHORS = 8          # cluster pivot sets tried by form="auto" (besides S = ∅ and S = all)
-_TWO_SIDED = 3 ** (1 / 3)  # a cluster set's system costs like a one-sided one this much larger
 
 
 def removal_loss(w: torch.Tensor, Hinv: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
@@ -64,140 +52,34 @@ def removal_loss(w: torch.Tensor, Hinv: torch.Tensor, P: torch.Tensor) -> torch.
     return 0.5 * wP @ torch.linalg.solve(Hinv[P][:, P], wP)
 
 
-def _padded_indices(sel: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the column indices where ``sel`` is True (first ``width``, padded) and a validity mask."""
-    order = torch.sort((~sel).to(torch.int8), dim=1, stable=True).indices[:, :width]
-    valid = torch.arange(width, device=sel.device).unsqueeze(0) < sel.sum(1, keepdim=True)
-    return order, valid
-
-
-def _batched_spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve ``A x = b`` for a batch of SPD matrices; falls back to fp64 and then to LU."""
-    L, info = torch.linalg.cholesky_ex(A)
-    if int(info.abs().max()) == 0:
-        return torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
-    A64, b64 = A.double(), b.double()
-    L, info = torch.linalg.cholesky_ex(A64)
-    if int(info.abs().max()) == 0:
-        return torch.cholesky_solve(b64.unsqueeze(-1), L).squeeze(-1).to(b.dtype)
-    return torch.linalg.solve(A64, b64).to(b.dtype)
-
-
-def _gather_square(M: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``M[idx_r, idx_r]`` per row ``r``; padded rows/columns become the identity."""
-    sub = M[idx.unsqueeze(2), idx.unsqueeze(1)]
-    if bool(valid.all()):
-        return sub
-    vv = valid.unsqueeze(2) & valid.unsqueeze(1)
-    eye = torch.eye(idx.shape[1], dtype=M.dtype, device=M.device).expand_as(sub)
-    return torch.where(vv, sub, eye)
-
-
 # ---------------------------------------------------------------------------------------------
 # exact solve for a fixed mask
 
 
-def _pivot_transform(H: torch.Tensor, Hinv: torch.Tensor | None, S: torch.Tensor):
-    """``(s, t, G)``: the columns in / out of the pivot set ``S`` (bool, ``(d,)``) and the principal
-    pivot transform ``G = [[K, −M], [Mᵀ, C]]`` of ``H`` on ``S``, rows/columns ordered ``[s, t]``."""
-    s, t = torch.nonzero(S).squeeze(1), torch.nonzero(~S).squeeze(1)
-    if len(s) == 0:
-        return s, t, H
-    if len(t) == 0 and Hinv is not None:
-        return s, t, Hinv
-    Hs = H[s]
-    Ls = torch.linalg.cholesky(Hs[:, s])
-    K = torch.cholesky_inverse(Ls)
-    if len(t) == 0:
-        return s, t, K
-    Z = torch.linalg.solve_triangular(Ls, Hs[:, t], upper=False)          # Ls⁻¹ H_st
-    M = torch.linalg.solve_triangular(Ls.mT, Z, upper=True)              # H_ss⁻¹ H_st
-    C = H[t][:, t] - Z.mT @ Z                                             # Schur complement of H_ss
-    ns = len(s)
-    G = torch.empty_like(H)
-    G[:ns, :ns] = K
-    G[:ns, ns:] = -M
-    G[ns:, :ns] = M.mT
-    G[ns:, ns:] = C
-    return s, t, G
-
-
-def _chol(A: torch.Tensor) -> torch.Tensor:
-    L, info = torch.linalg.cholesky_ex(A)
-    if int(info.abs().max()):
-        raise torch.linalg.LinAlgError("not positive definite")
-    return L
-
-
-def _chol_solve(b: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """``(L Lᵀ)⁻¹ b`` by two triangular solves (faster here than ``torch.cholesky_solve``)."""
+def _chunk_spd_solve(A: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """``A⁻¹ f`` for a batch of SPD matrices: Cholesky and two triangular solves (faster here than
+    ``torch.cholesky_solve``); falls back to fp64 and then to LU."""
     tri = torch.linalg.solve_triangular
-    return tri(L.mT, tri(L, b, upper=False), upper=True)
-
-
-def _chunk_solve(A: torch.Tensor, f: torch.Tensor, na: int) -> torch.Tensor:
-    """Solve ``[[K_aa, −M_ab], [M_abᵀ, C_bb]] x = f`` per batch entry (``A`` as gathered from ``G``,
-    ``K_aa`` its leading ``na × na`` block) by block elimination with two Cholesky factorisations
-    (the larger SPD block is eliminated first, so the Schur complement is the smaller system)."""
-    nb = A.shape[-1] - na
     f = f.unsqueeze(-1)
-    tri = torch.linalg.solve_triangular
-    if na == 0 or nb == 0:
-        return _chol_solve(f, _chol(A)).squeeze(-1)
-    if na >= nb:
-        La = _chol(A[:, :na, :na])
-        u = tri(La, f[:, :na], upper=False)
-        Z = tri(La, A[:, :na, na:], upper=False).neg_()                     # La⁻¹ M_ab
-        Lb = _chol(torch.baddbmm(A[:, na:, na:], Z.mT, Z))                 # C_bb + M_abᵀ K_aa⁻¹ M_ab
-        xb = _chol_solve(f[:, na:] - Z.mT @ u, Lb)
-        ya = tri(La.mT, u + Z @ xb, upper=True)
-    else:
-        Lb = _chol(A[:, na:, na:])
-        v = tri(Lb, f[:, na:], upper=False)
-        Y = tri(Lb, A[:, na:, :na], upper=False)                            # Lb⁻¹ M_abᵀ
-        La = _chol(torch.baddbmm(A[:, :na, :na], Y.mT, Y))                 # K_aa + M_ab C_bb⁻¹ M_abᵀ
-        ya = _chol_solve(f[:, :na] + Y.mT @ v, La)
-        xb = tri(Lb.mT, v - Y @ ya, upper=True)
-    return torch.cat([ya, xb], 1).squeeze(-1)
+    L, info = torch.linalg.cholesky_ex(A.mT)  # A is symmetric; the column-major view copies faster
+    if int(info.abs().max()) == 0:
+        return tri(L.mT, tri(L, f, upper=False), upper=True).squeeze(-1)
+    A64, f64 = A.double(), f.double()
+    L, info = torch.linalg.cholesky_ex(A64)
+    if int(info.abs().max()) == 0:
+        return tri(L.mT, tri(L, f64, upper=False), upper=True).squeeze(-1).to(f.dtype)
+    return torch.linalg.solve(A64, f64).squeeze(-1).to(f.dtype)
 
 
-def _robust_chunk_solve(A, f, na):
-    try:
-        return _chunk_solve(A, f, na)
-    except torch.linalg.LinAlgError:
-        pass
-    try:
-        return _chunk_solve(A.double(), f.double(), na).to(f.dtype)
-    except torch.linalg.LinAlgError:
-        return torch.linalg.solve(A.double(), f.double()).to(f.dtype)
-
-
-def _solve_pivot(W, H, Hinv, kept, S, row_chunk):
-    """Exact ``δ`` (new weights ``W + δ``) for the rows of ``W`` with kept sets ``kept``, through the
-    pivot set ``S`` (see the module docstring)."""
-    dt, dev = H.dtype, H.device
-    rows, d = W.shape
-    s, t, G = _pivot_transform(H, Hinv, S)
-    ns = len(s)
-    perm = torch.cat([s, t])
-    Wp, keptp = W[:, perm], kept[:, perm]
-    aflag = ~keptp[:, :ns]                      # pruned inside S
-    bflag = keptp[:, ns:]                       # kept outside S
-    wbar = torch.where(keptp[:, ns:], 0, Wp[:, ns:])   # w on the pruned columns outside S
-    # right-hand sides of every row, [f_S, f_S̄] in pivot order (only the a / b entries are used)
-    F = torch.empty(rows, d, dtype=dt, device=dev)
-    if ns:
-        F[:, :ns] = -Wp[:, :ns]
-        if d > ns:
-            F[:, :ns] -= wbar @ (-G[:ns, ns:]).mT        # − (M w̄)_S
-    if d > ns:
-        F[:, ns:] = wbar @ G[ns:, ns:]                   # C w̄ (C symmetric)
-    alpha, beta = aflag.sum(1), bflag.sum(1)
-    m = alpha + beta
-    order = torch.argsort(m, descending=True)
-    # a chunk pads its a-part to its largest |a| and its b-part to its largest |b| with sentinel
-    # columns d, d+1, ... of an identity block appended to G (none when all rows have equal sizes)
-    npad = int(alpha.max() - alpha.min()) + int(beta.max() - beta.min())
+def _row_systems_solve(G: torch.Tensor, F: torch.Tensor, sel: torch.Tensor, row_chunk: int) -> torch.Tensor:
+    """Per row ``r``, with ``I = nonzero(sel[r])``: ``v_I = G_II⁻¹ F[r, I]``, zeros elsewhere (``G`` SPD)."""
+    dt, dev = G.dtype, G.device
+    rows, d = F.shape
+    size = sel.sum(1)
+    order = torch.argsort(size, descending=True)
+    # a chunk pads its systems to its largest size with sentinel columns d, d+1, ... of an identity
+    # block appended to G (none when all rows have equal sizes)
+    npad = int(size.max() - size.min()) if rows else 0
     if npad:
         Gx = torch.zeros(d + npad, d + npad, dtype=dt, device=dev)
         Gx[:d, :d] = G
@@ -205,143 +87,62 @@ def _solve_pivot(W, H, Hinv, kept, S, row_chunk):
         Fx = torch.cat([F, torch.zeros(rows, npad, dtype=dt, device=dev)], 1)
     else:
         Gx, Fx = G, F
-    a_idx = torch.sort((~aflag).to(torch.int8), dim=1, stable=True).indices       # a positions first
-    b_idx = torch.sort((~bflag).to(torch.int8), dim=1, stable=True).indices + ns
-    V = torch.zeros(rows, d + npad, dtype=dt, device=dev)   # [y'_S, δ_S̄] of every row
+    pos = torch.sort((~sel).to(torch.int8), dim=1, stable=True).indices      # selected columns first
+    V = torch.zeros(rows, d + npad, dtype=dt, device=dev)
     start = 0
     while start < rows:
-        mm = int(m[order[start]])
-        if mm == 0:
+        k = int(size[order[start]])
+        if k == 0:
             break
-        step = max(1, min(row_chunk, _CHUNK_FLOATS // (mm * mm)))
+        step = max(1, min(row_chunk, _CHUNK_FLOATS // (k * k)))
         ch = order[start:start + step]
         start += step
-        al, be = alpha[ch, None], beta[ch, None]
-        am, bm = int(al.max()), int(be.max())
-        ar = torch.arange(am, device=dev)
-        br = torch.arange(bm, device=dev)
-        ia = a_idx[ch, :am]
-        ib = b_idx[ch, :bm]
-        if npad:
-            ia = torch.where(ar < al, ia, d + ar - al)
-            ib = torch.where(br < be, ib, d + am - al + br - be)
-        idx = torch.cat([ia, ib], 1)
         c = len(ch)
-        A = torch.empty(c, am + bm, am + bm, dtype=dt, device=dev)
-        rowsel = Gx.index_select(0, idx.reshape(-1)).view(c, am + bm, -1)
+        idx = pos[ch, :k]
+        if npad:
+            sz = size[ch, None]
+            ar = torch.arange(k, device=dev)
+            idx = torch.where(ar < sz, idx, d + ar - sz)
+        A = torch.empty(c, k, k, dtype=dt, device=dev)
+        rowsel = Gx.index_select(0, idx.reshape(-1)).view(c, k, -1)
         for j in range(c):
             torch.index_select(rowsel[j], 1, idx[j], out=A[j])
-        sol = _robust_chunk_solve(A, torch.gather(Fx[ch], 1, idx), am)
-        V[ch.unsqueeze(1), idx] = sol
-    V = V[:, :d]
-    V[:, ns:] -= wbar
-    delta = torch.empty_like(Wp)
-    if ns:
-        delta[:, :ns] = V[:, :ns] @ G[:ns, :ns]
-        if d > ns:
-            delta[:, :ns] += V[:, ns:] @ G[:ns, ns:].mT
-    delta[:, ns:] = V[:, ns:]
-    out = torch.empty_like(W)
-    out[:, perm] = Wp + delta
-    return out
-
-
-def _hamming(keptf: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
-    """``|S Δ R_r|`` for every row (``keptf``: float kept masks) and every candidate set (``S``: float, one per row)."""
-    return keptf.sum(1, keepdim=True) + S.sum(1).unsqueeze(0) - 2 * keptf @ S.T
-
-
-def _choose_pivots(kept: torch.Tensor, max_anchors: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Pivot sets and each row's choice: ``S = ∅``, ``S = all`` and up to ``max_anchors`` cluster
-    majority sets, each kept only if the per-row work it saves exceeds its own cost.
-
-    Cost model (per row, in units of one Cholesky flop): ``m³/3`` for a one-sided system (``S = ∅``:
-    ``m = |R|``; ``S = all``: ``m = |P|``), ``(_TWO_SIDED · m)³/3`` for a cluster set (``m = |S Δ R|``:
-    two factorisations, a triangular solve with ``|b|`` right-hand sides and a product, measured
-    about three times slower than one Cholesky of the same total size on this CPU)."""
-    rows, d = kept.shape
-    keptf = kept.to(torch.float32)
-    nk = keptf.sum(1)
-    trivial = torch.minimum(nk, d - nk)
-    anchors: list[torch.Tensor] = []
-
-    def eff(dist):  # cluster-set distance in one-sided-equivalent size
-        return dist * _TWO_SIDED
-
-    if max_anchors > 0 and rows > 1:
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        cand = keptf[torch.randperm(rows, generator=gen)[:min(rows, 8 * max_anchors)].to(kept.device)]
-        best = trivial.clone()
-        for _ in range(max_anchors):  # greedy seeding by the modelled saving Σ (best³ − new³)
-            dist = eff(_hamming(keptf, cand))                              # (rows, cands)
-            gain = (best.unsqueeze(1) ** 3 - torch.minimum(best.unsqueeze(1), dist) ** 3).sum(0)
-            i = int(gain.argmax())
-            if float(gain[i]) <= 0:
-                break
-            anchors.append(cand[i].clone())
-            best = torch.minimum(best, dist[:, i])
-        for _ in range(3):  # Lloyd steps: majority of the rows each set serves
-            if not anchors:
-                break
-            dmin, who = eff(_hamming(keptf, torch.stack(anchors))).min(1)
-            served = dmin < trivial
-            for j in range(len(anchors)):
-                sel = served & (who == j)
-                if bool(sel.any()):
-                    anchors[j] = (keptf[sel].mean(0) > 0.5).to(torch.float32)
-        # keep a set only where it pays for its pivot transform (~ s³ + 2s²t + 2st² flops of
-        # GEMM-like kernels, counted at a third of their flops)
-        while anchors:
-            A = torch.stack(anchors)
-            dmin, who = torch.cat([trivial.unsqueeze(1), eff(_hamming(keptf, A))], 1).min(1)
-            gains = []
-            for j in range(len(anchors)):
-                sel = who == j + 1
-                sz = float(A[j].sum())
-                cost = (sz ** 3 + 2 * sz * sz * (d - sz) + 2 * sz * (d - sz) ** 2) / 3
-                saved = float(((trivial[sel] ** 3) - dmin[sel] ** 3).sum()) / 3
-                gains.append(saved - cost)
-            worst = min(range(len(anchors)), key=lambda j: gains[j])
-            if gains[worst] >= 0:
-                break
-            anchors.pop(worst)
-    sets = [torch.zeros(d, dtype=torch.bool, device=kept.device), torch.ones(d, dtype=torch.bool, device=kept.device)]
-    sets += [a > 0.5 for a in anchors]
-    cols = [nk, d - nk] + ([] if not anchors else list(eff(_hamming(keptf, torch.stack(anchors))).T))
-    return sets, torch.stack(cols, 1).argmin(1)
+        V[ch.unsqueeze(1), idx] = _chunk_spd_solve(A, torch.gather(Fx[ch], 1, idx))
+    return V[:, :d]
 
 
 def optimal_update(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, Hinv: torch.Tensor | None = None,
-                   row_chunk: int = 64, form: str = "auto", max_anchors: int | None = None) -> torch.Tensor:
+                   row_chunk: int = 64, form: str = "auto") -> torch.Tensor:
     """The weights minimising ``½ (w−ŵ) H (w−ŵ)ᵀ`` per row with ``ŵ_P = 0`` exactly (``P`` = ``mask``).
 
-    ``H`` must be positive definite (damped). ``form``: ``"R"`` (refit the kept weights: pivot set
-    ``S = ∅``), ``"P"`` (update formula, ``S = all``; needs ``Hinv``) or ``"auto"`` (per row the
-    cheapest of those and of up to ``max_anchors`` shared cluster pivot sets; see the module
-    docstring). Every form gives the same exact optimum; computed in the dtype of ``H``.
+    ``H`` must be positive definite (damped). ``form``: ``"R"`` (refit the kept weights, ``|R|``-sized
+    systems), ``"P"`` (update formula, ``|P|``-sized systems; needs ``Hinv``) or ``"auto"`` (per row,
+    whichever system is smaller; the update form only when ``Hinv`` is given). Every form gives the
+    same exact optimum; computed in the dtype of ``H``.
     """
     dt = H.dtype
     W = W.to(dt)
     rows, d = W.shape
-    if form == "P" and Hinv is None:
-        raise ValueError("form='P' needs Hinv")
     if form not in ("auto", "R", "P"):
         raise ValueError(f"form must be 'auto', 'R' or 'P', got {form!r}")
-    kept = ~mask
-    if rows == 0:
-        return W.clone()
-    if form == "R":
-        sets, who = [torch.zeros(d, dtype=torch.bool, device=W.device)], torch.zeros(rows, dtype=torch.long)
+    if form == "P" and Hinv is None:
+        raise ValueError("form='P' needs Hinv")
+    npr = mask.sum(1)
+    if form == "R" or (form == "auto" and Hinv is None):
+        use_p = torch.zeros(rows, dtype=torch.bool, device=W.device)
     elif form == "P":
-        sets, who = [torch.ones(d, dtype=torch.bool, device=W.device)], torch.zeros(rows, dtype=torch.long)
+        use_p = torch.ones(rows, dtype=torch.bool, device=W.device)
     else:
-        sets, who = _choose_pivots(kept, _MAX_ANCHORS if max_anchors is None else max_anchors)
+        use_p = npr < d - npr
     out = torch.empty_like(W)
-    for j, S in enumerate(sets):
-        sel = torch.nonzero(who == j).squeeze(1)
-        if len(sel) == 0:
-            continue
-        out[sel] = _solve_pivot(W[sel], H, Hinv, kept[sel], S, row_chunk)
+    r_rows, p_rows = torch.nonzero(~use_p).squeeze(1), torch.nonzero(use_p).squeeze(1)
+    if len(r_rows):  # refit: H_RR δ_R = H_RP w_P, δ_P = −w_P
+        Wr, Mr = W[r_rows], mask[r_rows]
+        wbar = Wr * Mr
+        out[r_rows] = Wr - wbar + _row_systems_solve(H, wbar @ H, ~Mr, row_chunk)
+    if len(p_rows):  # update form: (H⁻¹)_PP z = w_P, δ = −z (H⁻¹)_{P,:}
+        Wp = W[p_rows]
+        out[p_rows] = Wp - _row_systems_solve(Hinv, Wp, mask[p_rows], row_chunk) @ Hinv
     out[mask] = 0
     return out
 
@@ -445,18 +246,16 @@ def _joint_removal(w_block: torch.Tensor, Ublk: torch.Tensor, pmask: torch.Tenso
     """``e`` with ``δw_{c:} = −e U[c:c+b, c:]`` removing ``pmask`` jointly per row (conditional Hessian).
 
     ``w_block``: ``(rows, b)``; ``Ublk``: ``(b, b)`` diagonal block of ``U``; ``pmask``: ``(rows, b)``.
-    ``e = w_P A_PP⁻¹ Ublk[:, P]ᵀ`` with ``A = Ublkᵀ Ublk``.
+    ``e = w_P A_PP⁻¹ Ublk[:, P]ᵀ`` with ``A = Ublkᵀ Ublk``. The block part of the update,
+    ``δ = −e Ublk``, is the exact optimum of the block's problem (Hessian ``A⁻¹``) for the mask
+    ``pmask``, so it is computed by ``optimal_update`` (per row the smaller of the ``|P|`` and
+    ``|R|`` systems) and ``e = −δ Ublk⁻¹``.
     """
-    A = Ublk.T @ Ublk
-    width = int(pmask.sum(1).max())
-    if width == 0:
-        return torch.zeros_like(w_block)
-    idx, valid = _padded_indices(pmask, width)
-    App = _gather_square(A, idx, valid)
-    wP = torch.gather(w_block, 1, idx) * valid
-    z = _batched_spd_solve(App, wP) * valid                           # w_P A_PP⁻¹
-    zfull = torch.zeros_like(w_block).scatter_add_(1, idx, z)
-    return zfull @ Ublk.T
+    b = Ublk.shape[0]
+    Uinv = torch.linalg.solve_triangular(Ublk, torch.eye(b, dtype=Ublk.dtype, device=Ublk.device), upper=True)
+    A, Ainv = Ublk.T @ Ublk, Uinv @ Uinv.T
+    new = optimal_update(w_block, Ainv, pmask, Hinv=A)
+    return (w_block - new) @ Uinv
 
 
 def oneshot_mask(W: torch.Tensor, Hinv: torch.Tensor, pattern) -> torch.Tensor:
