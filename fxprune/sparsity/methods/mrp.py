@@ -25,7 +25,8 @@ This file has three pieces:
 Exact solve (``optimal_update``): one SPD system per row, of size ``min(|R|, |P|)``: the refit
 ``H_RR δ_R = H_RP w_P`` (``δ_P = −w_P``; new row ``w + δ``) or the update form
 ``(H⁻¹)_PP z = w_P``, ``δ = −z (H⁻¹)_{P,:}``. Rows are solved in chunks sorted by system size; a
-chunk's matrices are gathered with ``index_select`` (rows of ``H`` then columns, per row), padded to
+chunk's matrices are gathered with ``index_select`` (the chunk's rows of ``H`` in one call, then
+columns per row; one batched ``gather`` for small systems), padded to
 the chunk's largest size with distinct sentinel columns of an identity block appended to ``H``
 (none when all rows have equal counts, as for N:M and per-row unstructured), factorised by one
 batched Cholesky and solved by two triangular solves; chunks are sized to stay in cache
@@ -103,10 +104,13 @@ def _row_systems_solve(G: torch.Tensor, F: torch.Tensor, sel: torch.Tensor, row_
             sz = size[ch, None]
             ar = torch.arange(k, device=dev)
             idx = torch.where(ar < sz, idx, d + ar - sz)
-        A = torch.empty(c, k, k, dtype=dt, device=dev)
         rowsel = Gx.index_select(0, idx.reshape(-1)).view(c, k, -1)
-        for j in range(c):
-            torch.index_select(rowsel[j], 1, idx[j], out=A[j])
+        if k <= 128:  # small systems (the sweep's blocks): one batched gather
+            A = torch.gather(rowsel, 2, idx.unsqueeze(1).expand(c, k, k))
+        else:
+            A = torch.empty(c, k, k, dtype=dt, device=dev)
+            for j in range(c):
+                torch.index_select(rowsel[j], 1, idx[j], out=A[j])
         V[ch.unsqueeze(1), idx] = _chunk_spd_solve(A, torch.gather(Fx[ch], 1, idx))
     return V[:, :d]
 
@@ -254,7 +258,7 @@ def _joint_removal(w_block: torch.Tensor, Ublk: torch.Tensor, pmask: torch.Tenso
     b = Ublk.shape[0]
     Uinv = torch.linalg.solve_triangular(Ublk, torch.eye(b, dtype=Ublk.dtype, device=Ublk.device), upper=True)
     A, Ainv = Ublk.T @ Ublk, Uinv @ Uinv.T
-    new = optimal_update(w_block, Ainv, pmask, Hinv=A)
+    new = optimal_update(w_block, Ainv, pmask, Hinv=A, row_chunk=1024)  # b ≤ 128: small systems
     return (w_block - new) @ Uinv
 
 
