@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..evaluation import render as _report
+
 NAME = "prune"
 HELP = "Prune MODEL by RECIPE with calibration DATA and save the result to DIR."
 
@@ -26,6 +28,7 @@ def add_arguments(p):
     p.add_argument("--windows", type=int, default=64, help="perplexity windows")
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _report.add_report_arguments(p)  # --eval-tasks, --limit (fxprune/evaluation/report.py)
 
 
 def resolve_recipe(spec: str) -> Path:
@@ -130,6 +133,7 @@ def _run_structured(args, path: Path) -> int:
         report["ppl_pruned"] = _ppl(model, tok, args)
     save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan})
     report["out"] = args.out
+    report["report"] = str(_report.write_prune_report(args, report, loaded))  # report.md beside the weights
     _print(report, args)
     return 0
 
