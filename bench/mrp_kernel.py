@@ -263,6 +263,58 @@ def profile(args):
     pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
 
 
+PRIMS = {  # primitive -> substrings of cProfile function names (tottime summed)
+    "Cholesky factorisations": ["linalg_cholesky_ex"],
+    "triangular solves": ["solve_triangular", "cholesky_solve", "linalg_solve>"],
+    "gathers (index_select / gather / fancy indexing + identity padding)":
+        ["index_select", "method 'gather'", "built-in method torch.gather", "_gather_square", "torch.where"],
+}
+
+
+def breakdown(args):
+    """Per kernel and pattern: CPU seconds by phase (setup, mask search, exact solve) and by primitive,
+    from cProfile with a CPU-time clock, over the chosen layers."""
+    torch.set_num_threads(args.threads)
+    layers = load_layers(args.layers)
+    SETTINGS.update(json.loads(args.settings))
+    table = []
+    for spec in args.patterns:
+        for method in args.methods:
+            pat = pattern_for(method.split("@")[0].split("#")[0], spec)
+            cfg = cfg_for(method, {})
+            prof = cProfile.Profile(time.process_time)
+            c = time.process_time()
+            prof.enable()
+            for name, W, st in layers:
+                run_method(method, W, st, pat, cfg)
+            prof.disable()
+            total = time.process_time() - c
+            st_ = pstats.Stats(prof).stats
+            cum = lambda fn: sum(v[3] for k, v in st_.items() if k[2] == fn)  # noqa: E731
+
+            def cum_from(fn, caller):
+                t = 0.0
+                for k, v in st_.items():
+                    if k[2] == fn:
+                        t += sum(cv[3] for ck, cv in v[4].items() if ck[2] == caller)
+                return t
+            mask = cum("adaptive_mask") + cum("oneshot_mask")
+            upd = cum_from("optimal_update", "prune_mrp")
+            row = {"pattern": spec, "method": method, "total_cpu_s": total, "mask_search_s": mask, "exact_solve_s": upd,
+                   "setup_and_rest_s": total - mask - upd}
+            named = 0.0
+            for prim, keys in PRIMS.items():
+                t = sum(v[2] for k, v in st_.items() if any(x in f"{k[2]}" or x in str(k) for x in keys))
+                row[prim] = t
+                named += t
+            row["other (matrix products, elementwise, Python)"] = total - named
+            table.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "layers": [n for n, _, _ in layers],
+                                              "torch": torch.__version__, "rows": table}, indent=1))
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -271,7 +323,7 @@ def main():
     d.add_argument("--blocks", type=int, nargs="+", default=[0, 10, 20, 29])
     d.add_argument("--threads", type=int, default=1)
     sub.add_parser("fixup")
-    for name in ("time", "profile"):
+    for name in ("time", "profile", "breakdown"):
         p = sub.add_parser(name)
         p.add_argument("--layers", nargs="*", help="substrings of layer names (default: all dumped)")
         p.add_argument("--threads", type=int, default=1)
@@ -283,13 +335,17 @@ def main():
     t.add_argument("--methods", nargs="+", default=["sparsegpt", "mrp"])
     t.add_argument("--reps", type=int, default=3)
     t.add_argument("--out")
+    b = sub.choices["breakdown"]
+    b.add_argument("--patterns", nargs="+", default=["2:4", "4:8", "0.5", "0.6"])
+    b.add_argument("--methods", nargs="+", default=["mrp@main", "mrp", "sparsegpt"])
+    b.add_argument("--out")
     p = sub.choices["profile"]
     p.add_argument("--method", default="mrp")
     p.add_argument("--pattern", default="2:4")
     p.add_argument("--sort", default="cumulative")
     p.add_argument("--top", type=int, default=40)
     args = ap.parse_args()
-    {"dump": dump, "fixup": fixup, "time": time_kernels, "profile": profile}[args.cmd](args)
+    {"dump": dump, "fixup": fixup, "time": time_kernels, "profile": profile, "breakdown": breakdown}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -135,11 +135,12 @@ def main():
             model.load_state_dict(dense_state)
             pat = pattern_for(m, spec)
             recipe = SparsityRecipe(METHODS[m], pat, name=f"{m}-{spec}")
-            t = time.time()
+            t, c = time.time(), time.process_time()
             res = run_sparsity_recipe(model, recipe, calib, log=lambda s: print(s, flush=True) if s.startswith('block') and s.split()[1].rstrip(':') in ('0', '15', '29') else None)
-            secs = time.time() - t
+            secs, cpu = time.time() - t, time.process_time() - c
             ppl = perplexity(model, ids, args.eval_L, args.eval_windows)
-            row = {"method": m, "pattern": pat.label, "ppl": ppl, "seconds": secs, "sparsity": res.sparsity,
+            row = {"method": m, "pattern": pat.label, "ppl": ppl, "seconds": secs, "cpu_seconds": cpu,
+                   "sparsity": res.sparsity,
                    "config": repr(METHODS[m]), "granularity": getattr(pat, "granularity", None),
                    "sum_output_error": sum(l.output_error or 0 for l in res.layers)}
             results = [r for r in results if not (r["method"] == m and r["pattern"] == pat.label)] + [row]
