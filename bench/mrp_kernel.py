@@ -1,7 +1,7 @@
 """Kernel-level harness for the multiple-removal solver (issue 17): real SmolLM2 layer Hessians, no
 whole-model runs while iterating.
 
-    # once: one calibration run (C4 head, N x 512 tokens, seed 0) through the current driver with
+    # once: one calibration run (C4 head, N x 512 tokens, seed 0) through the library with
     # Wanda (cheapest calibrated method) deciding the pruned stream; the weights and Gram matrices of
     # the chosen blocks' linears go to bench/results/tmp/hessians/ (gitignored)
     PYTHONPATH=$PWD python bench/mrp_kernel.py dump --samples 128 --blocks 0 10 20 29
@@ -26,53 +26,53 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fxprune.sparsity import MRPConfig, SparseGPTConfig, WandaConfig  # noqa: E402
-from fxprune.sparsity.hessian import HessianAccumulator  # noqa: E402
+from fxprune.sparsity.config import parse_pattern  # noqa: E402
 from fxprune.sparsity.masks import mask_conforms  # noqa: E402
-from fxprune.sparsity.methods import prune_weight  # noqa: E402
-from fxprune.sparsity.recipe import _parse_pattern  # noqa: E402
+from fxprune.sparsity.methods import LayerStats, MRPConfig, SparseGPTConfig, WandaConfig, prune_weight  # noqa: E402
 
 DUMP = Path(__file__).parent / "results" / "tmp" / "hessians"
 
 
 def dump(args):
-    from bench.data import C4
+    """One calibration run through the library (``fxprune.sparsify`` with Wanda 2:4 deciding the pruned
+    stream); each chosen block's linears' weights and input Gram matrices are saved as the block-wise
+    runner hands them to the kernel (equal Gram matrices of q/k/v and gate/up are stored once)."""
+    import fxprune
     from sparsity_data import calibration_windows
-    from fxprune.loading import load_model
-    from fxprune.sparsity import SparsityRecipe, run_sparsity_recipe
-    from fxprune.sparsity import driver
+    from fxprune.data import resolve
+    from fxprune.passes.ops import sparsify as op
     torch.set_num_threads(args.threads)
-    lm = load_model("smollm2")
-    calib = calibration_windows(C4, lm.tokenizer, args.samples, 512, seed=0)
+    lm = fxprune.load("smollm2")
+    calib = torch.cat(calibration_windows(resolve("c4"), lm.tokenizer, args.samples, 512, seed=0))
     DUMP.mkdir(parents=True, exist_ok=True)
-    real = driver._sparsify_linear
-    grams: dict[int, str] = {}
+    real = op.prune_weight
+    grams: list[tuple[torch.Tensor, str]] = []
     index = {}
 
-    def tap(name, lin, acc, recipe, reports, on_skip):
-        # the accumulator is shared by q/k/v and gate/up and carries the first linear's name
-        blk = int(name.split(".")[2])
+    def tap(W, st, pattern, cfg):
+        blk = int(st.name.split(".")[2])
         if blk in args.blocks:
-            if id(acc) not in grams:
-                grams[id(acc)] = name
-                torch.save({"gram": acc.gram.clone(), "n": acc.n}, DUMP / f"{name}.gram.pt")
-            torch.save(lin.weight.detach().clone(), DUMP / f"{name}.W.pt")
-            index[name] = grams[id(acc)]
+            owner = next((n for g, n in grams if torch.equal(g, st.gram)), None)
+            if owner is None:
+                owner = st.name
+                grams.append((st.gram.clone(), owner))
+                torch.save({"gram": st.gram.clone(), "n": st.n}, DUMP / f"{owner}.gram.pt")
+            torch.save(W.detach().clone(), DUMP / f"{st.name}.W.pt")
+            index[st.name] = owner
             (DUMP / "index.json").write_text(json.dumps({"samples": args.samples, "layers": index}, indent=1))
-        return real(name, lin, acc, recipe, reports, on_skip)
-
-    def log(s):
-        print(s, f"{time.time() - t:.0f}s", flush=True)
-        if s.startswith("block ") and int(s.split()[1].rstrip(":")) >= max(args.blocks):
+            print(st.name, f"{time.time() - t:.0f}s", flush=True)
+        if blk >= max(args.blocks) and st.name.endswith("down_proj"):
             raise KeyboardInterrupt  # nothing after the last dumped block is needed
+        return real(W, st, pattern, cfg)
 
-    driver._sparsify_linear = tap
+    op.prune_weight = tap
     t = time.time()
     try:
-        run_sparsity_recipe(lm.model, SparsityRecipe(WandaConfig(), _parse_pattern("2:4"), name="dump"), calib,
-                            log=log)
+        fxprune.sparsify(lm.model, "wanda", "2:4", calib)
     except KeyboardInterrupt:
         pass
+    finally:
+        op.prune_weight = real
     print(f"dumped {len(index)} layers to {DUMP} in {time.time() - t:.0f}s")
 
 
@@ -97,39 +97,24 @@ def fixup(args):
     print(f"rewrote {len(layers)} layers")
 
 
-class Stats:
-    """Just what a kernel may use: ``gram``, ``n``, ``hessian()``, ``sq_norms`` (and ``name``)."""
-
-    def __init__(self, gram, n, name):
-        self.acc = HessianAccumulator(gram.shape[0], name)
-        self.acc.gram, self.acc.n = gram, n
-        self.name, self.gram, self.n = name, gram, n
-
-    def hessian(self):
-        return self.acc.hessian()
-
-    @property
-    def sq_norms(self):
-        return self.acc.sq_norms
-
-
 def load_layers(names=None):
-    """``(name, W, stats)`` of the dumped layers; layers that shared an accumulator in the driver
-    (q/k/v, gate/up) share one ``Stats`` object here too."""
+    """``(name, W, stats)`` of the dumped layers, one ``LayerStats`` per layer as the block-wise runner
+    gives them (linears of one input get equal Gram matrices in distinct tensors)."""
     idx = json.loads((DUMP / "index.json").read_text())["layers"]
-    out, shared = [], {}
+    out, grams = [], {}
     for name, gname in idx.items():
         if names and not any(s in name for s in names):
             continue
-        if gname not in shared:
-            g = torch.load(DUMP / f"{gname}.gram.pt")
-            shared[gname] = Stats(g["gram"], g["n"], gname)
-        out.append((name, torch.load(DUMP / f"{name}.W.pt"), shared[gname]))
+        if gname not in grams:
+            grams[gname] = torch.load(DUMP / f"{gname}.gram.pt")
+        g = grams[gname]
+        out.append((name, torch.load(DUMP / f"{name}.W.pt"), LayerStats(name, g["gram"].clone(), g["n"])))
     return out
 
 
 def reference_kernel(rev: str):
-    """``prune_mrp`` as of git revision ``rev`` (e.g. ``main``), loaded as a side module (not registered)."""
+    """``prune_mrp`` as of git revision ``rev``, loaded as a side module (not registered); the revision's
+    file must import what the current tree has (revisions after the method layer, issue 11)."""
     import subprocess
     import types
     src = subprocess.run(["git", "show", f"{rev}:fxprune/sparsity/methods/mrp.py"], capture_output=True, text=True,
@@ -187,7 +172,7 @@ GRAN = {"sparsegpt": "layer", "wanda": "row"}
 
 
 def pattern_for(method, spec):
-    p = _parse_pattern(float(spec) if ":" not in spec else spec)
+    p = parse_pattern(float(spec) if ":" not in spec else spec)
     if hasattr(p, "granularity"):
         p = type(p)(p.ratio, GRAN.get(method, "row"))
     return p

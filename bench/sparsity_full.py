@@ -3,9 +3,11 @@
 run (their own venv), wall time, CPU time and peak memory for each, 50% with 3 calibration seeds.
 
 Protocol: calibration 128 x 512 tokens of the C4 train head (``bench/sparsity_data.calibration_windows``,
-seed 0, 1, 2), evaluation WikiText-2 raw test, L = 512, first 64 windows, token-level perplexity
-(``bench/data.perplexity``). One thread per process, one process at a time; every job runs in a fresh
-subprocess so its peak RSS is its own.
+seed 0, 1, 2: the windows llm-compressor gets too), evaluation WikiText-2 raw test, L = 512, first 64
+windows, token-level perplexity (``fxprune.data.evaluation_windows``, ``fxprune.evaluation.perplexity``).
+Our methods run through the library (``fxprune.sparsify``: the block-wise runner, calibration batches
+of 8). One thread per process, one process at a time; every job runs in a fresh subprocess so its
+peak RSS is its own.
 
     # the whole queue (resumes: jobs already in bench/results/sparsity_full.jsonl are skipped)
     PYTHONPATH=$PWD nohup .venv/bin/python bench/sparsity_full.py run > bench/results/sparsity_full.log 2>&1 &
@@ -80,7 +82,8 @@ def job(args):
     """One of our methods (or the dense model, or evaluation of an llm-compressor output) in this process."""
     import torch
     sys.path.insert(0, str(ROOT / "bench"))
-    from bench.data import C4, perplexity, wikitext_ids
+    from fxprune.data import evaluation_windows, resolve
+    from fxprune.evaluation.perplexity import perplexity
     from sparsity_data import calibration_windows
     torch.set_num_threads(1)
     method, pattern, seed = parse(args.job)
@@ -99,29 +102,28 @@ def job(args):
         lin = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
         rec["sparsity"] = sum(int((w == 0).sum()) for w in lin) / sum(w.numel() for w in lin)
     else:
-        from fxprune.loading import load_model
-        from fxprune.sparsity import (MagnitudeConfig, MRPConfig, SparseGPTConfig, SparsityRecipe, WandaConfig,
-                                      run_sparsity_recipe)
-        from fxprune.sparsity.recipe import _parse_pattern
-        lm = load_model("smollm2")
+        import fxprune
+        lm = fxprune.load("smollm2")
         model, tok = lm.model, lm.tokenizer
         if method != "dense":
-            cfg = {"magnitude": MagnitudeConfig(), "wanda": WandaConfig(), "sparsegpt": SparseGPTConfig(),
-                   "mrp": MRPConfig()}[method]
-            pat = _parse_pattern(float(pattern) if ":" not in pattern else pattern)
-            if hasattr(pat, "granularity"):
-                pat = type(pat)(pat.ratio, GRAN[method])
-            calib = calibration_windows(C4, tok, CALIB_N, CALIB_L, seed=seed)
+            sparsity = pattern if ":" in pattern else {"ratio": float(pattern), "granularity": GRAN[method]}
+            calib = torch.cat(calibration_windows(resolve("c4"), tok, CALIB_N, CALIB_L, seed=seed))
+            recipe = {"name": f"{method}-{pattern}", "calibration": {"samples": CALIB_N, "seq_len": CALIB_L,
+                                                                    "seed": seed, "batch_size": 8},
+                      "steps": [{method: {"sparsity": sparsity}}]}
             t, c = time.perf_counter(), time.process_time()
-            res = run_sparsity_recipe(model, SparsityRecipe(cfg, pat, name=f"{method}-{pattern}"), calib,
-                                      log=lambda s: print(s, flush=True) if s.split()[1].rstrip(":") in ("0", "29") else None)
+            res = fxprune.prune(model, recipe, calib)
+            step = res.report["steps"][0]
             rec.update({"sparsify_wall_s": time.perf_counter() - t, "sparsify_cpu_s": time.process_time() - c,
-                        "sparsity": res.sparsity, "config": repr(cfg), "granularity": getattr(pat, "granularity", None),
-                        "sum_output_error": sum(l.output_error or 0 for l in res.layers)})
+                        "sparsity": step["passes"][-1]["sparsity_selected_linears"],
+                        "config": repr(fxprune.load_recipe(recipe).steps[0].method),
+                        "granularity": None if ":" in pattern else GRAN[method],
+                        "sum_output_error": sum(l["output_error"] or 0 for l in step["layers"])})
         # peak RSS through loading and sparsification (what llm-compressor's prune process measures)
         rec["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
-    rec["ppl"] = perplexity(model, wikitext_ids(tok), EVAL_L, EVAL_W)
+    rec["ppl"] = perplexity(model, evaluation_windows(tok, "wikitext2", EVAL_L, EVAL_W).ids, batch_size=4,
+                            progress=False).ppl
     rec["eval_wall_s"] = time.perf_counter() - t
     if not method.startswith("llmc-"):
         rec["peak_rss_with_eval_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from fxprune.sparsity import NM, MRPConfig, SparseGPTConfig, Unstructured, WandaConfig, MagnitudeConfig
-from fxprune.sparsity.hessian import HessianAccumulator, robust_cholesky
+from fxprune.linalg import robust_cholesky
 from fxprune.sparsity.masks import mask_conforms, nm_patterns
-from fxprune.sparsity.methods import prune_weight
+from fxprune.sparsity.methods import LayerStats, prune_weight
 from fxprune.sparsity.methods.mrp import nm_group_choice, optimal_update, removal_loss
 
 
@@ -20,10 +20,7 @@ def _layer(seed=0, d_out=12, d_in=32, n=256):
 
 
 def _acc(X):
-    acc = HessianAccumulator(X.shape[0], "test")
-    acc.add_batch(X.T.float())
-    acc.gram = (X @ X.T)  # exact fp64 Gram for the invariants
-    return acc
+    return LayerStats("test", X @ X.T, X.shape[1])  # exact fp64 Gram for the invariants
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -229,14 +226,17 @@ def test_factorisation_is_shared_between_linears_of_one_input_and_refreshed_on_c
     W, X = _layer(15, d_out=8, d_in=24)
     acc = _acc(X)
     cfg = MRPConfig(blocksize=8, solve_dtype="float64")
-    a = prune_weight(W.float(), acc, NM(2, 4), cfg)
-    assert _mrp._factor_cache["entry"][1] is acc.gram
-    b = prune_weight(W.float(), acc, NM(2, 4), cfg)            # cache hit: same result
-    assert torch.equal(a.weight, b.weight)
-    acc.add_batch(X.T[:16].float())                             # Gram changes in place: factors recomputed
-    c = prune_weight(W.float(), acc, NM(2, 4), cfg)
-    fresh = _acc(X)
-    fresh.gram, fresh.n = acc.gram.clone(), acc.n
     _mrp._factor_cache.clear()
-    d = prune_weight(W.float(), fresh, NM(2, 4), cfg)
+    a = prune_weight(W.float(), acc, NM(2, 4), cfg)
+    cached = _mrp._factor_cache["entry"][2]
+    twin = LayerStats("twin", acc.gram.clone(), acc.n)          # q/k/v: equal Gram matrices, distinct tensors
+    b = prune_weight(W.float(), twin, NM(2, 4), cfg)
+    assert _mrp._factor_cache["entry"][2] is cached              # cache hit
+    assert torch.equal(a.weight, b.weight)
+    acc.gram += X[:, :16] @ X[:, :16].T                          # Gram changes in place: factors recomputed
+    c = prune_weight(W.float(), acc, NM(2, 4), cfg)
+    assert _mrp._factor_cache["entry"][2] is not cached
+    _mrp._factor_cache.clear()
+    d = prune_weight(W.float(), LayerStats("fresh", acc.gram.clone(), acc.n), NM(2, 4), cfg)
     torch.testing.assert_close(c.weight, d.weight)
+    assert not torch.equal(c.weight, a.weight)
