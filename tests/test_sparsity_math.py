@@ -240,3 +240,62 @@ def test_factorisation_is_shared_between_linears_of_one_input_and_refreshed_on_c
     d = prune_weight(W.float(), LayerStats("fresh", acc.gram.clone(), acc.n), NM(2, 4), cfg)
     torch.testing.assert_close(c.weight, d.weight)
     assert not torch.equal(c.weight, a.weight)
+
+
+def _exact_loss(w, H, P):
+    """``min ½ δ H δᵀ`` over ``δ`` with ``(w + δ)_P = 0``, by a dense refit of the kept weights."""
+    R = torch.ones(len(w), dtype=torch.bool)
+    R[list(P)] = False
+    new = torch.zeros_like(w)
+    if bool(R.any()):
+        new[R] = torch.linalg.solve(H[R][:, R], (H @ w)[R])
+    d = w - new
+    return float(0.5 * d @ H @ d)
+
+
+@pytest.mark.parametrize("nm", [(2, 4), (1, 4), (4, 8)], ids=["2:4", "1:4", "4:8"])
+@pytest.mark.parametrize("selection", ["adaptive", "oneshot"])
+def test_one_group_layer_reaches_the_brute_force_optimum_over_all_masks(nm, selection):
+    """With one group of M columns the kernel's promise is the global optimum: the mask with the lowest
+    exact loss among all C(M,N) masks, and the exact weights for it."""
+    n, m = nm
+    W, X = _layer(16, d_out=10, d_in=m, n=64)
+    stats = _acc(X)
+    _mrp._factor_cache.clear()
+    res = prune_weight(W, stats, NM(n, m), MRPConfig(solve_dtype="float64", mask_selection=selection))
+    _, Hd, _ = robust_cholesky(stats.hessian(), 0.01)
+    for r in range(W.shape[0]):
+        losses = {P: _exact_loss(W[r], Hd, P) for P in itertools.combinations(range(m), n)}
+        best = min(losses.values())
+        got = tuple(torch.nonzero(res.mask[r]).squeeze(1).tolist())
+        assert losses[got] <= best * (1 + 1e-9) + 1e-12, (r, got, losses[got], best)
+        d = W[r] - res.weight[r]
+        torch.testing.assert_close(float(0.5 * d @ Hd @ d), best, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("pattern", [NM(2, 4), Unstructured(0.5), Unstructured(0.7, "layer")], ids=["2:4", "50row", "70layer"])
+def test_exact_solve_large_systems_and_padding_match_the_refit(pattern):
+    """d_in = 300: systems above 128 (per-row column gathers) and below (one batched gather) in one
+    call, unequal counts per row (70% per layer) padded with sentinel columns."""
+    W, X = _layer(17, d_out=12, d_in=300, n=600)
+    stats = _acc(X)
+    _mrp._factor_cache.clear()
+    res = prune_weight(W, stats, pattern, MRPConfig(solve_dtype="float64", row_chunk=5))
+    assert mask_conforms(res.mask, pattern)
+    _, Hd, _ = robust_cholesky(stats.hessian(), 0.01)
+    torch.testing.assert_close(res.weight, _refit(W, Hd, res.mask), rtol=1e-7, atol=1e-9)
+
+
+def test_layer_loss_not_worse_than_sparsegpt_with_dead_channels_and_few_tokens():
+    """A rank-deficient Gram (fewer tokens than inputs) with dead input channels: both kernels stay
+    finite, dead columns are zero, and the multiple-removal layer loss is not above SparseGPT's."""
+    W, X = _layer(18, d_out=16, d_in=64, n=40)
+    X[[3, 17, 40]] = 0
+    stats = _acc(X)
+    for pattern in (NM(2, 4), Unstructured(0.6)):
+        _mrp._factor_cache.clear()
+        mr = prune_weight(W.float(), stats, pattern, MRPConfig(blocksize=16))
+        sg = prune_weight(W.float(), stats, pattern, SparseGPTConfig(blocksize=16))
+        assert bool(torch.isfinite(mr.weight).all()) and mask_conforms(mr.mask, pattern)
+        assert bool((mr.weight[:, [3, 17, 40]] == 0).all())
+        assert _layer_loss(W, mr.weight.double(), X) <= _layer_loss(W, sg.weight.double(), X) * 1.0001
