@@ -113,13 +113,18 @@ def load_layers(names=None):
 
 
 def reference_kernel(rev: str):
-    """``prune_mrp`` as of git revision ``rev``, loaded as a side module (not registered); the revision's
-    file must import what the current tree has (revisions after the method layer, issue 11)."""
+    """``prune_mrp`` as of git revision ``rev`` (e.g. ``9368745``, before issue 17), loaded as a side
+    module (not registered); imports of modules the method layer moved are redirected."""
     import subprocess
     import types
     src = subprocess.run(["git", "show", f"{rev}:fxprune/sparsity/methods/mrp.py"], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parent.parent).stdout
     src = src.replace('@register("mrp", MRPConfig)', "")
+    # revisions before the method layer (issue 11): the modules it moved
+    src = src.replace("from ..config import NM, MRPConfig, Unstructured",
+                      "from ..config import NM, Unstructured\nfrom .mrp import MRPConfig")
+    src = src.replace("from ..hessian import dead_channels, robust_cholesky",
+                      "from ...linalg import dead_channels, robust_cholesky")
     mod = types.ModuleType(f"fxprune.sparsity.methods._mrp_{rev}")
     mod.__package__ = "fxprune.sparsity.methods"
     exec(compile(src, f"<mrp.py@{rev}>", "exec"), mod.__dict__)
