@@ -130,7 +130,7 @@ def save_pruned(model: nn.Module, out_dir, tokenizer=None, extra: dict | None = 
             saved_cfg.auto_map = {_auto_name(base): f"modeling_fxprune.FxPruned{base}"}
         model.config = saved_cfg
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, save_original_format=False)
         finally:
             model.config = cfg
         if struct:

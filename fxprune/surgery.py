@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .analysis.analyser import Analysis, analyse
 from .analysis.groups import Group
@@ -61,6 +62,13 @@ def validate_plan(analysis: Analysis, plan: Plan) -> dict[str, list[int]]:
         if not keep:
             raise PlanError(gid, f"every unit of the group would be removed ({g.units} units); "
                                  "keep at least one")
+        lo = int(g.detail.get("min_keep", 1))
+        if len(keep) < lo:
+            raise PlanError(gid, f"keeps {len(keep)} units, at least {lo} are needed (the router picks {lo})")
+        mult = int(g.detail.get("multiple", 1))
+        if len(keep) % mult and len(keep) != g.units:
+            raise PlanError(gid, f"keeps {len(keep)} units; {g.kind} widths must be a multiple of {mult} "
+                                 "(transformers' grouped_mm kernels need 16-byte aligned rows)")
         out[gid] = sorted(keep)
     return out
 
@@ -115,7 +123,8 @@ def count_params(model: nn.Module) -> int:
 
 
 def apply_mask(model: nn.Module, analysis: Analysis, plan: Plan) -> nn.Module:
-    """Zero the removed units *where they are consumed* (consumer columns), in place.
+    """Zero the removed units *where they are consumed* (consumer columns), in place; removed experts
+    get a -inf router logit (hooks on the router module).
 
     This is the reference semantics of pruning: ``prune`` must equal it (up to float error)."""
     plan = validate_plan(analysis, plan)
@@ -123,6 +132,9 @@ def apply_mask(model: nn.Module, analysis: Analysis, plan: Plan) -> nn.Module:
         for gid, keep in plan.items():
             g = analysis.group(gid)
             keep_t = torch.as_tensor(keep, dtype=torch.long)
+            if g.kind == Kind.MOE_EXPERTS:
+                _mask_router(model, g, keep_t)
+                continue
             for m in g.members_by_role("consumer"):
                 _, _, p = _get_param(model, m.param)
                 drop = ~torch.isin(m.unit_index(g.units), keep_t)
@@ -130,6 +142,37 @@ def apply_mask(model: nn.Module, analysis: Analysis, plan: Plan) -> nn.Module:
                 idx[m.dim] = drop
                 p[tuple(idx)] = 0
     return model
+
+
+class _RouterMask(TorchFunctionMode):
+    """Sets the logits of removed experts to -inf wherever ``weight`` (a router's) is applied."""
+
+    def __init__(self, weight, drop):
+        super().__init__()
+        self.weight, self.drop = weight, drop
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and any(a is self.weight for a in args) and out.shape[-1] == self.drop.numel():
+            out = out.masked_fill(self.drop.to(out.device), float("-inf"))
+        return out
+
+
+def _mask_router(model, g: Group, keep: torch.Tensor) -> None:
+    """Masking semantics of removing experts: the router never picks them (logit -inf), so top-k
+    and its normalisation run over the kept experts only, exactly as after slicing."""
+    router = next(m for m in g.members if m.role == "producer" and m.param.endswith("weight"))
+    mod, _, weight = _get_param(model, router.param)
+    drop = ~torch.isin(torch.arange(router.size), keep)
+    mode = _RouterMask(weight, drop)
+
+    def enter(*_):
+        mode.__enter__()
+
+    def leave(*_):
+        mode.__exit__(None, None, None)
+    mod.register_forward_pre_hook(enter)
+    mod.register_forward_hook(leave, always_call=True)
 
 
 def prune(model: nn.Module, plan: Plan, analysis: Analysis | None = None, verify: bool = True) -> SurgeryResult:

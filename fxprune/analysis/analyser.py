@@ -1,6 +1,7 @@
 """The dependency analysis: run the op rules over a captured graph, solve, and build prune groups."""
 from __future__ import annotations
 
+import operator
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from .groups import Group, Member
 from .rules import IGNORED, find_rule
 from .widths import DYN, WidthTrace, trace_widths
 
-ROLE_ORDER = ("producer", "consumer", "depthwise", "embedding")
+ROLE_ORDER = ("expert", "producer", "consumer", "depthwise", "embedding")
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,34 @@ def _flat_nodes(a):
             yield from _flat_nodes(x)
 
 
+# ops whose output holds the same values as their first input (the index space of an index tensor
+# and the parameter a tensor is a view of survive them)
+VALUE_PRESERVING = {"aten.view", "aten.reshape", "aten._unsafe_view", "aten.clone", "aten.contiguous",
+                    "aten.to", "aten._to_copy", "aten.unsqueeze", "aten.squeeze", "aten.flatten",
+                    "aten.expand", "aten.permute", "aten.transpose", "aten.t", "aten.alias", "aten.detach",
+                    "aten.lift_fresh_copy", "aten.type_as", "aten.float"}
+
+
+def _track_values(node, pk, index_space: dict, from_param: set, params: dict) -> None:
+    """Carry index spaces and parameter provenance through value-preserving ops (and getitem)."""
+    src = node.args[0] if node.args else None
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(src, fx.Node):
+        key = (src.name, node.args[1])
+        if key in index_space:
+            index_space[node.name] = index_space[key]
+        return
+    if not isinstance(src, fx.Node):
+        return
+    if pk in VALUE_PRESERVING and src.name in index_space:
+        index_space[node.name] = index_space[src.name]
+    if (pk in VALUE_PRESERVING or pk == "aten.index") and (src.name in from_param or src.name in params):
+        from_param.add(node.name)
+
+
 def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
     """Apply every op rule to the graph. Returns the axis graph, tensor shapes, and blocking ops."""
     ag, shapes, blocking = AxisGraph(), {}, []
+    index_space, from_param = {}, set()
     for node in cg.graph.nodes:
         new = shapes_of(node)
         shapes.update(new)
@@ -91,7 +117,8 @@ def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
             op, pk = op_name(node.target), packet_name(node.target)
             if op in IGNORED or pk in IGNORED:
                 continue
-            ctx = RuleContext(ag, node, module, shapes)
+            _track_values(node, pk, index_space, from_param, cg.params)
+            ctx = RuleContext(ag, node, module, shapes, index_space, from_param)
             fn = find_rule(op, pk)
             if fn is None:
                 blocking.append({"op": op, "module": module, "node": node.name})
@@ -158,8 +185,11 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
     for i, comp, pf in raw:
         units = pf[0].size
         blocked, seen, members = set(), set(), []
+        routes = "expert_index" in tags_of[i]
         for f in comp:
             blocked.update(ag.blocks.get((f.tid, f.dim), ()))
+            if not routes:
+                blocked.update(ag.soft_blocks.get((f.tid, f.dim), ()))
         for f in pf:
             key = (f.tid, f.dim)
             if key in seen:
@@ -172,14 +202,17 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         roles = {m.role for m in members}
         tags = tags_of[i]
         kind = _classify(roles, tags, pf, ag, comp_of, tags_of)
+        if kind == Kind.FFN and any("expert" in ag.tags.get((f.tid, d), ()) for f in pf
+                                    for d in range(len(shapes[f.tid]))):
+            kind = Kind.MOE_FFN  # the same channel of every expert of a stacked (E, ...) weight
         why = sorted({d["why"] for f in comp for _, _, d in graph.edges(f, data=True)})
         if kind == Kind.FFN and why and all(w.startswith("aten.linear") for w in why):
             kind = Kind.LOW_RANK  # two linear layers with nothing between: a factorisation's rank
-        mods = [m.param.rsplit(".", 1)[0] for m in members if m.role in ("producer", "consumer", "depthwise")]
+        mods = [m.param.rsplit(".", 1)[0] for m in members if m.role in ("producer", "consumer", "depthwise", "expert")]
         prefix = _common_prefix(mods or [m.param.rsplit(".", 1)[0] for m in members]) or "model"
         suffix = {Kind.ATTN_Q_PER_KV: ":q_per_kv", Kind.QK_CHANNELS: ":qk_channels",
                   Kind.V_CHANNELS: ":v_channels", Kind.OTHER: ":other", Kind.RESIDUAL: ":residual",
-                  Kind.LOW_RANK: ":rank"}.get(kind, "")
+                  Kind.LOW_RANK: ":rank", Kind.MOE_EXPERTS: ":experts"}.get(kind, "")
         gid = prefix + suffix
         used_ids[gid] += 1
         if used_ids[gid] > 1:
@@ -197,6 +230,14 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         detail = {}
         if kind in (Kind.FFN,):
             detail["glu"] = len([m for m in members if m.role == "producer" and m.param.endswith("weight")]) > 1
+        if kind == Kind.MOE_FFN:
+            # transformers' grouped_mm kernels need 16-byte aligned rows: keep expert widths a multiple
+            # of 8 channels (bf16; 4 would do in fp32)
+            detail["multiple"] = 8
+        if kind == Kind.MOE_EXPERTS:
+            ks = [int(t.split("=", 1)[1]) for t in tags if t.startswith("topk=")]
+            if ks:
+                detail["top_k"] = detail["min_keep"] = max(ks)  # the router must still find k experts
         groups.append(Group(
             id=gid, kind=kind, units=units, unit_size=cons[0].size // units,
             params_per_unit=sum(_numel(shapes[f.tid]) // units for f in pf
@@ -280,7 +321,7 @@ def _natural(s: str):
 PASSTHROUGH = {"aten.unsqueeze", "aten.squeeze", "aten.view", "aten.reshape", "aten._unsafe_view",
                "aten.t", "aten.transpose", "aten.permute", "aten.to", "aten._to_copy", "aten.alias",
                "aten.clone", "aten.contiguous", "aten.detach", "aten.expand", "aten.float", "aten.type_as",
-               "aten.lift_fresh_copy"}
+               "aten.lift_fresh_copy", "aten.index"}
 
 
 def _source_param(cg, node):
@@ -321,6 +362,8 @@ def _param_roles(cg, ag, comp_of) -> dict:
 
 def _classify(roles, tags, pf, ag, comp_of, tags_of) -> str:
     prod_cons = "producer" in roles and "consumer" in roles
+    if "expert_index" in tags and "producer" in roles:
+        return Kind.MOE_EXPERTS  # router rows + the experts' stacked weights
     if "embedding" in tags:
         return Kind.RESIDUAL
     if "depthwise" in roles and prod_cons:

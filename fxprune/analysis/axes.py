@@ -5,7 +5,8 @@ Op rules (``fxprune/analysis/rules``) only make *local* statements about one nod
 * ``link(a, b)``: the row-major flattening of dims ``a`` equals the flattening of dims ``b``, index
   for index (a view merging two dims, a linear layer's feature dim and its weight's dim, ...);
 * ``block(dim, why)``: this dim may not lose channels (a reduction over it, a buffer, the model output);
-* ``tag(dim, tag)``: a fact used to classify groups (``producer``, ``attn_head``, ``broadcast``...).
+* ``tag(dim, tag)``: a fact used to classify groups (``producer``, ``attn_head``, ``broadcast``...);
+* ``soft_block(dim, why)``: a block lifted when the dim's group indexes experts (router softmax/top-k).
 
 The solve is global and has two phases. (1) *Refinement*: every dim carries a list of factor sizes
 (576 -> [9, 64] once a view splits it into heads); a link forces both sides onto their common
@@ -69,6 +70,7 @@ class AxisGraph:
         self.sizes: dict = {}                 # Dim -> size
         self.links: list[Link] = []
         self.blocks: dict = defaultdict(list)  # Dim -> [reason]
+        self.soft_blocks: dict = defaultdict(list)  # Dim -> [reason]: blocks unless the group routes experts
         self.tags: dict = defaultdict(set)     # Dim -> {tag}
         self.factors: dict = {}                # Dim -> [sizes]
         self.conflicts: list[Link] = []
@@ -88,6 +90,12 @@ class AxisGraph:
     def block(self, dim: Dim, why: str) -> None:
         if self.sizes.get(dim, 1) > 1:
             self.blocks[dim].append(why)
+
+    def soft_block(self, dim: Dim, why: str) -> None:
+        """A block that is lifted when the dim turns out to index experts (a router's softmax/top-k:
+        removing an expert is masking its logit with -inf, which both ops respect)."""
+        if self.sizes.get(dim, 1) > 1:
+            self.soft_blocks[dim].append(why)
 
     def tag(self, dim: Dim, tag: str) -> None:
         if self.sizes.get(dim, 1) > 1:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..capture import capture_mode
 from .context import packet_name
 
 DYN = sp.Symbol("_dyn")  # any tensor size: recomputed by the pruned model itself
@@ -615,7 +616,7 @@ def trace_widths(model: nn.Module, captured, args=(), kwargs=None) -> WidthTrace
     h2 = nn.modules.module.register_module_forward_hook(post, always_call=True)
     rec = _Recorder(trace, stack, _SKIP)
     try:
-        with torch.no_grad(), _export_flags(), rec:
+        with torch.no_grad(), capture_mode(model), _export_flags(), rec:
             model(*args, **(kwargs or {}))
     except Exception as e:
         trace.error = f"{type(e).__name__}: {e}"

@@ -13,7 +13,10 @@ BINARY = ["add", "sub", "rsub", "mul", "div", "pow", "where", "maximum", "minimu
           "floor_divide", "copy", "fill", "zero", "clamp_min_", "mul_", "add_", "copy_", "fill_"]
 
 
-@rule(*[f"aten.{n}" for n in UNARY + BINARY])
+INPLACE = [n + "_" for n in UNARY + BINARY if not n.endswith("_") and not n.startswith("_")]
+
+
+@rule(*[f"aten.{n}" for n in UNARY + BINARY + INPLACE])
 def elementwise(ctx):
     out = ctx.out
     if out not in ctx._shapes:

@@ -1,4 +1,4 @@
-"""Slicing and joining: slice, select, cat, stack, split/chunk/unbind, getitem.
+"""Slicing and joining: slice, select, cat, stack, split/chunk/unbind, getitem, index.
 
 Aligned pieces (a slice of length n/k at a multiple of n/k, an equal split, a cat of equal parts)
 refine the dim into [k pieces, n/k channels]: channels couple across pieces, the piece factor is
@@ -135,7 +135,15 @@ def index(ctx):
     pos = [i for i, t in enumerate(idx) if t is not None]
     r, ro = ctx.rank(src), ctx.rank(out)
     for i in pos:
-        ctx.block(src, i, "indexed")
+        space = ctx.index_space.get(ctx.tid(idx[i]))
+        if space is not None and ctx.shape(space[0])[space[1]] == ctx.shape(src)[i]:
+            # the index values are positions of ``space`` (a router's top-k over experts): row u of
+            # ``src`` is used exactly when position u is chosen, so the two dims are one group
+            ctx.link([(src, i)], [space], f"routed by {ctx.why}")
+            ctx.tag(src, i, "expert_index")
+            ctx.tag(src, i, "expert")
+        else:
+            ctx.block(src, i, "indexed")
     if not pos or pos != list(range(pos[0], pos[-1] + 1)):
         ctx.block_all(src, "indexed")
         ctx.block_all(out, "indexed")

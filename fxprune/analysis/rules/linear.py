@@ -67,6 +67,14 @@ def matmul(ctx):
                 ctx.link1(t, i, out, j)
     for j in range(ro - 2):
         ctx.tag(out, j, "matmul_batch")
+    if a in ctx.from_param:  # W @ x with W (rows of) a parameter, e.g. experts gathered per token
+        ctx.tag(a, -2, "producer")
+        ctx.tag(a, -1, "consumer")
+        return
+    if b in ctx.from_param:  # x @ W
+        ctx.tag(b, -2, "consumer")
+        ctx.tag(b, -1, "producer")
+        return
     if ra >= 3 and rb >= 3:  # activation x activation: attention scores / context
         ctx.tag(a, -1, "matmul_inner")
         ctx.tag(b, -1, "matmul_cols")

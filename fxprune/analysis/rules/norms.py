@@ -46,7 +46,7 @@ def reduction(ctx):
         j += 1
 
 
-@rule("aten.cumsum", "aten.cumprod", "aten.diff", "aten.sort", "aten.topk", "aten.flip", "aten.roll")
+@rule("aten.cumsum", "aten.cumprod", "aten.diff", "aten.flip", "aten.roll")
 def scan(ctx):
     src = ctx.tid(ctx.arg(0))
     out = ctx.out if ctx.out in ctx._shapes else (ctx.node.name, 0)

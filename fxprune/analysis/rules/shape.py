@@ -79,3 +79,27 @@ def expand(ctx):
             ctx.link1(src, i, out, j)
         else:
             ctx.tag(out, j, "broadcast")
+
+
+@rule("aten.repeat_interleave")
+def repeat_interleave(ctx):
+    """``repeat_interleave(x, r, dim)``: output index ``i * r + j`` is input ``i``, so the output dim
+    refines into [input dim, r repeats] (a broadcast, like GQA's key/value repeat)."""
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    reps, dim = ctx.arg(1, "repeats"), ctx.arg(2, "dim")
+    if src is None or out not in ctx._shapes:
+        return
+    if not isinstance(reps, int) or dim is None:
+        for t in (src, out):
+            ctx.block_all(t, "repeated by a tensor of counts" if dim is not None else "flattened and repeated")
+        return
+    r = ctx.rank(src)
+    dim %= r
+    for d in range(r):
+        if d != dim:
+            ctx.link1(src, d, out, d)
+    if reps > 1:
+        rep = ctx.virtual("rep", reps, tag="broadcast")
+        ctx.link([(out, dim)], [(src, dim), (rep, 0)])
+    else:
+        ctx.link1(src, dim, out, dim)
