@@ -69,7 +69,8 @@ def example_inputs(model: nn.Module, seq_len: int = 7, batch: int = 1) -> dict:
         sig = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         sig = {}
-    if "use_cache" in sig:
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in getattr(sig, "values", lambda: [])())
+    if "use_cache" in sig or (takes_kwargs and hasattr(cfg, "use_cache")):
         kwargs["use_cache"] = False
     return kwargs
 

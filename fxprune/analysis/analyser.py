@@ -16,6 +16,7 @@ from .context import RuleContext, op_name, packet_name, shapes_of
 from ..kinds import DEPTH2_KINDS, Kind
 from .groups import Group, Member
 from .rules import IGNORED, find_rule
+from .dryrun import DryRun, probe_plan
 from .widths import DYN, WidthTrace, trace_widths
 
 ROLE_ORDER = ("expert", "producer", "consumer", "depthwise", "embedding")
@@ -164,6 +165,9 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         cg, eager = capture(model), model
     t0 = time.perf_counter()
     ag, shapes, blocking = build_axis_graph(cg)
+    ag.segment()
+    for tid, (orig, _) in ag.segment_of.items():
+        shapes[tid] = (ag.sizes[(tid, 0)],)
     ag.refine()
     graph, comps = ag.components()
     comp_of = {f: i for i, c in enumerate(comps) for f in c}
@@ -171,11 +175,22 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
     def comp_tags(c):
         return set().union(*(ag.tags.get((f.tid, f.dim), set()) for f in c))
 
-    param_roles = _param_roles(cg, ag, comp_of)
+    param_roles = _param_roles(cg, ag, comp_of, shapes)
     tags_of = {}
     raw = []
+    def where(f):
+        """(param placeholder, dim, offset, full size) of a parameter factor (or of a segment of one)."""
+        if f.tid in cg.params:
+            return f.tid, f.dim, 0, shapes[f.tid][f.dim]
+        seg = ag.segment_of.get(f.tid)
+        if seg is not None and seg[0][0] in cg.params:
+            (ptid, pdim), start = seg
+            return ptid, pdim, start, shapes[ptid][pdim]
+        return None
+
     for i, comp in enumerate(comps):
-        pf = sorted((f for f in comp if f.tid in cg.params), key=lambda f: (cg.params[f.tid], f.dim, f.k))
+        pf = sorted((f for f in comp if where(f) is not None),
+                    key=lambda f: (cg.params[where(f)[0]], where(f)[1], where(f)[2], f.k))
         if not pf:
             continue
         tags_of[i] = comp_tags(comp)
@@ -192,18 +207,19 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
                 blocked.update(ag.soft_blocks.get((f.tid, f.dim), ()))
         for f in pf:
             key = (f.tid, f.dim)
+            ptid, pdim, offset, total = where(f)
             if key in seen:
-                blocked.add(f"{cg.params[f.tid]} dim {f.dim} couples to itself at two strides")
+                blocked.add(f"{cg.params[ptid]} dim {pdim} couples to itself at two strides")
                 continue
             seen.add(key)
             fs = ag.factors[key]
-            members.append(Member(cg.params[f.tid], f.dim, shapes[f.tid][f.dim], prod(fs[f.k + 1:]),
-                                  _role(param_roles.get(key, set()))))
+            members.append(Member(cg.params[ptid], pdim, shapes[f.tid][f.dim], prod(fs[f.k + 1:]),
+                                  _role(param_roles.get(key, set())), offset, total))
         roles = {m.role for m in members}
         tags = tags_of[i]
         kind = _classify(roles, tags, pf, ag, comp_of, tags_of)
-        if kind == Kind.FFN and any("expert" in ag.tags.get((f.tid, d), ()) for f in pf
-                                    for d in range(len(shapes[f.tid]))):
+        if kind == Kind.FFN and any("expert" in ag.tags.get((where(f)[0], d), ()) for f in pf
+                                    for d in range(len(shapes[where(f)[0]]))):
             kind = Kind.MOE_FFN  # the same channel of every expert of a stacked (E, ...) weight
         why = sorted({d["why"] for f in comp for _, _, d in graph.edges(f, data=True)})
         if kind == Kind.FFN and why and all(w.startswith("aten.linear") for w in why):
@@ -226,6 +242,8 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         elif supported_kinds is not None and kind not in supported_kinds:
             not_offered = f"{kind} groups were not asked for (supported_kinds={sorted(supported_kinds)})"
         cons = [m for m in members if m.role == "consumer"] or members
+        if kind == Kind.SSM and cons[0].stride > 1:
+            kind = Kind.SSM_HEADS  # Mamba-2: a unit is a group of heads (with its B/C state group)
         explanation = tuple(why[:12] + ([f"... and {len(why) - 12} more"] if len(why) > 12 else []))
         detail = {}
         if kind in (Kind.FFN,):
@@ -240,15 +258,25 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
                 detail["top_k"] = detail["min_keep"] = max(ks)  # the router must still find k experts
         groups.append(Group(
             id=gid, kind=kind, units=units, unit_size=cons[0].size // units,
-            params_per_unit=sum(_numel(shapes[f.tid]) // units for f in pf
-                                if (f.tid, f.dim) in {(x.tid, x.dim) for x in pf}),
+            params_per_unit=sum(_numel(shapes[where(f)[0]]) * shapes[f.tid][f.dim] // (where(f)[3] * units)
+                                for f in pf),
             members=tuple(members), blocked_by=tuple(sorted(blocked)), not_offered=not_offered,
             explanation=explanation, detail=detail))
     dim_groups = {}
-    for key, fs in ag.factors.items():
-        row = tuple((size, comp_gid.get(comp_of.get(Factor(key[0], key[1], k, size)))) for k, size in enumerate(fs))
+
+    def row_of(key):
+        fs = ag.factors.get(key, [])
+        return tuple((size, comp_gid.get(comp_of.get(Factor(key[0], key[1], k, size)))) for k, size in enumerate(fs))
+    for key in ag.factors:
+        if key[0] in ag.segment_of:
+            continue
+        row = row_of(key)
         if any(gid is not None for _, gid in row):
-            dim_groups[key] = row
+            dim_groups[key] = ((0, ag.sizes[key], row),)
+    for key, segs in ag.segments.items():  # a cut dim: its segments, each with its own groups
+        rows = tuple((start, length, row_of(seg)) for seg, start, length in segs)
+        if any(gid is not None for _, _, row in rows for _, gid in row):
+            dim_groups[key] = rows
     trace = None
     if eager is not None:
         trace = trace_widths(eager, cg)
@@ -287,7 +315,34 @@ def _check_resizable(groups, trace: WidthTrace, dim_groups: dict, model) -> list
         if problems:
             g = replace(g, not_offered="cannot resize: " + "; ".join(problems[:3]))
         out.append(g)
-    return out
+    return _dry_run(out, trace, dim_groups, model)
+
+
+def _dry_run(groups, trace, dim_groups, model, per_kind_limit: int = 64) -> list:
+    """Confirm the traced widths by pruning a meta copy (every offered group loses one unit) and
+    running it; on failure, find the groups (per kind, then one by one) whose removal breaks it."""
+    runner = DryRun(model, {g.id: g for g in groups}, dim_groups, trace)
+    probes = {g.id: probe_plan(g) for g in groups if g.prunable and g.kind in DEPTH2_KINDS and g.kind != Kind.V_CHANNELS}
+    probes = {k: v for k, v in probes.items() if v is not None}
+    if not runner.error(probes):
+        return groups
+    by_kind = defaultdict(list)
+    for g in groups:
+        if g.id in probes:
+            by_kind[g.kind].append(g)
+    bad = {}
+    for kind, gs in by_kind.items():
+        err = runner.error({g.id: probes[g.id] for g in gs})
+        if not err:
+            continue
+        for g in gs[:per_kind_limit]:
+            e = runner.error({g.id: probes[g.id]})
+            if e:
+                bad[g.id] = e
+        for g in gs[per_kind_limit:]:
+            bad[g.id] = err
+    return [replace(g, not_offered=f"surgery dry run (meta device) fails: {bad[g.id]}") if g.id in bad else g
+            for g in groups]
 
 
 def value_width_problem(g: Group, model) -> str:
@@ -295,10 +350,18 @@ def value_width_problem(g: Group, model) -> str:
     back to the head width (``structure.PaddedOutLinear``), which needs separate linear layers."""
     from torch import nn as _nn
     from ..structure import PaddedOutLinear, SlicedInLinear
+    mods = {r: {m.param.rsplit(".", 1)[0] for m in g.members if m.role == r} for r in ("producer", "consumer")}
+    if len(mods["producer"]) != 1 or len(mods["consumer"]) != 1 or any(
+            m.role not in ("producer", "consumer") for m in g.members):
+        return (f"value channels: they meet {sorted(mods['producer'] | mods['consumer'])} (an output gate or "
+                "norm besides the value and output projections); narrowing pads one value projection only")
     for m in g.members:
         if not m.param.endswith("weight") or m.role not in ("producer", "consumer"):
             continue
         path = m.param.rsplit(".", 1)[0]
+        if m.size != m.total:
+            return (f"value channels: {path} is a fused projection (rows {m.offset}..{m.offset + m.size}); "
+                    "narrowing values needs separate value and output projections")
         mod = model.get_submodule(path)
         want = (PaddedOutLinear, _nn.Linear) if m.role == "producer" else (SlicedInLinear, _nn.Linear)
         if type(mod) not in want and not isinstance(mod, (PaddedOutLinear, SlicedInLinear)):
@@ -335,28 +398,32 @@ def _source_param(cg, node):
     return None
 
 
-def _param_roles(cg, ag, comp_of) -> dict:
+def _param_roles(cg, ag, comp_of, shapes) -> dict:
     """Role tags of parameter dims. A rule tags the *operand* of an op; when that operand is a view
     or cast of a parameter (Mamba's conv weight is ``weight.squeeze(1).unsqueeze(1)``), the tag is
     carried to the parameter dim whose factors lie in the same components."""
     nodes = {n.name: n for n in cg.graph.nodes}
     roles = defaultdict(set)
+
+    def cg_shapes(t):
+        return shapes.get(t, ())
     for (tid, d), tags in ag.tags.items():
         rt = tags & set(ROLE_ORDER)
-        if not rt or not isinstance(tid, str):
+        if not rt:
             continue
-        if tid in cg.params:
+        seg = ag.segment_of.get(tid)
+        base = seg[0][0] if seg is not None else tid
+        if base in cg.params:
             roles[(tid, d)] |= rt
             continue
-        src = _source_param(cg, nodes.get(tid))
+        src = _source_param(cg, nodes.get(base)) if isinstance(base, str) else None
         if src is None:
             continue
         want = {comp_of.get(f) for f in ag.dim_factors((tid, d))}
-        d2 = -1
-        while (src, d2 + 1) in ag.sizes:
-            d2 += 1
-            if {comp_of.get(f) for f in ag.dim_factors((src, d2))} == want:
-                roles[(src, d2)] |= rt
+        for d2 in range(len(cg_shapes(src))):
+            for dim in ag._parts((src, d2)):
+                if {comp_of.get(f) for f in ag.dim_factors(dim)} == want:
+                    roles[dim] |= rt
     return roles
 
 

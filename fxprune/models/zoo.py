@@ -45,16 +45,21 @@ SIZES = {
 # Families whose tiny config needs more than SIZES (each with the reason).
 OVERRIDES: dict[str, dict] = {
     # hybrid stacks: one layer of each kind
+    # Mamba-2 mixers get 2 groups of heads: their gated RMSNorm normalises each group, so a group of
+    # heads is the unit that can be removed exactly (with one group nothing can)
     "jamba": dict(num_hidden_layers=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
                   expert_layer_offset=1, mamba_expand=2, use_mamba_kernels=False),
-    "bamba": dict(num_hidden_layers=2, attn_layer_indices=[1], mamba_expand=2),
-    "falcon_h1": dict(num_hidden_layers=2, mamba_expand=2, mamba_d_ssm=128),
-    "granitemoehybrid": dict(num_hidden_layers=2, layer_types=["mamba", "attention"], mamba_expand=2),
-    "nemotron_h": dict(layers_block_type=["mamba", "attention", "mlp", "moe"], expand=2),
-    "zamba2": dict(num_hidden_layers=2, hybrid_layer_ids=[1], mamba_expand=2),
+    "bamba": dict(num_hidden_layers=2, attn_layer_indices=[1], mamba_expand=2, mamba_n_groups=2),
+    "falcon_h1": dict(num_hidden_layers=2, mamba_expand=2, mamba_d_ssm=128, mamba_n_groups=2),
+    "granitemoehybrid": dict(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"], mamba_expand=2,
+                             mamba_n_groups=2),
+    "nemotron_h": dict(layers_block_type=["mamba", "attention", "mlp", "moe"], expand=2, n_groups=2),
+    "zamba2": dict(num_hidden_layers=2, hybrid_layer_ids=[1], mamba_expand=2, mamba_ngroups=2),
     "qwen3_next": dict(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"]),
     "mamba": dict(hidden_size=32, expand=2, use_mambapy=False),
-    "mamba2": dict(hidden_size=64, expand=2, num_heads=8, head_dim=16),
+    # BigBird swaps in a new (full) attention module during forward on short inputs: start with it
+    "big_bird": dict(attention_type="original_full"),
+    "mamba2": dict(hidden_size=64, expand=2, num_heads=8, head_dim=16, n_groups=2),
     "falcon_mamba": dict(hidden_size=32, expand=2, use_mambapy=False),
 }
 
@@ -98,11 +103,16 @@ def tiny_zoo_config(model_type: str, **over):
             cur = getattr(default, k, None)
             if v is None:
                 continue
-            if cur is None and k not in ("head_dim", "sliding_window"):
+            if cur is None and k not in ("head_dim", "sliding_window", "n_group", "topk_group"):
                 continue
             if isinstance(cur, bool) or (cur is not None and not isinstance(cur, int)):
                 continue
             kw[k] = v
+    if "qk_rope_head_dim" in kw:  # multi-head latent attention: RoPE part, one KV head per head
+        if "head_dim" in kw:
+            kw["head_dim"] = kw["qk_rope_head_dim"]
+        if "num_key_value_heads" in kw:
+            kw["num_key_value_heads"] = kw.get("num_attention_heads", 4)
     kw.update(OVERRIDES.get(model_type, {}))
     kw.update(over)
     # per-layer lists derived from the default depth are regenerated from the new depth
@@ -136,7 +146,12 @@ def tiny_zoo_model(model_type: str, head: str = "causal", seed: int = 0, **over)
     if n > MAX_TINY_PARAMS:
         raise ValueError(f"{model_type}: the tiny config still has {n} parameters (> {MAX_TINY_PARAMS})")
     torch.manual_seed(seed)
-    return auto.from_config(cfg).eval()
+    model = auto.from_config(cfg).eval()
+    with torch.no_grad():  # zero-initialised matrices (routers) would make every choice a tie
+        for p in model.parameters():
+            if p.dim() >= 2 and p.is_floating_point() and not p.any():
+                p.normal_(0.0, 0.02)
+    return model
 
 
 # ---- the contract: capture, analyse, prune, four checks --------------------------------------------

@@ -34,6 +34,8 @@ def consumers(group: Group) -> list[Consumer]:
 def per_unit(values: torch.Tensor, member: Member, units: int) -> torch.Tensor:
     """Sum per-channel ``values`` (along ``member.dim``) into per-unit totals."""
     out = torch.zeros(units, dtype=torch.float64)
+    if member.total != member.size:  # a segment of a fused projection: its range only
+        values = values.narrow(0, member.offset, member.size)
     return out.index_add_(0, member.unit_index(units), values.to(torch.float64))
 
 

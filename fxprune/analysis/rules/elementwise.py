@@ -23,3 +23,8 @@ def elementwise(ctx):
         return
     for t in ctx.tensor_args():
         ctx.link_broadcast(t, out)
+
+
+# binary overloads of ops whose other overloads reduce (``torch.max(a, b)``)
+rule("aten.max.other", "aten.min.other", "aten.fmax.default", "aten.fmin.default",
+     "aten.polar.default", "aten.complex.default")(elementwise)

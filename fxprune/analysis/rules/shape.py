@@ -103,3 +103,45 @@ def repeat_interleave(ctx):
         ctx.link([(out, dim)], [(src, dim), (rep, 0)])
     else:
         ctx.link1(src, dim, out, dim)
+
+
+@rule("aten.repeat", "aten.tile")
+def repeat(ctx):
+    """``x.repeat(r0, r1, ...)``: output dim i is [r_i copies, input dim i] (row-major); new leading
+    dims are copies. Copies are broadcasts (like a GQA repeat)."""
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    reps = list(ctx.arg(1, "repeats") or ctx.arg(1, "dims") or [])
+    if src is None or out not in ctx._shapes:
+        return
+    ro, rs = ctx.rank(out), ctx.rank(src)
+    reps = [1] * (ro - len(reps)) + reps
+    for j in range(ro):
+        i = j - (ro - rs)
+        r = int(reps[j])
+        if i < 0:
+            ctx.tag(out, j, "broadcast")
+            continue
+        if r == 1:
+            ctx.link1(src, i, out, j)
+        else:
+            rep = ctx.virtual(f"rep{j}", r, tag="broadcast")
+            ctx.link([(out, j)], [(rep, 0), (src, i)])
+
+
+@rule("aten.view_as_complex")
+def view_as_complex(ctx):
+    """(..., n, 2) real -> (..., n) complex: the pair dim is consumed."""
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    r = ctx.rank(src)
+    for d in range(r - 1):
+        ctx.link1(src, d, out, d)
+    ctx.block(src, r - 1, "real/imaginary pair")
+
+
+@rule("aten.view_as_real")
+def view_as_real(ctx):
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    r = ctx.rank(src)
+    for d in range(r):
+        ctx.link1(src, d, out, d)
+    ctx.block(out, r, "real/imaginary pair")
