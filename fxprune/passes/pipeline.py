@@ -22,6 +22,7 @@ import torch
 
 from ..analysis.analyser import Analysis, analyse
 from ..analysis.groups import Kind
+from ..kinds import FAMILY
 from ..calibration import Accumulation, Engine, HeadLayout, Stat, StatsRequest, Stream, find_blocks
 from ..surgery import _keep_masks, count_params, prune, verify_pruned
 from .allocate import ATTN, allocate, top_units
@@ -39,8 +40,7 @@ from .olica.split import solve as olica_solve
 from .olica.vo import rotate_vo
 from ..errors import RecipeError
 
-_FAMILY = {Kind.ATTN_HEADS: "attention", Kind.ATTN_KV_GROUPS: "attention", Kind.ATTN_Q_PER_KV: "attention",
-           Kind.FFN: "ffn", Kind.SSM: "ssm"}
+_FAMILY = FAMILY  # kind -> recipe family (kinds.py)
 
 
 @dataclass
@@ -118,6 +118,8 @@ def _stats_request(groups, stats: frozenset, heads: bool, producer_stats: frozen
         for w in p.qk_weights:
             mods[w.rsplit(".", 1)[0]] |= {Stat.INPUT_SQ} | ({Stat.INPUT_GRAM} if qk_gram else set())
     for g in groups:
+        if g.kind == Kind.MOE_EXPERTS:  # routing counts on the router (criteria/experts.py)
+            mods[g.members_by_role("producer")[0].param.rsplit(".", 1)[0]].add(Stat.ROUTED)
         if producer_stats:
             for m in g.members:
                 if m.role == "producer" and m.param.endswith("weight"):

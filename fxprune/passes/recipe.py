@@ -11,7 +11,7 @@ SCOPES = ("decoder_linear", "all")
 ALLOCATIONS = ("uniform", "global")
 ATTENTION_UNITS = ("q_per_kv", "kv_groups")
 ATTENTION_MODES = ("heads", "olica")
-KINDS = ("attention", "ffn", "ssm")
+KINDS = ("attention", "ffn", "ssm", "experts")
 
 
 @dataclass(frozen=True)
