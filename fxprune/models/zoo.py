@@ -40,6 +40,9 @@ SIZES = {
     "sliding_window": 64, "attention_window": 64, "type_vocab_size": 2,
     "word_embed_proj_dim": 64, "rotary_dim": 8, "partial_rotary_factor": None,
     "global_attn_every_n_layers": 2, "num_nextn_predict_layers": 0,
+    # encoder-decoder decoders used as causal LMs
+    "encoder_layers": 2, "decoder_layers": 2, "num_decoder_layers": 2, "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4, "encoder_ffn_dim": 96, "decoder_ffn_dim": 96,
 }
 
 # Families whose tiny config needs more than SIZES (each with the reason).
@@ -99,6 +102,8 @@ def tiny_zoo_config(model_type: str, **over):
     default = cls()
     kw = {}
     for k, v in SIZES.items():
+        if isinstance(getattr(cls, k, None), property):  # derived by the config (FalconConfig.head_dim)
+            continue
         if k in fields or hasattr(default, k):
             cur = getattr(default, k, None)
             if v is None:
@@ -296,3 +301,74 @@ def check_family(model_type: str, head: str = "causal", seed: int = 0, tmp_dir=N
     finally:
         rec["seconds"] = round(time.perf_counter() - t0, 2)
     return rec
+
+
+# ---- the support table -----------------------------------------------------------------------------
+
+COLUMNS = (("attention heads", ("attn_heads", "attn_kv_groups", "attn_q_per_kv")),
+           ("value channels", ("attn_v_channels",)), ("FFN", ("ffn_channels",)),
+           ("experts", ("moe_experts",)), ("expert FFN", ("moe_ffn_channels",)),
+           ("SSM", ("ssm_channels", "ssm_heads")))
+# what "fully supported" asks: every attention and FFN group prunable (plus experts and SSM groups),
+# and all four checks passing
+CORE = ("attn_heads", "attn_kv_groups", "attn_q_per_kv", "ffn_channels", "moe_experts", "moe_ffn_channels",
+        "ssm_channels", "ssm_heads")
+
+
+def checks_ok(rec: dict) -> bool:
+    return rec.get("stage") == "done" and bool(rec.get("checks")) and all(c["ok"] for c in rec["checks"].values())
+
+
+def fully_supported(rec: dict) -> bool:
+    """All four checks pass and every attention/FFN/expert/SSM group the analysis found is prunable."""
+    kinds = rec.get("kinds", {})
+    core = [k for k in CORE if k in kinds]
+    return checks_ok(rec) and bool(core) and all(kinds[k]["prunable"] == kinds[k]["groups"] for k in core)
+
+
+def _short(reason: str, n: int = 70) -> str:
+    reason = reason.replace("|", "/").replace("\n", " ")
+    return reason if len(reason) <= n else reason[: n - 1] + "…"
+
+
+def cell(rec: dict, kinds: tuple) -> str:
+    found = {k: rec.get("kinds", {}).get(k) for k in kinds}
+    found = {k: v for k, v in found.items() if v}
+    if not found:
+        return "—"
+    groups = sum(v["groups"] for v in found.values())
+    ok = sum(v["prunable"] for v in found.values())
+    if ok == groups:
+        return "✅" if checks_ok(rec) else f"{ok}/{groups} (checks fail)"
+    reasons = [r for v in found.values() for r in v["reasons"]]
+    return f"{ok}/{groups}: {_short(reasons[0]) if reasons else 'not prunable'}"
+
+
+def failure(rec: dict) -> str:
+    if rec.get("error"):
+        return f"{rec.get('stage')}: {_short(rec['error'], 110)}"
+    bad = [f"{c} ({'rel err %.1e' % v['rel_err'] if 'rel_err' in v else 'differs'})"
+           for c, v in rec.get("checks", {}).items() if not v["ok"]]
+    return "checks fail: " + ", ".join(bad) if bad else ""
+
+
+def render_table(records: dict) -> str:
+    """Markdown: one row per family that builds tiny, one column per group family."""
+    built = {k: r for k, r in records.items() if r.get("stage") != "build"}
+    full = [k for k, r in built.items() if fully_supported(r)]
+    lines = [f"{len(built)} families built tiny and tried (of {len(records)} in transformers' auto mappings); "
+             f"{len(full)} fully supported ({100 * len(full) / max(1, len(built)):.0f}%): every attention, FFN, "
+             "expert and SSM group prunable and all four checks passing (slicing = masking at 1e-5 relative, "
+             "generate with cache = without, save -> reload, stock `from_pretrained`).", "",
+             "| family | " + " | ".join(c for c, _ in COLUMNS) + " | checks |",
+             "|---|" + "---|" * (len(COLUMNS) + 1)]
+    for fam in sorted(built):
+        r = built[fam]
+        status = "✅" if checks_ok(r) else (failure(r) or "—")
+        lines.append(f"| {fam}{' (masked LM)' if r.get('head') == 'masked' else ''} | "
+                     + " | ".join(cell(r, kinds) for _, kinds in COLUMNS) + f" | {status} |")
+    skipped = sorted(k for k, r in records.items() if r.get("stage") == "build")
+    if skipped:
+        lines += ["", "Not built tiny on CPU (config or construction needs more than field shrinking): "
+                  + ", ".join(skipped) + "."]
+    return "\n".join(lines)
