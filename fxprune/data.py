@@ -2,7 +2,7 @@
 
 Contracts
 - ``data_root()``: ``--data-root`` argument, else ``$FXPRUNE_DATA``, else ``<repo>/../shared/data``.
-- ``calibration_windows``: ``n_samples`` windows of exactly ``seq_len`` tokens, drawn with ``seed``
+- ``calibration_windows``: ``samples`` windows of exactly ``seq_len`` tokens, drawn with ``seed``
   (same seed and source give the same tensor). Sources: a text file, a jsonl file (``"text"`` field,
   e.g. the C4 train head), ``hf:<dataset dir or name>[:split[:field]]`` when the optional ``datasets``
   package is installed, or ``generated`` (data-free: text sampled from the model itself, starting
@@ -16,7 +16,9 @@ Contracts
   evaluation chunks the text stream into ``seq_len - 1`` token pieces so every text token is
   predicted exactly once. Tokenizers that add no start token (SmolLM2's) get plain windows, unchanged.
   ``bos=True/False`` forces either; ``Windows.protocol()`` records the choice (``bos_first``).
-- Calibration and evaluation data from the same file are refused (``DataError`` naming the file).
+- Calibration and evaluation data from the same file are refused (``DataError`` naming the file), and
+  so is calibration text that contains evaluation text (a renamed, re-encoded, wrapped or partial
+  copy: ``fxprune.disjoint``, word 13-grams).
 
 Every failure to find or read a file is a ``DataError`` that names the file.
 """
@@ -103,10 +105,8 @@ def wikitext_hf_text(path: Path) -> str:
 
 
 def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"cannot read data file {str(path)!r}: {e}") from e
+    from .disjoint import read_text  # UTF-8 (BOM or not) or BOM-marked UTF-16/32, else DataError
+    return read_text(path)
 
 
 def read_documents(path: Path) -> list[str]:
@@ -118,9 +118,12 @@ def read_documents(path: Path) -> list[str]:
                 continue
             try:
                 row = json.loads(line)
-                docs.append(row["text"])
+                text = row["text"]
+                if not isinstance(text, str):
+                    raise TypeError(f"\"text\" is a {type(text).__name__}, not a string")
+                docs.append(text)
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{str(path)!r} line {i + 1}: expected a JSON object with a \"text\" field "
+                raise DataError(f"{str(path)!r} line {i + 1}: expected a JSON object with a \"text\" string "
                                 f"({type(e).__name__}: {e})") from e
         if not docs:
             raise DataError(f"{str(path)!r} holds no documents")
@@ -215,17 +218,26 @@ def tokenize(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """Which calibration windows to draw. ``source``: file path, ``c4``, ``hf:...`` or ``generated``."""
+    """Which calibration windows to draw: ``samples`` windows of ``seq_len`` tokens from ``source``
+    (a file path, ``c4``, ``hf:...`` or ``generated``) with ``seed``; methods run them ``batch_size``
+    at a time. This is a recipe's ``calibration`` block (``fxprune.recipe``)."""
 
     source: str = "c4"
-    n_samples: int = 128
+    samples: int = 128
     seq_len: int = 512
     seed: int = 0
+    batch_size: int = 8
     bos: bool | None = None  # None: BOS first where the tokenizer adds one (see ``bos_prefix``)
 
     def __post_init__(self):
-        if self.n_samples < 1 or self.seq_len < 2:
-            raise DataError(f"calibration needs n_samples >= 1 and seq_len >= 2 (got {self.n_samples}, {self.seq_len})")
+        if not isinstance(self.source, str) or not self.source:
+            raise DataError(f"calibration source: expected a data set name or path, got {self.source!r}")
+        for name, low in (("samples", 1), ("seq_len", 2), ("seed", 0), ("batch_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise DataError(f"calibration {name}: expected an integer >= {low}, got {v!r}")
+        if self.bos is not None and not isinstance(self.bos, bool):
+            raise DataError(f"calibration bos: expected true, false or null, got {self.bos!r}")
 
 
 @dataclass(frozen=True)
@@ -251,7 +263,7 @@ class Windows:
 
 def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.nn.Module | None = None,
                         root: str | None = None, evaluation_files: Sequence[Path] | None = None) -> Windows:
-    """``cfg.n_samples`` windows of ``cfg.seq_len`` tokens from ``cfg.source`` (GPTQ-style sampling:
+    """``cfg.samples`` windows of ``cfg.seq_len`` tokens from ``cfg.source`` (GPTQ-style sampling:
     a random document long enough, then a random start inside it).
 
     ``evaluation_files``: files the source must not be (default: the known test splits under the
@@ -260,13 +272,14 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
         if model is None:
             raise DataError("generated (data-free) calibration needs the model")
         return generated_windows(model, tokenizer, cfg)
+    if evaluation_files is None:
+        evaluation_files = [data_root(root) / f for f in EVALUATION_FILES]
+    evaluation_files = [f for f in evaluation_files if Path(f).exists()]
     if cfg.source.startswith("hf:"):
         docs, sha, name = read_hf_documents(cfg.source), None, cfg.source
     else:
         path = resolve(cfg.source, root)
-        if evaluation_files is None:
-            evaluation_files = [data_root(root) / f for f in EVALUATION_FILES]
-        check_disjoint(path, [f for f in evaluation_files if Path(f).exists()])
+        check_disjoint(path, evaluation_files)
         docs, sha, name = read_documents(path), sha256_file(path), str(path)
     bos = _bos_for(tokenizer, cfg.bos)
     span = cfg.seq_len - (bos is not None)  # text tokens per window
@@ -274,9 +287,9 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
     cache: dict[int, list[int]] = {}
     windows = []
     attempts = 0
-    while len(windows) < cfg.n_samples:
+    while len(windows) < cfg.samples:
         attempts += 1
-        if attempts > 50 * cfg.n_samples + 1000:
+        if attempts > 50 * cfg.samples + 1000:
             raise DataError(f"{name!r}: too few documents longer than {cfg.seq_len} tokens")
         j = rng.randrange(len(docs))
         if j not in cache:  # BOS-first: the text alone, the start token is put before each window
@@ -286,7 +299,9 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
             continue
         start = rng.randrange(len(ids) - span)
         windows.append(([bos] if bos is not None else []) + ids[start:start + span])
-    return Windows(torch.tensor(windows, dtype=torch.long), name, sha, cfg.n_samples * cfg.seq_len, bos)
+    from .disjoint import check_content_disjoint  # a renamed, re-encoded or wrapped copy of test text
+    check_content_disjoint((docs[j] for j in sorted(cache)), name, evaluation_files)
+    return Windows(torch.tensor(windows, dtype=torch.long), name, sha, cfg.samples * cfg.seq_len, bos)
 
 
 @torch.no_grad()
@@ -300,24 +315,21 @@ def generated_windows(model: torch.nn.Module, tokenizer: Any, cfg: CalibrationCo
         start = 0
     gen = torch.Generator().manual_seed(cfg.seed)
     device = next(model.parameters()).device
-    ids = torch.full((cfg.n_samples, 1), int(start), dtype=torch.long, device=device)
+    ids = torch.full((cfg.samples, 1), int(start), dtype=torch.long, device=device)
     from tqdm.auto import tqdm
+
+    from .models.runtime import has_kv_cache
     past = None  # KV cache where the model returns one; otherwise the prefix is recomputed each step
     for _ in tqdm(range(cfg.seq_len - 1), desc="generate calibration", leave=False):
         if past is not None:
             out = model(input_ids=ids[:, -1:], past_key_values=past, use_cache=True)
         else:
-            out = model(input_ids=ids, use_cache=True) if _has_cache(model) else model(input_ids=ids)
+            out = model(input_ids=ids, use_cache=True) if has_kv_cache(model) else model(input_ids=ids)
         past = getattr(out, "past_key_values", None)
         probs = torch.softmax(out.logits[:, -1, :].float(), -1).cpu()
         nxt = torch.multinomial(probs, 1, generator=gen).to(device)
         ids = torch.cat([ids, nxt], dim=1)
     return Windows(ids, GENERATED, None, int(ids.numel()), int(start))
-
-
-def _has_cache(model: torch.nn.Module) -> bool:
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "use_cache", None) is not None and getattr(cfg, "model_type", "") != "mamba"
 
 
 def evaluation_windows(tokenizer: Any, source: str, seq_len: int, max_windows: int | None = None,
@@ -328,6 +340,8 @@ def evaluation_windows(tokenizer: Any, source: str, seq_len: int, max_windows: i
     tokens, is cut into ``seq_len - 1`` token chunks and the start token put before each."""
     if seq_len < 2:
         raise DataError(f"evaluation windows need seq_len >= 2 (got {seq_len})")
+    if max_windows is not None and max_windows < 1:
+        raise DataError(f"evaluation needs at least one window (got max_windows={max_windows})")
     path = resolve(source, root)
     text = "\n\n".join(read_documents(path)) if path.suffix == ".jsonl" else read_documents(path)[0]
     start = _bos_for(tokenizer, bos)

@@ -152,20 +152,21 @@ def test_hybrid_stack_prunes_every_kind(ids):
 def test_pipeline_prunes_experts_and_ssm_heads(allocation):
     """The structured pipeline selects, scores, allocates and removes the new kinds (MoE on
     Mixtral, SSM head groups on Mamba-2) and meets its budget; reconstruction folds what it can."""
-    from fxprune.passes.pipeline import prune_model
-    from fxprune.passes.recipe import Recipe
+    import fxprune
+    from fxprune.report import find_pass
     windows = torch.randint(5, 120, (8, 16), generator=torch.Generator().manual_seed(0))
-    for family, kinds in (("mixtral", ("experts", "ffn")), ("mamba2", ("ssm",))):
+    for family, kinds in (("mixtral", ["experts", "ffn"]), ("mamba2", ["ssm"])):
         over = {"n_groups": 4} if family == "mamba2" else {}  # 4 groups of 2 heads: 25% steps
         m = tiny_zoo_model(family, **over)
-        r = Recipe(criterion="wanda_sp", reconstruction="liar", allocation=allocation, target=0.25,
-                   scope="decoder_linear", kinds=kinds, batch_size=4)
-        out = prune_model(m, r, windows)
+        r = {"calibration": {"batch_size": 4},
+             "steps": [{"structured": {"criterion": "wanda_sp", "reconstruction": "liar", "allocation": allocation,
+                                       "target": 0.25, "scope": "decoder_linear", "kinds": kinds}}]}
+        out = fxprune.prune(m, r, windows)
         a = analyse(tiny_zoo_model(family, **over))
         got = {a.group(gid).kind for gid in out.plan}
         want = {Kind.MOE_EXPERTS, Kind.MOE_FFN} if family == "mixtral" else {Kind.SSM_HEADS}
         assert got == want, (family, got)
-        alloc = next(p for p in out.report["passes"] if p["name"] == "allocate")
+        alloc = find_pass(out.report, "allocate")
         assert abs(alloc["achieved"] - 0.25) < 0.12, (family, alloc)
         for gid, keep in out.plan.items():
             g = a.group(gid)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import time
 from pathlib import Path
 
@@ -37,31 +36,23 @@ def add_arguments(p):
     p.add_argument("--targets", required=True, help="comma-separated fractions, e.g. 0.1,0.2,0.3,0.4,0.5")
     p.add_argument("--out", required=True, help="output directory (results.jsonl/csv/json, plots)")
     p.add_argument("--calib", default=None, help="calibration data for every recipe (default: each recipe's)")
-    p.add_argument("--calib-samples", type=int, default=None, help="override the recipes' calib_samples")
+    p.add_argument("--calib-samples", type=int, default=None, help="override the recipes' calibration samples")
     p.add_argument("--eval-ppl", default="wikitext2", help="perplexity set ('' for none)")
     p.add_argument("--seq-len", type=int, default=128, help="perplexity window length")
     p.add_argument("--windows", type=int, default=64, help="perplexity windows (first N)")
     p.add_argument("--tasks", default="", help="zero-shot tasks ('all' = the seven)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each task (recorded)")
-    p.add_argument("--widths-run", default=None, help="RECIPE@TARGET whose layer widths are plotted")
+    p.add_argument("--widths-run", default=None, help="RECIPE@TARGET whose layer widths are plotted "
+                                                       "(default: the first recipe at its largest target)")
     p.add_argument("--save-checkpoints", action="store_true", help="also save every pruned model in OUT/ckpt/")
     p.add_argument("--data-root", default=None)
 
 
-def recipe_at(spec: str, target: float, overrides: dict | None = None) -> dict:
-    """Recipe ``spec`` (name or file) as a dict with its removal fraction set to ``target``."""
-    from .prune import resolve_recipe
-    path = resolve_recipe(spec)
-    text = path.read_text()
-    if path.suffix == ".json":
-        d = json.loads(text)
-    else:
-        import yaml
-        d = yaml.safe_load(text) or {}
-    d = dict(d)
-    d["target"] = float(target)
-    d.update(overrides or {})
-    return d
+def recipe_at(spec: str, target: float, overrides: dict | None = None):
+    """Recipe ``spec`` (name or file) with every structured step's removal fraction set to ``target``
+    and its calibration block updated by ``overrides`` (``source``, ``samples``...)."""
+    from ..recipe import load_recipe
+    return load_recipe(spec).with_target(float(target)).with_calibration(**(overrides or {}))
 
 
 def _float_list(s: str) -> list[float]:
@@ -92,10 +83,8 @@ def _load_rows(path: Path) -> list[dict]:
 
 
 def _append(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    from ..output import OwnedDir  # the one writer: appended, fsynced, listed in the sweep's manifest
+    OwnedDir(path.parent, kind="sweep").append(path.name, json.dumps(row, default=str) + "\n")
 
 
 TABLE_COLUMNS = ["recipe", "target", "params_before", "params_after", "removed", "ppl", "zs_acc", "zs_acc_norm"]
@@ -115,35 +104,44 @@ def table_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_outputs(out: Path, rows: list[dict], widths_run: str | None) -> dict:
+def write_outputs(out: Path, rows: list[dict], widths_run: str | None, final: bool = True) -> dict:
     from ..evaluation.plots import plot_sweep, plot_widths
+    from ..output import OwnedDir  # the one writer: each file atomic, never over a file fxprune did not write
+    owned = OwnedDir(out, kind="sweep", create=True)
     flat = table_rows(rows)
     cols = list(dict.fromkeys(k for r in flat for k in r))
-    with (out / "results.csv").open("w", newline="") as f:
+    with owned.file("results.csv") as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(flat)
-    (out / "results.json").write_text(json.dumps(flat, indent=1, default=str))
+    owned.write("results.json", json.dumps(flat, indent=1, default=str))
     dense = next((r for r in rows if r["recipe"] == "dense"), None)
     pruned = [r for r in rows if r["recipe"] != "dense"]
     plots = {}
     st = rows[0].get("settings", {}) if rows else {}
     if any(r.get("ppl") is not None for r in rows):
-        plots["ppl"] = str(plot_sweep(pruned, out / "sweep_ppl.png", metric="ppl", log_y=True,
-                                      label=f"perplexity ({st.get('ppl_set')}, L={st.get('seq_len')}, {st.get('windows')} windows)",
-                                      dense=dense.get("ppl") if dense else None))
+        with owned.file("sweep_ppl.png") as tmp:
+            plot_sweep(pruned, tmp, metric="ppl", log_y=True,
+                       label=f"perplexity ({st.get('ppl_set')}, L={st.get('seq_len')}, {st.get('windows')} windows)",
+                       dense=dense.get("ppl") if dense else None)
+        plots["ppl"] = str(out / "sweep_ppl.png")
     if any(r.get("zs_acc") is not None for r in rows):
         lim = st.get("limit")
-        plots["zeroshot"] = str(plot_sweep(pruned, out / "sweep_zeroshot.png", metric="zs_acc",
-                                           label="zero-shot average acc" + (f" (first {lim} items)" if lim else ""),
-                                           dense=dense.get("zs_acc") if dense else None))
-    chosen = None
-    if pruned:
-        chosen = next((r for r in pruned if _key(r["recipe"], r["target"]) == widths_run), None) \
-            or max(pruned, key=lambda r: (r["recipe"] == pruned[0]["recipe"], r["target"]))
+        with owned.file("sweep_zeroshot.png") as tmp:
+            plot_sweep(pruned, tmp, metric="zs_acc",
+                       label="zero-shot average acc" + (f" (first {lim} items)" if lim else ""),
+                       dense=dense.get("zs_acc") if dense else None)
+        plots["zeroshot"] = str(out / "sweep_zeroshot.png")
+    if widths_run:  # the chosen run, once it is done
+        chosen = next((r for r in pruned if _key(r["recipe"], r["target"]) == widths_run), None)
+    else:  # default: the first recipe at its largest target, once the sweep is complete
+        chosen = max(pruned, key=lambda r: (r["recipe"] == pruned[0]["recipe"], r["target"])) if final and pruned else None
+    if chosen is not None:
         name = f"widths_{Path(chosen['recipe']).stem}_{chosen['target']:g}.png"
-        plots["widths"] = str(plot_widths(chosen["widths"], out / name, dense=dense.get("widths") if dense else None,
-                                          title=f"kept width per layer: {_key(chosen['recipe'], chosen['target'])}"))
+        with owned.file(name) as tmp:
+            plot_widths(chosen["widths"], tmp, dense=dense.get("widths") if dense else None,
+                        title=f"kept width per layer: {_key(chosen['recipe'], chosen['target'])}")
+        plots["widths"] = str(out / name)
     return plots
 
 
@@ -152,7 +150,7 @@ def run(args) -> int:
 
     import fxprune
     from ..calibration import Engine
-    from ..data import CalibrationConfig, calibration_windows, evaluation_windows, tokenizer_for
+    from ..data import calibration_windows, evaluation_windows, tokenizer_for
     from ..evaluation.render import peak_rss_mb
     from ..evaluation.suite import evaluate_suite, parse_tasks
     from ..evaluation.widths import count_params, widths_table
@@ -163,13 +161,14 @@ def run(args) -> int:
     tasks = parse_tasks(args.tasks)
     overrides = {}
     if args.calib:
-        overrides["calib_source"] = args.calib
+        overrides["source"] = args.calib
     if args.calib_samples:
-        overrides["calib_samples"] = args.calib_samples
+        overrides["samples"] = args.calib_samples
     for r in recipes:  # fail on a bad recipe name before any work
         recipe_at(r, targets[0], overrides)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..output import OwnedDir  # new/empty, or this sweep's own directory (resume); checked before work
+    OwnedDir(out, kind="sweep", create=True)
     settings = {"model": args.model, "ppl_set": args.eval_ppl or None, "seq_len": args.seq_len,
                 "windows": args.windows, "tasks": tasks, "limit": args.limit, "overrides": overrides}
     jsonl = out / "results.jsonl"
@@ -214,11 +213,9 @@ def run(args) -> int:
             if _key(name, t) in done:
                 continue
             recipe = recipe_at(name, t, overrides)
-            ck = (recipe.get("calib_source", "c4"), recipe.get("calib_samples", 128), recipe.get("calib_seq_len", 128),
-                  recipe.get("seed", 0))
+            ck = recipe.calibration
             if ck not in calib_cache:
-                calib_cache[ck] = calibration_windows(tok, CalibrationConfig(*ck), model=dense_model,
-                                                      root=args.data_root)
+                calib_cache[ck] = calibration_windows(tok, ck, model=dense_model, root=args.data_root)
             windows = calib_cache[ck]
             model = copy.deepcopy(dense_model)
             t0 = time.perf_counter()
@@ -236,15 +233,15 @@ def run(args) -> int:
             row["peak_rss_mb"] = round(peak_rss_mb(), 1)
             if args.save_checkpoints:
                 from ..checkpoint import save_pruned
-                save_pruned(model, out / "ckpt" / f"{name}-{t:g}", tokenizer=loaded.tokenizer,
-                            extra={"model": args.model, "recipe": recipe, **{k: row[k] for k in
+                save_pruned(model, out / "ckpt" / f"{name}-{t:g}", tokenizer=loaded.tokenizer, overwrite=True,
+                            extra={"model": args.model, "recipe": recipe.to_dict(), **{k: row[k] for k in
                                    ("params_before", "params_after", "prune_seconds")}})
             _append(jsonl, row)
             rows.append(row)
             del model
             print(f"{_key(name, t)}: removed {row['removed']:.3f} of all parameters, ppl {row.get('ppl')}, "
                   f"zero-shot {row.get('zs_acc')} ({prune_s}s prune, {row['eval_seconds']}s eval)", flush=True)
-            write_outputs(out, rows, args.widths_run)
+            write_outputs(out, rows, args.widths_run, final=False)
     plots = write_outputs(out, rows, args.widths_run)
     print(f"results: {out / 'results.csv'}, {out / 'results.json'}; plots: {', '.join(plots.values())}")
     return 0

@@ -56,7 +56,7 @@ def _round(k: int, units: int, multiple: int) -> int:
 
 
 def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, allocation: str,
-             channel_multiple: int = 8) -> Allocation:
+             channel_multiple: int = 8, cumulative: bool = False) -> Allocation:
     """Plan for ``groups`` (already filtered by kind/protection) removing ``target`` of ``expr``.
 
     ``uniform`` needs no scores: with ``scores=None`` it returns widths only (``plan=None``) and the
@@ -71,6 +71,13 @@ def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, 
         for part in _by_units(attn):  # heads, experts, SSM head groups: one count per kind and size
             kept.update(_uniform(part, [], removed, budget, total, target, channel_multiple))
         kept.update(_uniform([], chan, removed, budget, total, target, channel_multiple, kept))
+    elif allocation == "pooled":  # one cost currency across kinds and layers (allocate_pooled.py)
+        if scores is None:
+            raise ValueError("pooled allocation needs scores")
+        from .allocate_pooled import pooled
+        got = pooled(attn + chan, scores, removed, budget, COUNTED, channel_multiple, cumulative)
+        got = {g.id: max(got[g.id], _least(g)) for g in attn + chan}  # at least top_k experts stay
+        kept = _finish(got, attn + chan, scores, removed, budget, channel_multiple)
     else:
         if scores is None:
             raise ValueError("global allocation needs scores")
@@ -132,6 +139,12 @@ def _global(groups, scores, removed, budget, mult):
         if kept[gid] - 1 < minimum[gid]:
             continue
         kept[gid] -= 1
+    return _finish(kept, groups, scores, removed, budget, mult)
+
+
+def _finish(kept, groups, scores, removed, budget, mult):
+    """Round channel widths to ``mult`` and step them back towards the budget."""
+    by_id = {g.id: g for g in groups}
     for gid, k in kept.items():
         g = by_id[gid]
         if g.kind not in COUNTED:
