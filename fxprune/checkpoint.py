@@ -156,8 +156,9 @@ def write_checkpoint(model: nn.Module, directory: Path, tokenizer=None, structur
         saved_cfg.auto_map = {auto: f"modeling_fxprune.FxPruned{base}" for auto in _auto_names(base)}
     model.config = saved_cfg
     try:
-        with as_plain_float(model):
-            model.save_pretrained(directory, safe_serialization=True)
+        with as_plain_float(model):  # tensors under the model's own names (stacked experts stay stacked),
+            # which load_pruned reads directly and from_pretrained accepts as they are
+            model.save_pretrained(directory, safe_serialization=True, save_original_format=False)
     finally:
         model.config = cfg
     if struct:
@@ -246,7 +247,8 @@ def load_pruned(path, dtype: torch.dtype | None = None) -> nn.Module:
     except ModelLoadError as e:
         raise CheckpointError(str(e)) from e
     try:
-        config = cls.config_class.from_dict(raw)
+        decode = getattr(cls.config_class, "_decode_special_floats", None)  # {"__float__": "Infinity"}
+        config = cls.config_class.from_dict(decode(raw) if decode else raw)
         with torch.device("meta"):
             skeleton = cls(config)
             apply_structure(skeleton, struct)

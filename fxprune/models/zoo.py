@@ -39,7 +39,7 @@ SIZES = {
     "linear_num_value_heads": 4, "attention_hidden_size": 128, "adapter_rank": 8,
     "sliding_window": 64, "attention_window": 64, "type_vocab_size": 2,
     "word_embed_proj_dim": 64, "rotary_dim": 8, "partial_rotary_factor": None,
-    "global_attn_every_n_layers": 2, "num_nextn_predict_layers": 0,
+    "global_attn_every_n_layers": 2, "num_nextn_predict_layers": 0, "layer_group_size": 2,
     # encoder-decoder decoders used as causal LMs
     "encoder_layers": 2, "decoder_layers": 2, "num_decoder_layers": 2, "encoder_attention_heads": 4,
     "decoder_attention_heads": 4, "encoder_ffn_dim": 96, "decoder_ffn_dim": 96,
@@ -232,13 +232,15 @@ def check_family(model_type: str, head: str = "causal", seed: int = 0, tmp_dir=N
         for gr in a.groups:
             if gr.kind not in DEPTH2_KINDS:
                 continue
-            k = rec["kinds"].setdefault(gr.kind, {"groups": 0, "prunable": 0, "reasons": []})
+            k = rec["kinds"].setdefault(gr.kind, {"groups": 0, "prunable": 0, "reasons": [], "unexplained": 0})
             k["groups"] += 1
             if gr.prunable:
                 k["prunable"] += 1
             else:
-                why = gr.not_offered or (gr.blocked_by[0] if gr.blocked_by else "")
-                if why and why not in k["reasons"]:
+                why = (gr.not_offered or (gr.blocked_by[0] if gr.blocked_by else "")).strip()
+                if not why:  # issue 12 item 2: never an empty reason (tests/test_zoo.py counts these)
+                    k["unexplained"] += 1
+                elif why not in k["reasons"]:
                     k["reasons"].append(why)
         rec["blocking_ops"] = sorted({f"{b['op']} @ {b['module']}" for b in a.blocking_ops})[:20]
         plan = random_uniform_plan(a, seed=seed)
