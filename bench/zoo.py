@@ -109,8 +109,8 @@ def fork_one(model_type: str, head: str, timeout: int) -> dict:
 
 
 def render(records: dict) -> None:
-    from fxprune.models.zoo import fully_supported, render_table
-    table = render_table(records)
+    from fxprune.models.zoo import fully_supported, render_table, zoo_families
+    table = render_table(records, [mt for mt, _ in zoo_families()])
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python bench/zoo.py"
     (RESULTS / "zoo.md").write_text(f"# Zoo support table\n\nProduced by `{cmd}` (transformers "
                                     f"{_version('transformers')}, torch {_version('torch')}).\n\n{table}\n")

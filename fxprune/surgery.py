@@ -270,10 +270,17 @@ def verify_pruned(model: nn.Module, before: Analysis, plan: dict[str, list[int]]
     """Re-capture ``model`` (every reshape must hold) and check every planned group has its new unit
     count.
 
-    A group is found again by its parameters (ids shift when a group disappears, strides and
-    segment offsets change with the widths); a group pruned to one unit may disappear (a size-1
-    axis has nothing left to prune)."""
+    A group is found again by its id, or by its parameters (ids shift when a group disappears,
+    strides and segment offsets change with the widths), or by its consumer parameter (a value
+    projection wrapped in a padded linear renames its members); a group pruned to one unit may
+    disappear (a size-1 axis has nothing left to prune)."""
     after = analyse(model)
+    got = after.by_id()
+    by_member = defaultdict(list)
+    for h in after.groups:
+        for m in h.members:
+            by_member[(m.param, m.dim)].append(h)
+
     def key(g):
         return frozenset((m.param, m.dim) for m in g.members if m.role in ("producer", "consumer", "expert", "depthwise"))
 
@@ -290,6 +297,12 @@ def verify_pruned(model: nn.Module, before: Analysis, plan: dict[str, list[int]]
         if want == 1:
             continue
         cands = [h for h in by_key.get(key(g), []) if compatible(h.kind, g.kind)]
+        if g.id in got and compatible(got[g.id].kind, g.kind):
+            cands.append(got[g.id])
+        if not cands:
+            cons = next(((m.param, m.dim) for m in g.members if m.role == "consumer"),
+                        (g.members[0].param, g.members[0].dim))
+            cands = [h for h in by_member.get(cons, []) if compatible(h.kind, g.kind)]
         if not any(h.units == want for h in cands):
             problems.append(f"{g.id}: expected {want} units, re-capture shows "
                             f"{sorted(h.units for h in cands) or 'no such group'}")

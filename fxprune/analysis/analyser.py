@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import operator
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -145,6 +146,12 @@ def _common_prefix(paths: list[str]) -> str:
     return ".".join(out)
 
 
+# elementwise nonlinearities that make a producer/consumer pair an FFN (else, with a norm between, it
+# is a normalised low-rank factorisation)
+_ACTIVATION = re.compile(r"aten\.(silu|gelu|relu|relu6|leaky_relu|tanh|sigmoid|softplus|elu|selu|celu|mish|"
+                         r"hardswish|hardsigmoid|hardtanh|erf|glu|exp|log_sigmoid|prelu)\b")
+
+
 def _role(tags: set) -> str:
     for r in ROLE_ORDER:
         if r in tags:
@@ -224,6 +231,9 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         why = sorted({d["why"] for f in comp for _, _, d in graph.edges(f, data=True)})
         if kind == Kind.FFN and why and all(w.startswith("aten.linear") for w in why):
             kind = Kind.LOW_RANK  # two linear layers with nothing between: a factorisation's rank
+        elif kind == Kind.FFN and any(b.startswith(("reduced by", "normalised by")) for b in blocked) \
+                and not any(_ACTIVATION.search(w) for w in why):
+            kind = Kind.LOW_RANK  # a normalised latent rank (MLA's q_a/kv_a, Mamba's dt rank): no activation
         mods = [m.param.rsplit(".", 1)[0] for m in members if m.role in ("producer", "consumer", "depthwise", "expert")]
         prefix = _common_prefix(mods or [m.param.rsplit(".", 1)[0] for m in members]) or "model"
         suffix = {Kind.ATTN_Q_PER_KV: ":q_per_kv", Kind.QK_CHANNELS: ":qk_channels",
