@@ -327,19 +327,33 @@ def _all_prunable(kinds: dict, names) -> bool:
     return all(kinds[k]["prunable"] == kinds[k]["groups"] for k in names if k in kinds)
 
 
+def _ssm_ok(kinds: dict) -> bool:
+    """Every group of at least one SSM kind prunable (Mamba-2's channels inside a head group are not
+    a unit: its head groups are); true without SSM groups."""
+    ssm = [k for k in ("ssm_channels", "ssm_heads") if k in kinds]
+    if not ssm or any(_all_prunable(kinds, (k,)) for k in ssm):
+        return True
+    # Mamba-2: the head groups are prunable; heads and channels inside a group are not units (the
+    # gated norm normalises each group), which is the only reason allowed for the rest
+    return sum(kinds[k]["prunable"] for k in ssm) > 0 and all(
+        "norm" in r for k in ssm for r in kinds[k]["reasons"])
+
+
 def fully_supported(rec: dict) -> bool:
-    """All four checks pass and every attention and FFN group the analysis found is prunable."""
+    """All four checks pass and every attention and FFN group the analysis found is prunable (a
+    state-space model without either: its SSM groups)."""
     kinds = rec.get("kinds", {})
-    return checks_ok(rec) and any(k in kinds for k in CORE) and _all_prunable(kinds, CORE)
+    if not checks_ok(rec):
+        return False
+    if any(k in kinds for k in CORE):
+        return _all_prunable(kinds, CORE)
+    return any(k in kinds for k in ("ssm_channels", "ssm_heads")) and _ssm_ok(kinds)
 
 
 def every_kind_supported(rec: dict) -> bool:
-    """``fully_supported`` and also every expert group, and the SSM groups of at least one SSM kind
-    (Mamba-2's channels inside a head group are not a unit: its head groups are)."""
+    """``fully_supported`` and also every expert group and the SSM groups."""
     kinds = rec.get("kinds", {})
-    ssm = [k for k in ("ssm_channels", "ssm_heads") if k in kinds]
-    return fully_supported(rec) and _all_prunable(kinds, ("moe_experts",)) and \
-        (not ssm or any(_all_prunable(kinds, (k,)) for k in ssm))
+    return fully_supported(rec) and _all_prunable(kinds, ("moe_experts",)) and _ssm_ok(kinds)
 
 
 def _short(reason: str, n: int = 70) -> str:
@@ -382,7 +396,8 @@ def render_table(records: dict, families=None) -> str:
     every = [k for k, r in built.items() if every_kind_supported(r)]
     pct = lambda n: f"{100 * n / max(1, len(built)):.0f}%"  # noqa: E731
     lines = [f"{len(built)} families built tiny and tried (of {len(records)} in transformers' auto mappings); "
-             f"{len(full)} ({pct(len(full))}) fully supported: every attention and FFN group prunable and all "
+             f"{len(full)} ({pct(len(full))}) fully supported: every attention and FFN group (state-space "
+             "models: SSM group) prunable and all "
              "four checks passing (slicing = masking at 1e-5 relative, generate with cache = without, save -> "
              f"reload, stock `from_pretrained`); {len(every)} ({pct(len(every))}) with every expert and SSM "
              "group too." + (f" Surgery's re-capture check (every group has its new size) ran on "
