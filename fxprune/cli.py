@@ -9,7 +9,7 @@ import sys
 
 from .errors import FxPruneError
 
-COMMANDS = ["inspect", "eval", "prune", "sparsify"]
+COMMANDS = ["inspect", "eval", "prune", "sparsify", "export"]
 
 
 def _load_commands():

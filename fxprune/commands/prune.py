@@ -26,6 +26,8 @@ def add_arguments(p):
     p.add_argument("--windows", type=int, default=64, help="perplexity windows")
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--deploy-dtype", default=None, help="GGUF type the result will be deployed as (q8_0, q4_0, "
+                   "q4_k_m...): FFN widths are rounded to the row multiple it needs (fxprune.export.types)")
 
 
 def resolve_recipe(spec: str) -> Path:
@@ -83,6 +85,11 @@ def _run_structured(args, path: Path) -> int:
     recipe = Recipe.from_file(path)
     if args.calib:
         recipe = replace(recipe, calib_source=args.calib)
+    deploy = None
+    if getattr(args, "deploy_dtype", None):
+        from ..export.types import deploy_channel_multiple
+        deploy = (args.deploy_dtype, deploy_channel_multiple(args.deploy_dtype, recipe.channel_multiple))
+        recipe = replace(recipe, channel_multiple=deploy[1])
     if not args.dry_run and not args.out:
         from ..errors import RecipeError
         raise RecipeError("--out is required unless --dry-run")
@@ -92,6 +99,8 @@ def _run_structured(args, path: Path) -> int:
     windows = calibration_windows(tok, cfg, model=model, root=args.data_root)
     report = {"model": args.model, "recipe_file": str(path), "calibration": windows.protocol()
               if hasattr(windows, "protocol") else {}}
+    if deploy:
+        report["deploy"] = {"dtype": deploy[0], "channel_multiple": deploy[1]}
     engine = Engine()
     if args.dry_run:
         ctx = PassManager([Analyse(), SelectGroups(recipe), Score(recipe, windows.ids, engine, force=True),
@@ -146,6 +155,10 @@ def _print(report, args, dry=False):
         f = report["flops_per_token_L"]
         print(f"parameters {b:,} -> {a:,} ({100 * (1 - a / b):.1f}% fewer); FLOPs/token at L={f['L']}: "
               f"{f['before']:,} -> {f['after']:,}. Dry run: nothing was changed.")
+        if "deploy" in report:
+            d = report["deploy"]
+            print(f"FFN widths rounded to multiples of {d['channel_multiple']} for GGUF {d['dtype']} "
+                  f"(row length of ffn_down).")
         return
     b, a = report["params_before"], report["params_after"]
     print(f"{report['model']}: parameters {b:,} -> {a:,} ({100 * (1 - a / b):.1f}% fewer) in "
