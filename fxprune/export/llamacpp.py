@@ -161,18 +161,19 @@ class LlamaCppModel:
             count += len(ids) - 1
         return PerplexityResult(nll, count)
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        """llama.cpp's own tokenization of ``text`` with this file's tokenizer."""
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """llama.cpp's own tokenization of ``text`` with this file's tokenizer (``parse_special``: special
+        tokens written in the text become their ids, as Hugging Face tokenizers do)."""
         lc = self.lc
         vocab = lc.llama_model_get_vocab(self.model)
         raw = text.encode("utf-8")
         cap = len(raw) + 16
         buf = (lc.llama_token * cap)()
-        n = lc.llama_tokenize(vocab, raw, len(raw), buf, cap, add_special, False)
+        n = lc.llama_tokenize(vocab, raw, len(raw), buf, cap, add_special, parse_special)
         if n < 0:
             cap = -n
             buf = (lc.llama_token * cap)()
-            n = lc.llama_tokenize(vocab, raw, len(raw), buf, cap, add_special, False)
+            n = lc.llama_tokenize(vocab, raw, len(raw), buf, cap, add_special, parse_special)
         if n < 0:
             raise EngineError(f"llama.cpp engine: tokenization failed on {self.path}")
         return list(buf[:n])
