@@ -9,7 +9,7 @@ import sys
 
 from .errors import FxPruneError
 
-COMMANDS = ["inspect", "eval", "prune", "sparsify", "export"]
+COMMANDS = ["inspect", "eval", "prune", "sparsify", "sweep", "report", "export"]
 
 
 def _load_commands():

@@ -10,6 +10,12 @@ Contracts
 - ``evaluation_windows``: the WikiText-2 raw test split joined the way GPTQ/SparseGPT/Wanda join the
   Hugging Face rows, or any text file, cut into *non-overlapping* windows of ``seq_len`` tokens
   (a trailing partial window is dropped), optionally limited to the first ``max_windows``.
+- BOS-first windows: where the tokenizer puts a start token before a text (``bos_prefix``), every
+  window, calibration and evaluation, is that token followed by ``seq_len - 1`` text tokens, as the
+  model sees text in use (llama.cpp's perplexity and lm-eval with ``add_bos_token`` do the same);
+  evaluation chunks the text stream into ``seq_len - 1`` token pieces so every text token is
+  predicted exactly once. Tokenizers that add no start token (SmolLM2's) get plain windows, unchanged.
+  ``bos=True/False`` forces either; ``Windows.protocol()`` records the choice (``bos_first``).
 - Calibration and evaluation data from the same file are refused (``DataError`` naming the file).
 
 Every failure to find or read a file is a ``DataError`` that names the file.
@@ -168,6 +174,32 @@ def tokenizer_for(loaded: Any) -> Any:
     return ByteTokenizer(cfg.vocab_size, getattr(cfg, "bos_token_id", None))
 
 
+def bos_prefix(tokenizer: Any) -> int | None:
+    """The start token ``tokenizer`` puts before a text (its BOS), or None if it adds none.
+
+    Asked of the tokenizer itself (encode with and without special tokens), not of its config:
+    SmolLM2 declares a ``bos_token`` but does not add it; Gemma and LLaMA tokenizers do."""
+    probe = "The cat"
+    with_special = tokenize(tokenizer, probe, add_special_tokens=True)
+    plain = tokenize(tokenizer, probe, add_special_tokens=False)
+    if len(with_special) > len(plain) and with_special[1:1 + len(plain)] == plain:
+        return int(with_special[0])
+    return None
+
+
+def _bos_for(tokenizer: Any, bos: bool | None) -> int | None:
+    """``bos``: None = as the tokenizer does (``bos_prefix``); True = always (the tokenizer's
+    ``bos_token_id``, a ``DataError`` if it has none); False = never."""
+    if bos is False:
+        return None
+    found = bos_prefix(tokenizer)
+    if found is None and bos:
+        found = getattr(tokenizer, "bos_token_id", None)
+        if found is None:
+            raise DataError("BOS-first windows were asked for but the tokenizer has no bos_token_id")
+    return found
+
+
 def tokenize(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
     """Token ids of ``text`` (HF tokenizers and ``ByteTokenizer``)."""
     if hasattr(tokenizer, "model_max_length"):  # HF: silence the "longer than max length" warning
@@ -189,6 +221,7 @@ class CalibrationConfig:
     n_samples: int = 128
     seq_len: int = 512
     seed: int = 0
+    bos: bool | None = None  # None: BOS first where the tokenizer adds one (see ``bos_prefix``)
 
     def __post_init__(self):
         if self.n_samples < 1 or self.seq_len < 2:
@@ -203,6 +236,7 @@ class Windows:
     source: str
     sha256: str | None
     total_tokens: int  # tokens in the whole source text (evaluation) or drawn (calibration)
+    bos_token: int | None = None  # every window starts with this token (then seq_len - 1 text tokens)
 
     @property
     def seq_len(self) -> int:
@@ -211,7 +245,8 @@ class Windows:
     def protocol(self) -> dict:
         return {"source": self.source, "sha256": self.sha256, "seq_len": self.seq_len,
                 "windows": int(self.ids.shape[0]), "tokens": int(self.ids.numel()),
-                "source_tokens": self.total_tokens}
+                "source_tokens": self.total_tokens, "bos_first": self.bos_token is not None,
+                "bos_token": self.bos_token}
 
 
 def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.nn.Module | None = None,
@@ -233,6 +268,8 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
             evaluation_files = [data_root(root) / f for f in EVALUATION_FILES]
         check_disjoint(path, [f for f in evaluation_files if Path(f).exists()])
         docs, sha, name = read_documents(path), sha256_file(path), str(path)
+    bos = _bos_for(tokenizer, cfg.bos)
+    span = cfg.seq_len - (bos is not None)  # text tokens per window
     rng = random.Random(cfg.seed)
     cache: dict[int, list[int]] = {}
     windows = []
@@ -242,14 +279,14 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
         if attempts > 50 * cfg.n_samples + 1000:
             raise DataError(f"{name!r}: too few documents longer than {cfg.seq_len} tokens")
         j = rng.randrange(len(docs))
-        if j not in cache:
-            cache[j] = tokenize(tokenizer, docs[j])
+        if j not in cache:  # BOS-first: the text alone, the start token is put before each window
+            cache[j] = tokenize(tokenizer, docs[j], add_special_tokens=bos is None)
         ids = cache[j]
-        if len(ids) <= cfg.seq_len:
+        if len(ids) <= span:
             continue
-        start = rng.randrange(len(ids) - cfg.seq_len)
-        windows.append(ids[start:start + cfg.seq_len])
-    return Windows(torch.tensor(windows, dtype=torch.long), name, sha, cfg.n_samples * cfg.seq_len)
+        start = rng.randrange(len(ids) - span)
+        windows.append(([bos] if bos is not None else []) + ids[start:start + span])
+    return Windows(torch.tensor(windows, dtype=torch.long), name, sha, cfg.n_samples * cfg.seq_len, bos)
 
 
 @torch.no_grad()
@@ -275,7 +312,7 @@ def generated_windows(model: torch.nn.Module, tokenizer: Any, cfg: CalibrationCo
         probs = torch.softmax(out.logits[:, -1, :].float(), -1).cpu()
         nxt = torch.multinomial(probs, 1, generator=gen).to(device)
         ids = torch.cat([ids, nxt], dim=1)
-    return Windows(ids, GENERATED, None, int(ids.numel()))
+    return Windows(ids, GENERATED, None, int(ids.numel()), int(start))
 
 
 def _has_cache(model: torch.nn.Module) -> bool:
@@ -284,17 +321,24 @@ def _has_cache(model: torch.nn.Module) -> bool:
 
 
 def evaluation_windows(tokenizer: Any, source: str, seq_len: int, max_windows: int | None = None,
-                       root: str | None = None) -> Windows:
-    """Non-overlapping ``seq_len`` windows of ``source`` (``wikitext2`` or a text file)."""
+                       root: str | None = None, bos: bool | None = None) -> Windows:
+    """Non-overlapping ``seq_len`` windows of ``source`` (``wikitext2`` or a text file).
+
+    BOS-first (``bos``: see ``CalibrationConfig.bos``): the text stream, tokenized without special
+    tokens, is cut into ``seq_len - 1`` token chunks and the start token put before each."""
     if seq_len < 2:
         raise DataError(f"evaluation windows need seq_len >= 2 (got {seq_len})")
     path = resolve(source, root)
     text = "\n\n".join(read_documents(path)) if path.suffix == ".jsonl" else read_documents(path)[0]
-    ids = tokenize(tokenizer, text)
-    n = len(ids) // seq_len
+    start = _bos_for(tokenizer, bos)
+    ids = tokenize(tokenizer, text, add_special_tokens=start is None)
+    span = seq_len - (start is not None)
+    n = len(ids) // span
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
         raise DataError(f"{str(path)!r} has {len(ids)} tokens: fewer than one window of {seq_len}")
-    t = torch.tensor(ids[:n * seq_len], dtype=torch.long).view(n, seq_len)
-    return Windows(t, str(path), sha256_file(path), len(ids))
+    t = torch.tensor(ids[:n * span], dtype=torch.long).view(n, span)
+    if start is not None:
+        t = torch.cat([torch.full((n, 1), start, dtype=torch.long), t], 1)
+    return Windows(t, str(path), sha256_file(path), len(ids), start)

@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[gguf,dev]"
+.venv/bin/python -m pip install -q -e ".[gguf,dev,lmeval]"  # lmeval: lm-eval-harness for the parity test
 # llama.cpp (the llamacpp extra: llama-cpp-python 0.3.36 from its sdist). Only what the binding loads is
 # built: no multimodal library (LLAVA_BUILD=OFF), no llama.cpp tests/tools/examples/server. The first
 # build takes ~7 min on an idle 2-core machine (30 min on a busy one); pip caches the wheel, so later

@@ -106,3 +106,40 @@ def test_any_text_file_as_evaluation_set(tmp_path):
     assert w.ids.shape == (4, 25) and bytes(w.ids.reshape(-1).tolist()) == ("hello world " * 10).encode()[:100]
     with pytest.raises(DataError, match="fewer than one window"):
         evaluation_windows(TOK, str(f), seq_len=500)
+
+
+# ------------------------------------------------------------------ BOS-first windows (issue 13)
+BOS_TOK = ByteTokenizer(256, bos_token_id=1)
+
+
+def test_bos_prefix_is_asked_of_the_tokenizer():
+    from fxprune.data import bos_prefix
+    assert bos_prefix(BOS_TOK) == 1
+    assert bos_prefix(TOK) is None  # adds nothing (like SmolLM2's tokenizer): windows stay as cut
+
+
+def test_bos_first_evaluation_windows_predict_every_text_token_once(root):
+    w = evaluation_windows(BOS_TOK, "wikitext2", seq_len=50, max_windows=4)
+    text = tokenize(BOS_TOK, wikitext_hf_text(resolve("wikitext2")), add_special_tokens=False)
+    assert w.ids.shape == (4, 50) and (w.ids[:, 0] == 1).all()
+    assert w.ids[:, 1:].reshape(-1).tolist() == text[:4 * 49]  # chunks of L-1, no text token skipped
+    assert w.protocol()["bos_first"] and w.protocol()["bos_token"] == 1
+    off = evaluation_windows(BOS_TOK, "wikitext2", seq_len=50, max_windows=4, bos=False)
+    assert not off.protocol()["bos_first"]
+    assert off.ids.reshape(-1).tolist() == [1] + text[:199]  # as cut: one BOS before the whole stream
+    plain = evaluation_windows(TOK, "wikitext2", seq_len=50, max_windows=4)
+    assert not plain.protocol()["bos_first"] and plain.ids.reshape(-1).tolist() == text[:200]
+    with pytest.raises(DataError, match="bos_token_id"):  # forced, but the tokenizer has no BOS
+        evaluation_windows(TOK, "wikitext2", seq_len=50, max_windows=2, bos=True)
+
+
+def test_bos_first_calibration_windows(root):
+    cfg = CalibrationConfig("c4", n_samples=5, seq_len=32, seed=3)
+    w = calibration_windows(BOS_TOK, cfg)
+    assert w.ids.shape == (5, 32) and (w.ids[:, 0] == 1).all() and w.protocol()["bos_first"]
+    docs = [d.encode() for d in read_documents(resolve("c4"))]
+    for row in w.ids:
+        assert any(bytes(row[1:].tolist()) in d for d in docs)  # BOS, then 31 tokens of one document
+    plain = calibration_windows(BOS_TOK, CalibrationConfig("c4", n_samples=5, seq_len=32, seed=3, bos=False))
+    assert not plain.protocol()["bos_first"] and not (plain.ids[:, 0] == 1).all()
+    assert torch.equal(calibration_windows(TOK, cfg).ids, calibration_windows(TOK, cfg).ids)

@@ -118,11 +118,14 @@ def test_eval_cli_json(root, capsys):
                "--tasks", "arc_easy,piqa", "--limit", "4", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"ppl", "tasks", "protocol"}
+    assert set(out) == {"ppl", "tasks", "protocol", "average"}
     assert 1 < out["ppl"]["wikitext2"] < 1e4
     assert set(out["tasks"]) == {"arc_easy", "piqa"}
     for v in out["tasks"].values():
-        assert set(v) == {"acc", "acc_norm"} and 0 <= v["acc"] <= 1
+        assert set(v) == {"acc", "acc_norm", "seconds"} and 0 <= v["acc"] <= 1
+    assert out["average"]["acc"] == pytest.approx(sum(v["acc"] for v in out["tasks"].values()) / 2)
+    assert out["protocol"]["limit"] == 4 and out["protocol"]["full_sets"] is False
+    assert out["protocol"]["data"]["piqa"]["items"] == 4
     p = out["protocol"]
     assert p["seq_len"] == 32 and p["data"]["wikitext2"]["windows"] == 3
     assert p["data"]["wikitext2"]["tokens"] == 96 and p["data"]["wikitext2"]["predicted_tokens"] == 93
@@ -133,3 +136,27 @@ def test_eval_cli_missing_data_is_an_error(tmp_path, capsys):
     rc = main(["eval", "tiny:llama", "--ppl", "wikitext2", "--data-root", str(tmp_path)])
     assert rc == 2
     assert "wiki.test.raw" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_shared_context_equals_separate_forwards(family):
+    """Cached-context scoring (one context forward per item) gives the unshared log-likelihoods."""
+    from fxprune.evaluation.zeroshot import supports_shared_context
+    model = tiny_model(family).eval()
+    tok = ByteTokenizer(model.config.vocab_size)
+    assert supports_shared_context(model)
+    reqs = [("Question: why?\nAnswer:", " because"), ("Question: why?\nAnswer:", " no"),
+            ("Question: why?\nAnswer:", " it is what it is"), ("Hi", " there you go"), ("Hi", " x"),
+            ("alone", " here")]
+    shared = loglikelihoods(model, tok, reqs, progress=False, share_context=True)
+    separate = loglikelihoods(model, tok, reqs, progress=False, share_context=False)
+    assert shared == pytest.approx(separate, abs=1e-4)
+    assert not supports_shared_context(_toy())
+
+
+def test_tasks_all_is_the_seven():
+    from fxprune.evaluation.suite import SEVEN, parse_tasks
+    assert parse_tasks("all") == list(SEVEN) and len(SEVEN) == 7
+    assert parse_tasks("piqa,all") == ["piqa"] + [t for t in SEVEN if t != "piqa"]
+    with pytest.raises(DataError, match="unknown task"):
+        parse_tasks("arc_easy,nope")

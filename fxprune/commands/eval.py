@@ -19,8 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=512, help="window length L in tokens (default 512)")
     p.add_argument("--windows", type=int, default=None, help="use only the first N windows")
     p.add_argument("--tasks", default="", help="comma-separated zero-shot tasks (arc_easy, arc_challenge, "
-                                                "boolq, openbookqa, piqa, winogrande, hellaswag)")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each task")
+                                                "boolq, openbookqa, piqa, winogrande, hellaswag; 'all' = these seven)")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each task (recorded; default: full sets)")
+    p.add_argument("--scorer", default="own", choices=["own", "lm-eval"],
+                   help="zero-shot scorer: fxprune's own (default; tested equal to lm-eval item by item) or "
+                        "lm-eval-harness 0.4.x on the in-memory model (extra 'lmeval')")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--data-root", default=None, help="data directory (default $FXPRUNE_DATA or ../shared/data)")
     p.add_argument("--batch-size", type=int, default=1, help="perplexity windows per forward")
@@ -50,6 +53,7 @@ def run(args) -> int:
     import torch
     from ..calibration.engine import Engine, EngineConfig
     from ..data import evaluation_windows, tokenizer_for
+    from ..evaluation.suite import evaluate_suite, parse_tasks
     from ..evaluation.tasks import load_task
     from ..loading import load_model
 
@@ -65,7 +69,9 @@ def run(args) -> int:
         "model": loaded.source, "seq_len": args.seq_len, "windows": args.windows, "limit": args.limit,
         "precision": args.precision, "world_size": engine.world_size,
         "perplexity": "exp(sum NLL / predicted tokens), non-overlapping windows, L-1 predictions each",
-        "zeroshot": "own scorer, lm-eval loglikelihood protocol; acc_norm = ll / len(choice) in characters, as lm-eval",
+        "zeroshot": ("own scorer, lm-eval loglikelihood protocol (shared-context scoring); acc_norm = ll / "
+                     "len(choice) in characters, as lm-eval") if args.scorer == "own" else
+                    "lm-eval-harness (official task templates, local data files), in-memory HF model",
         "data": {}, "versions": _versions()}}
     with torch.no_grad():
         for name in [s for s in args.ppl.split(",") if s]:
@@ -73,11 +79,15 @@ def run(args) -> int:
             r = engine.perplexity(model, w.ids, batch_size=args.batch_size)
             result["ppl"][name] = r.ppl
             result["protocol"]["data"][name] = {**w.protocol(), "predicted_tokens": r.tokens}
-        for name in [s for s in args.tasks.split(",") if s]:
-            items, proto = load_task(name, args.data_root, args.limit)
-            r = engine.zeroshot(model, tok, items)
-            result["tasks"][name] = {"acc": r.acc, "acc_norm": r.acc_norm}
-            result["protocol"]["data"][name] = proto
+        tasks = parse_tasks(args.tasks)
+        if tasks:
+            zs = evaluate_suite(model, tok, tasks, limit=args.limit, root=args.data_root, engine=engine,
+                                scorer=args.scorer)
+            for name, r in zs["tasks"].items():
+                result["tasks"][name] = {"acc": r["acc"], "acc_norm": r["acc_norm"], "seconds": r["seconds"]}
+                result["protocol"]["data"][name] = {**load_task(name, args.data_root, args.limit)[1], "items": r["items"]}
+            result["average"] = zs["average"]
+            result["protocol"]["full_sets"] = zs["full_sets"]
     if engine.is_main:
         if args.json:
             print(json.dumps(result, indent=2))
@@ -85,5 +95,9 @@ def run(args) -> int:
             for k, v in result["ppl"].items():
                 print(f"ppl {k}: {v:.4f}")
             for k, v in result["tasks"].items():
-                print(f"{k}: acc {v['acc']:.4f} acc_norm {v['acc_norm']:.4f}")
+                print(f"{k}: acc {v['acc']:.4f} acc_norm {v['acc_norm']:.4f} ({v['seconds']}s)")
+            if "average" in result:
+                a = result["average"]
+                print(f"average of {a['tasks']} tasks: acc {a['acc']:.4f} acc_norm {a['acc_norm']:.4f}"
+                      + ("" if args.limit is None else f" (first {args.limit} items of each task)"))
     return 0

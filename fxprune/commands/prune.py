@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..evaluation import render as _report
+
 NAME = "prune"
 HELP = "Prune MODEL by RECIPE with calibration DATA and save the result to DIR."
 
@@ -28,6 +30,7 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--deploy-dtype", default=None, help="GGUF type the result will be deployed as (q8_0, q4_0, "
                    "q4_k_m...): FFN widths are rounded to the row multiple it needs (fxprune.export.types)")
+    _report.add_report_arguments(p)  # --eval-tasks, --limit (fxprune/evaluation/report.py)
 
 
 def resolve_recipe(spec: str) -> Path:
@@ -139,6 +142,7 @@ def _run_structured(args, path: Path) -> int:
         report["ppl_pruned"] = _ppl(model, tok, args)
     save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan})
     report["out"] = args.out
+    report["report"] = str(_report.write_prune_report(args, report, loaded))  # report.md beside the weights
     _print(report, args)
     return 0
 
