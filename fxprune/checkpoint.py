@@ -25,7 +25,7 @@ from torch import nn
 
 from . import structure as _structure
 from .errors import CheckpointError
-from .models import adapter_for
+from .models.base import attribute_diff
 from .structure import apply_structure
 
 STRUCTURE_KEY = "fxprune_structure"
@@ -63,15 +63,12 @@ def compute_structure(model: nn.Module) -> dict:
         raise CheckpointError(f"model lacks parameters its config defines: {missing[:5]}")
     if not params and not specs:
         return {}
-    adapter = adapter_for(model)
     attrs = {}
     fresh_mods = dict(fresh.named_modules())
     for name, mod in model.named_modules():
-        synced = adapter.sync(mod)
-        diff = {k: v for k, v in synced.items()
-                if name in fresh_mods and getattr(fresh_mods[name], k, None) != v}
+        diff = attribute_diff(mod, fresh_mods[name]) if name in fresh_mods else {}
         if diff:
-            attrs[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in diff.items()}
+            attrs[name] = diff
     out = {"params": params, "attrs": attrs}
     if specs:
         out["modules"] = specs

@@ -1,9 +1,11 @@
 """Physical pruning of the eager model from a plan, masking (the reference semantics), verification.
 
 A *plan* maps group id -> the unit indices to KEEP. Surgery slices every member parameter of every
-planned group, lets the family adapter re-derive module attributes from the new shapes, patches the
-config when widths are uniform, and (optionally) re-captures the model to verify every group has its
-new size.
+planned group, re-derives the module attributes that carry a width with no per-family code (the
+analysis traced which attributes feed which tensor sizes: ``analysis/widths.py``; surgery solves
+them for the new widths), narrows value projections with padded linears (``attn_v_channels``),
+lets an optional family adapter add what could not be inferred, patches the config when widths
+are uniform, and (optionally) re-captures the model to verify every group has its new size.
 """
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ import torch
 from torch import nn
 
 from .analysis.analyser import Analysis, analyse
-from .analysis.groups import Group, Kind
+from .analysis.groups import Group
+from .analysis.widths import apply_values, current_values, scope_of, stale_attributes, trace_widths
 from .errors import PlanError, SurgeryError, VerificationError
+from .kinds import ATTENTION_KINDS, Kind
 from .models import adapter_for
+from .models.base import sync_standard_module
 
 Plan = dict  # group id -> iterable of kept unit indices
 
@@ -132,11 +137,14 @@ def prune(model: nn.Module, plan: Plan, analysis: Analysis | None = None, verify
 
     Contract: the pruned model computes what ``apply_mask`` computes, keeps ``forward``,
     ``generate`` and ``save_pretrained`` working, and (with ``verify``) re-captures with every
-    planned group at its new size, else ``VerificationError``."""
+    planned group at its new size, else ``VerificationError``. Nothing is changed when the module
+    attributes cannot be re-derived (``SurgeryError`` naming the op and module)."""
     analysis = analysis or analyse(model)
     plan = validate_plan(analysis, plan)
     adapter = adapter_for(model)
     before = count_params(model)
+    new_attrs = _solve_attributes(model, analysis, plan)
+    widths_before = _value_widths(model)
     masks = _keep_masks(analysis, plan)
     per_param = defaultdict(dict)
     for (pname, dim), keep in masks.items():
@@ -158,27 +166,109 @@ def prune(model: nn.Module, plan: Plan, analysis: Analysis | None = None, verify
             parts = pname.split(".")[:-1]
             for i in range(len(parts), -1, -1):
                 touched.add(".".join(parts[:i]))
+    apply_values(model, new_attrs)
+    _narrow_values(model, analysis, plan, widths_before)
+    trusted = {(a.module, a.name) for a in analysis.widths.used() if not a.config} if analysis.widths else set()
     for name in sorted(touched, key=lambda s: -s.count(".")):
-        adapter.sync(model.get_submodule(name) if name else model)
-    stock = adapter.patch_config(model.config, model) if hasattr(model, "config") else False
+        mod = model.get_submodule(name) if name else model
+        trusted |= {(name, k) for k in sync_standard_module(mod)}
+        trusted |= {(name, k) for k in adapter.sync_module(mod)}
+    if hasattr(model, "config"):
+        for (path, name), v in stale_attributes(model, trusted, {scope_of(t) for t in touched}).items():
+            setattr(model.get_submodule(path), name, v)
+    stock = _patch_config(model, adapter)
     result = SurgeryResult(plan, before, count_params(model), stock)
     if verify:
         result.analysis_after = verify_pruned(model, analysis, plan)
     return result
 
 
+def _solve_attributes(model, analysis: Analysis, plan: dict) -> dict:
+    """The module attributes (``widths.Attr`` -> value) that give every traced size its new width."""
+    trace = analysis.widths
+    if trace is None:
+        if analysis.captured is None:
+            return {}
+        trace = trace_widths(model, analysis.captured)
+        object.__setattr__(analysis, "widths", trace)
+    if trace.error:
+        raise SurgeryError(f"cannot re-derive module attributes: tracing them failed ({trace.error})")
+    sized = {gid: keep for gid, keep in plan.items() if analysis.group(gid).kind != Kind.V_CHANNELS}
+    new, problems = trace.solve(analysis.dim_groups, sized, current_values(model, trace))
+    if problems:
+        raise SurgeryError("cannot re-derive module attributes for this plan: " + "; ".join(problems[:5]))
+    return new
+
+
+def _narrow_values(model, analysis: Analysis, plan: dict, widths_before: dict) -> None:
+    """Value-channel groups: the value projection pads each KV head back to the head width and the
+    output projection reads the kept channels of every q head (``structure.PaddedOutLinear`` /
+    ``SlicedInLinear``), so the attention module, its scale and its KV-cache layout stay stock.
+    Already narrowed projections whose head count changed get their new head count."""
+    from .models.base import sync_value_width
+    from .structure import PaddedOutLinear, SlicedInLinear
+    done = set()
+    for gid, keep in plan.items():
+        g = analysis.group(gid)
+        if g.kind != Kind.V_CHANNELS:
+            continue
+        v = next(m for m in g.members if m.role == "producer" and m.param.endswith("weight"))
+        o = next(m for m in g.members if m.role == "consumer" and m.param.endswith("weight"))
+        vm, om = (model.get_submodule(m.param.rsplit(".", 1)[0]) for m in (v, o))
+        width = len(keep)
+        sync_value_width(vm, om, g.units, vm.weight.shape[0] // width, om.weight.shape[1] // width)
+        done |= {id(vm), id(om)}
+    for name, mod in model.named_modules():
+        if id(mod) in done or not isinstance(mod, (PaddedOutLinear, SlicedInLinear)) or name not in widths_before:
+            continue
+        width = widths_before[name]
+        size = mod.weight.shape[0] if isinstance(mod, PaddedOutLinear) else mod.weight.shape[1]
+        mod.groups = size // width
+
+
+def _value_widths(model) -> dict:
+    """Kept value channels per head of every narrowed projection (before surgery)."""
+    from .structure import PaddedOutLinear, SlicedInLinear
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, PaddedOutLinear):
+            out[name] = mod.weight.shape[0] // mod.groups
+        elif isinstance(mod, SlicedInLinear):
+            out[name] = mod.weight.shape[1] // mod.groups
+    return out
+
+
+def _patch_config(model, adapter) -> bool:
+    if not hasattr(model, "config"):
+        return False
+    return adapter.patch_config(model.config, model)
+
+
 def verify_pruned(model: nn.Module, before: Analysis, plan: dict[str, list[int]]) -> Analysis:
     """Re-capture ``model`` and check every group has the expected unit count.
 
-    A group pruned to one unit may disappear (a size-1 axis has nothing left to prune)."""
+    Groups are matched by their members (parameter, dim), not by id: ids are derived from module
+    paths and can shift when a group disappears. A group pruned to one unit may disappear (a size-1
+    axis has nothing left to prune)."""
     after = analyse(model)
     got = after.by_id()
+    by_member = {}
+    for g in after.groups:
+        for m in g.members:
+            by_member.setdefault((m.param, m.dim), []).append(g)
     problems = []
     for g in before.groups:
-        if g.kind not in (Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV, Kind.FFN, Kind.SSM):
+        if g.kind not in (*ATTENTION_KINDS, Kind.FFN, Kind.SSM, Kind.SSM_HEADS, Kind.MOE_EXPERTS, Kind.MOE_FFN):
             continue
         want = len(plan[g.id]) if g.id in plan else g.units
-        have = got[g.id].units if g.id in got else 1
+        same = got.get(g.id)
+        if same is not None and (same.kind == g.kind or {same.kind, g.kind} <= set(ATTENTION_KINDS)):
+            have = same.units  # (kv groups become heads once one q head per group is left)
+        else:
+            key = next(((m.param, m.dim) for m in g.members if m.role == "consumer"),
+                       (g.members[0].param, g.members[0].dim))
+            cands = [h for h in by_member.get(key, []) if h.kind == g.kind]
+            have = cands[0].units if cands else 1
         if have != want:
             problems.append(f"{g.id}: expected {want} units, re-capture shows {have}")
     if problems:

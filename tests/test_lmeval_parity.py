@@ -75,3 +75,17 @@ def test_lm_eval_refuses_stand_in_tokenizer():
     from fxprune.models.tiny import tiny_model
     with pytest.raises(DataError, match="Hugging Face tokenizer"):
         evaluate_lm_eval(tiny_model("llama"), ByteTokenizer(128), ["piqa"], limit=1)
+
+
+def test_suite_with_either_scorer_agrees(tiny_lm, bpe_tokenizer, root, capsys):
+    from fxprune.cli import main
+    from fxprune.evaluation.suite import evaluate_suite
+    own = evaluate_suite(tiny_lm, bpe_tokenizer, ["piqa", "winogrande"], limit=3)
+    ref = evaluate_suite(tiny_lm, bpe_tokenizer, ["piqa", "winogrande"], limit=3, scorer="lm-eval")
+    for t in ("piqa", "winogrande"):
+        assert own["tasks"][t]["acc"] == ref["tasks"][t]["acc"] and own["tasks"][t]["items"] == 3
+        assert own["tasks"][t]["acc_norm"] == ref["tasks"][t]["acc_norm"]
+    assert own["average"] == ref["average"] and ref["scorer"] == "lm-eval" and ref["limit"] == 3
+    # the CLI names the problem when lm-eval cannot run (tiny models have a stand-in tokenizer)
+    assert main(["eval", "tiny:llama", "--tasks", "piqa", "--limit", "1", "--scorer", "lm-eval"]) == 2
+    assert "Hugging Face tokenizer" in capsys.readouterr().err

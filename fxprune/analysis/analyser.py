@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import prod
 
 from torch import fx, nn
 
 from ..capture import CapturedGraph, capture
 from ..errors import AnalysisError
-from .axes import AxisGraph
+from .axes import AxisGraph, Factor
 from .context import RuleContext, op_name, packet_name, shapes_of
-from .groups import DEPTH2_KINDS, Group, Kind, Member
+from ..kinds import DEPTH2_KINDS, Kind
+from .groups import Group, Member
 from .rules import IGNORED, find_rule
+from .widths import DYN, WidthTrace, trace_widths
 
 ROLE_ORDER = ("producer", "consumer", "depthwise", "embedding")
 
@@ -28,6 +30,9 @@ class Analysis:
     capture_seconds: float
     analysis_seconds: float
     captured: CapturedGraph = field(repr=False, compare=False, default=None)
+    # (tensor id, dim) -> ((factor size, group id or None), ...) for dims a group's factor lies in
+    dim_groups: dict = field(repr=False, compare=False, default_factory=dict)
+    widths: WidthTrace | None = field(repr=False, compare=False, default=None)
 
     def group(self, gid: str) -> Group:
         for g in self.groups:
@@ -122,16 +127,14 @@ def _role(tags: set) -> str:
 def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None) -> Analysis:
     """Capture (if needed) and analyse ``model`` into prune groups.
 
-    ``supported_kinds``: kinds the model family's adapter can physically prune; other depth-2 groups
-    are reported with ``not_offered``. Defaults to the adapter registered for the model.
+    With an eager model, its module attributes are traced (``widths.trace_widths``) and every
+    depth-2 group whose widths surgery could not re-derive is reported ``not_offered`` with the
+    reason. ``supported_kinds`` (optional) restricts the offered kinds further.
     """
     if isinstance(model, CapturedGraph):
         cg, eager = model, None
     else:
         cg, eager = capture(model), model
-    if supported_kinds is None and eager is not None:
-        from ..models import adapter_for
-        supported_kinds = adapter_for(eager).supported_kinds
     t0 = time.perf_counter()
     ag, shapes, blocking = build_axis_graph(cg)
     ag.refine()
@@ -151,7 +154,7 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         tags_of[i] = comp_tags(comp)
         raw.append((i, comp, pf))
 
-    groups, used_ids = [], defaultdict(int)
+    groups, used_ids, comp_gid = [], defaultdict(int), {}
     for i, comp, pf in raw:
         units = pf[0].size
         blocked, seen, members = set(), set(), []
@@ -181,13 +184,14 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         used_ids[gid] += 1
         if used_ids[gid] > 1:
             gid = f"{gid}#{used_ids[gid] - 1}"
+        comp_gid[i] = gid
         not_offered = ""
         if kind == Kind.RESIDUAL:
             not_offered = "the residual stream is not a depth-2 group"
         elif kind not in DEPTH2_KINDS:
             not_offered = f"{kind} groups are reported, not pruned"
         elif supported_kinds is not None and kind not in supported_kinds:
-            not_offered = f"the model family adapter cannot resize {kind}"
+            not_offered = f"{kind} groups were not asked for (supported_kinds={sorted(supported_kinds)})"
         cons = [m for m in members if m.role == "consumer"] or members
         explanation = tuple(why[:12] + ([f"... and {len(why) - 12} more"] if len(why) > 12 else []))
         detail = {}
@@ -199,9 +203,69 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
                                 if (f.tid, f.dim) in {(x.tid, x.dim) for x in pf}),
             members=tuple(members), blocked_by=tuple(sorted(blocked)), not_offered=not_offered,
             explanation=explanation, detail=detail))
+    dim_groups = {}
+    for key, fs in ag.factors.items():
+        row = tuple((size, comp_gid.get(comp_of.get(Factor(key[0], key[1], k, size)))) for k, size in enumerate(fs))
+        if any(gid is not None for _, gid in row):
+            dim_groups[key] = row
+    trace = None
+    if eager is not None:
+        trace = trace_widths(eager, cg)
+        groups = _check_resizable(groups, trace, dim_groups, eager)
     groups.sort(key=lambda g: (_natural(g.id)))
     seconds = time.perf_counter() - t0
-    return Analysis(cg.model_class, tuple(groups), tuple(blocking), cg.capture_seconds, seconds, cg)
+    return Analysis(cg.model_class, tuple(groups), tuple(blocking), cg.capture_seconds, seconds, cg,
+                    dim_groups, trace)
+
+
+def _check_resizable(groups, trace: WidthTrace, dim_groups: dict, model) -> list:
+    """Mark depth-2 groups whose module attributes could not be re-derived after surgery."""
+    if trace.error:
+        why = f"fxprune could not trace the module attributes that carry widths ({trace.error[:200]})"
+        return [replace(g, not_offered=why) if g.prunable else g for g in groups]
+    affected = trace.affected(dim_groups)
+    sym_uses = defaultdict(set)
+    for i, u in enumerate(trace.uses):
+        if u.expr is not None:
+            for s in u.expr.free_symbols - {DYN}:
+                sym_uses[s].add(i)
+    out = []
+    for g in groups:
+        if not g.prunable or g.units < 2 or g.kind == Kind.V_CHANNELS:
+            if g.prunable and g.kind == Kind.V_CHANNELS:
+                why = value_width_problem(g, model)
+                g = replace(g, not_offered=why) if why else g
+            out.append(g)
+            continue
+        uses = set(affected.get(g.id, ()))
+        for i in list(uses):
+            e = trace.uses[i].expr
+            for s in (e.free_symbols if e is not None else ()):
+                uses |= sym_uses[s]
+        _, problems = trace.solve(dim_groups, {g.id: list(range(g.units - 1))}, uses=uses)
+        if problems:
+            g = replace(g, not_offered="cannot resize: " + "; ".join(problems[:3]))
+        out.append(g)
+    return out
+
+
+def value_width_problem(g: Group, model) -> str:
+    """Why the value channels of ``g`` cannot be narrowed ('' if they can): surgery pads each KV head
+    back to the head width (``structure.PaddedOutLinear``), which needs separate linear layers."""
+    from torch import nn as _nn
+    from ..structure import PaddedOutLinear, SlicedInLinear
+    for m in g.members:
+        if not m.param.endswith("weight") or m.role not in ("producer", "consumer"):
+            continue
+        path = m.param.rsplit(".", 1)[0]
+        mod = model.get_submodule(path)
+        want = (PaddedOutLinear, _nn.Linear) if m.role == "producer" else (SlicedInLinear, _nn.Linear)
+        if type(mod) not in want and not isinstance(mod, (PaddedOutLinear, SlicedInLinear)):
+            return (f"value channels: {path} is a {type(mod).__name__}; narrowing values needs separate "
+                    "nn.Linear value and output projections (a fused projection is not supported)")
+        if m.role == "producer" and m.dim != 0 or m.role == "consumer" and m.dim != 1:
+            return f"value channels: {path} is not read as an nn.Linear"
+    return ""
 
 
 def _numel(shape) -> int:

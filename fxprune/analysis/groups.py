@@ -11,22 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 
-class Kind:
-    """Group kinds (strings, so they print and serialise as themselves)."""
-
-    ATTN_HEADS = "attn_heads"            # MHA heads: q, k, v rows + o columns of a head
-    ATTN_KV_GROUPS = "attn_kv_groups"    # GQA: one kv head with its n_rep q heads
-    ATTN_Q_PER_KV = "attn_q_per_kv"      # GQA/MQA: the same q head removed in every kv group
-    FFN = "ffn_channels"                 # GLU (gate, up rows; down cols) or plain (fc1 rows; fc2 cols)
-    SSM = "ssm_channels"                 # Mamba d_inner channels
-    QK_CHANNELS = "attn_qk_channels"     # q/k channels within heads (not offered: head size fixed)
-    V_CHANNELS = "attn_v_channels"       # v/o channels within heads (Olica's V/O decomposition)
-    LOW_RANK = "low_rank"                # the rank of a factorised linear (x -> up(down(x))), reported only
-    RESIDUAL = "residual"                # the hidden stream: not depth-2, reported only
-    OTHER = "other"
-
-
-DEPTH2_KINDS = {Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV, Kind.FFN, Kind.SSM, Kind.V_CHANNELS}
+from ..kinds import ATTENTION_KINDS, DEPTH2_KINDS, Kind  # noqa: F401  (re-exported: old import path)
 
 
 @dataclass(frozen=True)
@@ -70,7 +55,8 @@ class Group:
 
     @property
     def module(self) -> str:
-        return self.id.split(":")[0]
+        """The module path the group's members share (the id without ':kind' or '#n')."""
+        return self.id.split(":")[0].split("#")[0]
 
     def members_by_role(self, role: str) -> list[Member]:
         return [m for m in self.members if m.role == role]

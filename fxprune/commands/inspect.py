@@ -17,14 +17,17 @@ def add_arguments(p):
 
 def run(args) -> int:
     from ..analysis.analyser import analyse
+    from ..analysis.needs import needs
     from ..loading import load_model
     t0 = time.perf_counter()
     loaded = load_model(args.model)
     load_s = time.perf_counter() - t0
     a = analyse(loaded.model)
+    todo = needs(a)
     if args.json:
         out = a.to_json(args.model)
         out["load_seconds"] = round(load_s, 3)
+        out["needs"] = todo
         json.dump(out, sys.stdout, indent=1)
         print()
         return 0
@@ -34,9 +37,18 @@ def run(args) -> int:
     print(f"{'group':48s} {'kind':16s} {'units':>6s} {'unit':>5s} {'params/unit':>12s}  status")
     for g in groups:
         status = "prunable" if g.prunable else (g.not_offered or "blocked: " + g.blocked_by[0])
+        status = status if len(status) < 140 else status[:137] + "..."
         print(f"{g.id:48s} {g.kind:16s} {g.units:6d} {g.unit_size:5d} {g.params_per_unit:12d}  {status}")
     if a.blocking_ops:
         ops = sorted({f"{b['op']} @ {b['module']}" for b in a.blocking_ops})
         print(f"ops with no rule (their axes are blocked): {', '.join(ops[:8])}"
               + (f" ... (+{len(ops) - 8})" if len(ops) > 8 else ""))
+    if todo:
+        print("what would make the remaining groups prunable:")
+        for t in todo:
+            where = f" at {', '.join(t['where'][:2])}" if t["where"] and t["need"] != "adapter" else ""
+            print(f"  [{t['need']}] {t['what']}{where}: {len(t['groups'])} group(s), e.g. {t['groups'][0]}")
+            if t["need"] == "adapter":
+                for w in t["where"][:2]:
+                    print(f"      {w}")
     return 0

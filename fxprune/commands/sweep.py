@@ -43,7 +43,8 @@ def add_arguments(p):
     p.add_argument("--windows", type=int, default=64, help="perplexity windows (first N)")
     p.add_argument("--tasks", default="", help="zero-shot tasks ('all' = the seven)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each task (recorded)")
-    p.add_argument("--widths-run", default=None, help="RECIPE@TARGET whose layer widths are plotted")
+    p.add_argument("--widths-run", default=None, help="RECIPE@TARGET whose layer widths are plotted "
+                                                       "(default: the first recipe at its largest target)")
     p.add_argument("--save-checkpoints", action="store_true", help="also save every pruned model in OUT/ckpt/")
     p.add_argument("--data-root", default=None)
 
@@ -115,7 +116,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_outputs(out: Path, rows: list[dict], widths_run: str | None) -> dict:
+def write_outputs(out: Path, rows: list[dict], widths_run: str | None, final: bool = True) -> dict:
     from ..evaluation.plots import plot_sweep, plot_widths
     flat = table_rows(rows)
     cols = list(dict.fromkeys(k for r in flat for k in r))
@@ -137,10 +138,11 @@ def write_outputs(out: Path, rows: list[dict], widths_run: str | None) -> dict:
         plots["zeroshot"] = str(plot_sweep(pruned, out / "sweep_zeroshot.png", metric="zs_acc",
                                            label="zero-shot average acc" + (f" (first {lim} items)" if lim else ""),
                                            dense=dense.get("zs_acc") if dense else None))
-    chosen = None
-    if pruned:
-        chosen = next((r for r in pruned if _key(r["recipe"], r["target"]) == widths_run), None) \
-            or max(pruned, key=lambda r: (r["recipe"] == pruned[0]["recipe"], r["target"]))
+    if widths_run:  # the chosen run, once it is done
+        chosen = next((r for r in pruned if _key(r["recipe"], r["target"]) == widths_run), None)
+    else:  # default: the first recipe at its largest target, once the sweep is complete
+        chosen = max(pruned, key=lambda r: (r["recipe"] == pruned[0]["recipe"], r["target"])) if final and pruned else None
+    if chosen is not None:
         name = f"widths_{Path(chosen['recipe']).stem}_{chosen['target']:g}.png"
         plots["widths"] = str(plot_widths(chosen["widths"], out / name, dense=dense.get("widths") if dense else None,
                                           title=f"kept width per layer: {_key(chosen['recipe'], chosen['target'])}"))
@@ -244,7 +246,7 @@ def run(args) -> int:
             del model
             print(f"{_key(name, t)}: removed {row['removed']:.3f} of all parameters, ppl {row.get('ppl')}, "
                   f"zero-shot {row.get('zs_acc')} ({prune_s}s prune, {row['eval_seconds']}s eval)", flush=True)
-            write_outputs(out, rows, args.widths_run)
+            write_outputs(out, rows, args.widths_run, final=False)
     plots = write_outputs(out, rows, args.widths_run)
     print(f"results: {out / 'results.csv'}, {out / 'results.json'}; plots: {', '.join(plots.values())}")
     return 0

@@ -1,10 +1,11 @@
-"""Model-family adapters: the only model-specific code in fxprune, one small file per family.
+"""Model knowledge: tiny configs (``tiny.py``), the transformers zoo (``zoo.py``) and optional family adapters.
 
-An adapter never decides *what* is coupled (the analysis does that from the graph); it only keeps
-module attributes and the config consistent with the weight shapes after surgery:
+fxprune needs no family adapter: surgery re-derives the module attributes that carry widths from a
+traced forward (``analysis/widths.py``) and the stock config fields from a traced construction
+(``base.patch_config_generic``). An adapter is for what those traces cannot see; it is one small
+file here, registered with ``@register``, and its docstring says what it adds:
 
-* ``sync(module)`` re-derives a module's attributes from its current weight shapes and returns the
-  attributes it set (recorded in checkpoints so a loader can restore them);
+* ``sync_module(module)`` sets attributes the generic code could not (returns them);
 * ``patch_config(config, model)`` writes uniform widths into the stock config and says whether the
   stock config can now describe the model (else the checkpoint records per-layer structure).
 """
@@ -28,7 +29,5 @@ def adapter_for(model) -> FamilyAdapter:
             return a
     return GenericAdapter()
 
-
-from . import bert, gpt2, llama, mamba, opt  # noqa: E402,F401  (registration)
 
 __all__ = ["ADAPTERS", "FamilyAdapter", "GenericAdapter", "adapter_for", "register", "sync_standard_module"]

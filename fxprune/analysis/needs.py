@@ -1,0 +1,68 @@
+"""What a contributor would have to add so that the groups of a model that are not prunable become so.
+
+``needs(analysis)`` turns the reasons of non-prunable depth-2 groups into a short worklist:
+
+* ``rule``: an ATen op with no rule (``fxprune/analysis/rules/``) blocks the groups' channels;
+* ``rule-limit``: a rule exists but refuses this use (an unequal split, a grouped convolution...);
+* ``adapter``: the analysis found the group but surgery could not re-derive a width (a constant
+  size, an attribute it cannot tell apart): a family adapter (``fxprune/models/``) must set it;
+* ``capability``: fxprune itself does not support the construct yet (fused value projections...).
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from ..kinds import DEPTH2_KINDS
+
+_NO_RULE = re.compile(r"no rule for (\S+) @ (\S+)")
+_BY_OP = re.compile(r"^(.*?) by (\S+) @ (\S+)$")
+
+
+def needs(analysis) -> list[dict]:
+    """``[{"need", "what", "where", "groups"}]``, most-blocking first."""
+    found = defaultdict(lambda: {"where": set(), "groups": set()})
+    for g in analysis.groups:
+        if g.prunable or g.kind not in DEPTH2_KINDS:
+            continue
+        for b in g.blocked_by:
+            m = _NO_RULE.search(b)
+            if m:
+                key = ("rule", f"a rule for {m.group(1)} (fxprune/analysis/rules/)")
+                found[key]["where"].add(m.group(2))
+            else:
+                m2 = _BY_OP.match(b)
+                if m2 and not m2.group(1).startswith("fixed"):
+                    key = ("rule-limit", f"{m2.group(2)}: its rule refuses this use ({m2.group(1)})")
+                    found[key]["where"].add(m2.group(3))
+                else:
+                    continue
+            found[key]["groups"].add(g.id)
+        if g.not_offered:
+            text = g.not_offered
+            if text.startswith("cannot resize: "):
+                for part in text[len("cannot resize: "):].split("; "):
+                    key = ("adapter", "an adapter (fxprune/models/, sync_module) that sets " + _subject(part))
+                    found[key]["where"].add(part)
+                    found[key]["groups"].add(g.id)
+            elif text.startswith("value channels:") or text.startswith("fxprune could not trace"):
+                key = ("capability", text)
+                found[key]["groups"].add(g.id)
+    out = [{"need": k[0], "what": k[1], "where": sorted(v["where"])[:5], "groups": sorted(v["groups"])}
+           for k, v in found.items()]
+    out.sort(key=lambda d: (-len(d["groups"]), d["need"], d["what"]))
+    return out
+
+
+def _subject(problem: str) -> str:
+    """'size 4 at view @ blocks.0 (x.py:3) is a constant...' -> 'the size 4 of view @ blocks.0 (x.py:3)'."""
+    m = re.match(r"size (\S+) at (.+?) is a constant", problem)
+    if m:
+        return f"the width {m.group(1)} hard-coded at {m.group(2)}"
+    m = re.match(r"cannot tell which of (.+?) carries size", problem)
+    if m:
+        return f"one of {m.group(1)} (fxprune cannot tell which carries the width)"
+    m = re.match(r"(.+?) must give", problem)
+    if m:
+        return f"{m.group(1)} (one attribute, two widths)"
+    return problem

@@ -1,0 +1,262 @@
+"""The transformers model zoo, tiny: discover architectures from transformers' auto mappings and build
+a tiny random config of each on CPU, with no per-family code except the overrides a config cannot be
+shrunk without (listed in ``OVERRIDES``, each with the reason).
+
+``zoo_families()`` lists ``(model_type, head)`` for every causal-LM architecture, the masked-LM
+encoders and the state-space models transformers registers. ``tiny_zoo_config(model_type)`` shrinks
+the config class's defaults by field name (``SIZES``); ``tiny_zoo_model`` builds the model (after
+counting its parameters on the meta device, so a config that does not shrink is refused, not built).
+Random weights: never quote quality on these.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+# Field name -> tiny value. Applied to whatever fields the config class has (directly or through
+# its ``attribute_map``). Widths are chosen so that every derived size stays an integer.
+SIZES = {
+    "vocab_size": 128, "hidden_size": 64, "n_embd": 64, "d_model": 64, "embed_dim": 64, "dim": 64,
+    "num_hidden_layers": 2, "n_layer": 2, "n_layers": 2, "num_layers": 2,
+    "num_attention_heads": 4, "n_head": 4, "n_heads": 4, "num_heads": 4,
+    "num_key_value_heads": 2, "multi_query_group_num": 2, "num_query_groups": 2, "n_kv_heads": 2,
+    "head_dim": 16, "attention_head_dim": 16, "kv_channels": 16,
+    "intermediate_size": 96, "n_inner": 96, "ffn_dim": 96, "d_ff": 96, "ffn_hidden_size": 96,
+    "max_position_embeddings": 256, "n_positions": 256, "n_ctx": 256, "max_seq_len": 256, "seq_length": 256,
+    "moe_intermediate_size": 32, "expert_intermediate_size": 32, "shared_expert_intermediate_size": 48,
+    "shared_intermediate_size": 48, "moe_shared_expert_intermediate_size": 48,
+    "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
+    "num_experts_per_tok": 2, "moe_topk": 2, "top_k": 2, "n_shared_experts": 1, "num_shared_experts": 1,
+    "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1,
+    "state_size": 8, "ssm_state_size": 8, "mamba_d_state": 8, "d_state": 8,
+    "time_step_rank": 4, "mamba_dt_rank": 4, "dt_rank": 4,
+    "mamba_n_heads": 8, "mamba_num_heads": 8, "n_mamba_heads": 8, "mamba_d_head": 16, "mamba_head_dim": 16,
+    "mamba_headdim": 16, "n_groups": 1, "mamba_n_groups": 1, "mamba_ngroups": 1,
+    "chunk_size": 16, "mamba_chunk_size": 16, "mamba_d_ssm": 128,
+    "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
+    "linear_key_head_dim": 16, "linear_value_head_dim": 16, "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4, "attention_hidden_size": 128, "adapter_rank": 8,
+    "sliding_window": 64, "attention_window": 64, "type_vocab_size": 2,
+    "word_embed_proj_dim": 64, "rotary_dim": 8, "partial_rotary_factor": None,
+    "global_attn_every_n_layers": 2, "num_nextn_predict_layers": 0,
+}
+
+# Families whose tiny config needs more than SIZES (each with the reason).
+OVERRIDES: dict[str, dict] = {
+    # hybrid stacks: one layer of each kind
+    "jamba": dict(num_hidden_layers=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                  expert_layer_offset=1, mamba_expand=2, use_mamba_kernels=False),
+    "bamba": dict(num_hidden_layers=2, attn_layer_indices=[1], mamba_expand=2),
+    "falcon_h1": dict(num_hidden_layers=2, mamba_expand=2, mamba_d_ssm=128),
+    "granitemoehybrid": dict(num_hidden_layers=2, layer_types=["mamba", "attention"], mamba_expand=2),
+    "nemotron_h": dict(layers_block_type=["mamba", "attention", "mlp", "moe"], expand=2),
+    "zamba2": dict(num_hidden_layers=2, hybrid_layer_ids=[1], mamba_expand=2),
+    "qwen3_next": dict(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"]),
+    "mamba": dict(hidden_size=32, expand=2, use_mambapy=False),
+    "mamba2": dict(hidden_size=64, expand=2, num_heads=8, head_dim=16),
+    "falcon_mamba": dict(hidden_size=32, expand=2, use_mambapy=False),
+}
+
+MAX_TINY_PARAMS = 3_000_000
+
+
+def zoo_families(heads=("causal", "masked")) -> list[tuple[str, str]]:
+    """``(model_type, head)`` from transformers' auto mappings: every causal LM, plus masked-LM
+    encoders that are not also causal LMs."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    out = []
+    if "causal" in heads:
+        out += [(mt, "causal") for mt in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)]
+    if "masked" in heads:
+        seen = {mt for mt, _ in out}
+        out += [(mt, "masked") for mt in sorted(MODEL_FOR_MASKED_LM_MAPPING_NAMES) if mt not in seen]
+    return out
+
+
+def _fields(cls) -> set:
+    try:
+        params = set(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):
+        params = set()
+    ann = set()
+    for k in cls.__mro__:
+        ann |= set(getattr(k, "__annotations__", {}))
+    return params | ann | set(getattr(cls, "attribute_map", {}))
+
+
+def tiny_zoo_config(model_type: str, **over):
+    """A tiny config of ``model_type`` (defaults shrunk by ``SIZES``, then ``OVERRIDES``, then ``over``)."""
+    from transformers import CONFIG_MAPPING
+    cls = CONFIG_MAPPING[model_type]
+    fields = _fields(cls)
+    default = cls()
+    kw = {}
+    for k, v in SIZES.items():
+        if k in fields or hasattr(default, k):
+            cur = getattr(default, k, None)
+            if v is None:
+                continue
+            if cur is None and k not in ("head_dim", "sliding_window"):
+                continue
+            if isinstance(cur, bool) or (cur is not None and not isinstance(cur, int)):
+                continue
+            kw[k] = v
+    kw.update(OVERRIDES.get(model_type, {}))
+    kw.update(over)
+    # per-layer lists derived from the default depth are regenerated from the new depth
+    for k, v in list(vars(default).items()):
+        if k not in kw and isinstance(v, (list, tuple)) and len(v) == getattr(default, "num_hidden_layers", -1) \
+                and len(v) > 2:
+            kw[k] = None
+    cfg = cls(**{k: v for k, v in kw.items() if v is not None or k in ("layer_types",)})
+    for k, v in kw.items():  # fields the constructor ignored
+        if v is not None and getattr(cfg, k, v) != v:
+            try:
+                setattr(cfg, k, v)
+            except Exception:
+                pass
+    for tok in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
+                "cls_token_id", "mask_token_id"):
+        t = getattr(cfg, tok, None)
+        if isinstance(t, int) and t >= getattr(cfg, "vocab_size", 1 << 30):
+            setattr(cfg, tok, min(t, 3))
+    return cfg
+
+
+def tiny_zoo_model(model_type: str, head: str = "causal", seed: int = 0, **over):
+    """The tiny random model of ``model_type`` with its causal (or masked) LM head, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    cfg = tiny_zoo_config(model_type, **over)
+    auto = AutoModelForMaskedLM if head == "masked" else AutoModelForCausalLM
+    with torch.device("meta"):
+        meta = auto.from_config(cfg)
+    n = sum(p.numel() for p in meta.parameters())
+    if n > MAX_TINY_PARAMS:
+        raise ValueError(f"{model_type}: the tiny config still has {n} parameters (> {MAX_TINY_PARAMS})")
+    torch.manual_seed(seed)
+    return auto.from_config(cfg).eval()
+
+
+# ---- the contract: capture, analyse, prune, four checks --------------------------------------------
+
+CHECKS = ("slicing_equals_masking", "generate_cache", "save_reload", "stock_reload")
+
+
+def random_uniform_plan(analysis, seed: int = 0, kinds=None) -> dict:
+    """Keep a random subset of every prunable group: the same count for every group of a kind
+    (so a stock config can describe the result), at least one unit, at least one removed."""
+    from ..kinds import Kind
+    g = torch.Generator().manual_seed(seed)
+    plan, count = {}, {}
+    for gr in analysis.prunable():
+        if kinds and gr.kind not in kinds:
+            continue
+        if gr.units < 2:
+            continue
+        lo = max(1, int(gr.detail.get("min_keep", 1)))
+        if lo >= gr.units:
+            continue
+        key = (gr.kind, gr.units)
+        if key not in count:
+            count[key] = int(torch.randint(lo, gr.units, (1,), generator=g))
+        if gr.kind == Kind.V_CHANNELS:
+            keep = sorted(range(count[key]))  # value channels are removed last-first (after a rotation)
+        else:
+            keep = sorted(torch.randperm(gr.units, generator=g)[:count[key]].tolist())
+        plan[gr.id] = keep
+    return plan
+
+
+def _logits(model, ids, **kw):
+    with torch.no_grad():
+        out = model(input_ids=ids, **kw)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def _close(a, b, rel=1e-5) -> tuple[bool, float]:
+    err = float((a - b).abs().max())
+    scale = float(b.abs().max()) + 1e-12
+    return err <= rel * scale + 1e-7, err / scale
+
+
+def check_family(model_type: str, head: str = "causal", seed: int = 0, tmp_dir=None) -> dict:
+    """Run the zoo contract on the tiny ``model_type``: capture, analyse, prune a random plan of
+    every prunable kind, then slicing == masking (1e-5 relative), generate with cache == without,
+    save -> ``load_pruned`` ==, and stock ``from_pretrained`` == (``trust_remote_code`` when the
+    checkpoint records per-layer structure). Returns a JSON-able record."""
+    import copy
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from ..analysis.analyser import analyse
+    from ..checkpoint import is_fxprune_checkpoint, load_pruned, save_pruned
+    from ..kinds import DEPTH2_KINDS
+    from ..surgery import apply_mask, prune
+
+    rec = {"family": model_type, "head": head, "stage": "build", "checks": {}, "kinds": {}}
+    t0 = time.perf_counter()
+    try:
+        model = tiny_zoo_model(model_type, head, seed=seed)
+        rec["class"] = type(model).__name__
+        rec["params"] = sum(p.numel() for p in model.parameters())
+        rec["stage"] = "analyse"
+        a = analyse(model)
+        rec["analyse_seconds"] = round(time.perf_counter() - t0, 2)
+        for gr in a.groups:
+            if gr.kind not in DEPTH2_KINDS:
+                continue
+            k = rec["kinds"].setdefault(gr.kind, {"groups": 0, "prunable": 0, "reasons": []})
+            k["groups"] += 1
+            if gr.prunable:
+                k["prunable"] += 1
+            else:
+                why = gr.not_offered or (gr.blocked_by[0] if gr.blocked_by else "")
+                if why and why not in k["reasons"]:
+                    k["reasons"].append(why)
+        rec["blocking_ops"] = sorted({f"{b['op']} @ {b['module']}" for b in a.blocking_ops})[:20]
+        plan = random_uniform_plan(a, seed=seed)
+        rec["planned_kinds"] = sorted({a.group(gid).kind for gid in plan})
+        if not plan:
+            rec["stage"] = "done"
+            return rec
+        rec["stage"] = "prune"
+        vocab = int(getattr(model.config, "vocab_size", 128))
+        gen = torch.Generator().manual_seed(seed + 1)
+        ids = torch.randint(5, vocab, (2, 9), generator=gen)
+        dense = _logits(model, ids)
+        ref = apply_mask(copy.deepcopy(model), a, plan)
+        masked = _logits(ref, ids)
+        r = prune(model, plan, a, verify=True)
+        rec["params_after"] = r.params_after
+        rec["stock_config"] = r.stock_config
+        ok, err = _close(_logits(model, ids), masked)
+        changed = not _close(dense, masked, 1e-4)[0]
+        rec["checks"]["slicing_equals_masking"] = {"ok": ok and changed, "rel_err": err, "mask_changed_output": changed}
+        rec["stage"] = "generate"
+        if head == "causal" and hasattr(model, "generate"):
+            prompt = ids[:1, :5]
+            kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+            a1 = model.generate(prompt, use_cache=True, **kw)
+            a2 = model.generate(prompt, use_cache=False, **kw)
+            rec["checks"]["generate_cache"] = {"ok": bool(torch.equal(a1, a2)) and a1.shape[1] == 10}
+        rec["stage"] = "save"
+        with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
+            out = save_pruned(model, Path(d) / "p")
+            y = _logits(model, ids)
+            ok, err = _close(_logits(load_pruned(out), ids), y)
+            rec["checks"]["save_reload"] = {"ok": ok, "rel_err": err}
+            from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+            auto = AutoModelForMaskedLM if head == "masked" else AutoModelForCausalLM
+            structured = is_fxprune_checkpoint(out)
+            stock = auto.from_pretrained(out, trust_remote_code=structured).eval()
+            ok, err = _close(_logits(stock, ids), y)
+            rec["checks"]["stock_reload"] = {"ok": ok, "rel_err": err, "trust_remote_code": structured}
+        rec["stage"] = "done"
+    except Exception as e:
+        rec["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+    finally:
+        rec["seconds"] = round(time.perf_counter() - t0, 2)
+    return rec
