@@ -46,7 +46,7 @@ def _round(k: int, units: int, multiple: int) -> int:
 
 
 def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, allocation: str,
-             channel_multiple: int = 8) -> Allocation:
+             channel_multiple: int = 8, cumulative: bool = False) -> Allocation:
     """Plan for ``groups`` (already filtered by kind/protection) removing ``target`` of ``expr``.
 
     ``uniform`` needs no scores: with ``scores=None`` it returns widths only (``plan=None``) and the
@@ -58,6 +58,12 @@ def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, 
     removed = lambda kept: total - cost.evaluate(expr, kept)  # noqa: E731
     if allocation == "uniform":
         kept = _uniform(attn, chan, removed, budget, total, target, channel_multiple)
+    elif allocation == "pooled":  # one cost currency across kinds and layers (allocate_pooled.py)
+        if scores is None:
+            raise ValueError("pooled allocation needs scores")
+        from .allocate_pooled import pooled
+        kept = _finish(pooled(attn + chan, scores, removed, budget, ATTN, channel_multiple, cumulative),
+                       attn + chan, scores, removed, budget, channel_multiple)
     else:
         if scores is None:
             raise ValueError("global allocation needs scores")
@@ -107,6 +113,12 @@ def _global(groups, scores, removed, budget, mult):
         if kept[gid] - 1 < minimum[gid]:
             continue
         kept[gid] -= 1
+    return _finish(kept, groups, scores, removed, budget, mult)
+
+
+def _finish(kept, groups, scores, removed, budget, mult):
+    """Round channel widths to ``mult`` and step them back towards the budget."""
+    by_id = {g.id: g for g in groups}
     for gid, k in kept.items():
         g = by_id[gid]
         if g.kind not in ATTN:

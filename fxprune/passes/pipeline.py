@@ -153,10 +153,13 @@ class Score(Pass):
 
     def run(self, ctx):
         crit = get_criterion(self.recipe.criterion)
-        if scores_in_block(self.recipe) and not self.force:
+        prepare = getattr(crit, "prepare", None)  # a criterion with a pass of its own (gradients)
+        if scores_in_block(self.recipe) and not self.force and prepare is None:
             ctx.facts["scores"] = None
             return {"criterion": crit.name, "deferred_to_blocks": True}
         stats = {}
+        if prepare is not None:
+            prepare(ctx.model, self.windows, ctx["groups"], self.recipe.batch_size)
         if crit.needs or crit.needs_heads:
             req = _stats_request(ctx["groups"], crit.needs, crit.needs_heads, crit.producer_needs)
             stats = self.engine.calibrate(ctx.model, self.windows, req, batch_size=self.recipe.batch_size,
@@ -184,7 +187,8 @@ class Allocate(Pass):
                     "s_qk": round(sp.s_qk, 4), "s_vo": round(sp.s_vo, 4),
                     "v_kept": sorted(set(sp.v_kept.values())), "qk_ranks": sorted(set(sp.ranks.values())),
                     "ffn_kept": sorted(set(sp.ffn_kept.values()))}
-        alloc = allocate(ctx["groups"], ctx["scores"], cost, expr, r.target, r.allocation, r.channel_multiple)
+        alloc = allocate(ctx["groups"], ctx["scores"], cost, expr, r.target, r.allocation, r.channel_multiple,
+                         cumulative=getattr(get_criterion(r.criterion), "cumulative_costs", False))
         ctx.facts["plan"] = alloc.plan  # None: widths only, units picked block by block
         ctx.facts["kept"] = alloc.kept
         ctx.facts["allocation"] = alloc

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import RecipeError
 
 SCOPES = ("decoder_linear", "all")
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "pooled")
 ATTENTION_UNITS = ("q_per_kv", "kv_groups")
 ATTENTION_MODES = ("heads", "olica")
 KINDS = ("attention", "ffn", "ssm")
