@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fxprune.analysis.analyser import analyse
-from fxprune.errors import ExportError, UnsupportedFamilyError, UnsupportedModuleError
+from fxprune.errors import ExportError, OutputError, UnsupportedFamilyError, UnsupportedModuleError
 from fxprune.export import deploy_channel_multiple, export_gguf, head_multiple, row_multiple
 from fxprune.export.gguf_writer import interleave_rope
 from fxprune.models.tiny import tiny_model
@@ -103,12 +103,15 @@ def test_unknown_module_refused_naming_it(tmp_path):
 def test_refuses_to_overwrite_a_foreign_file(tmp_path):
     p = tmp_path / "m.gguf"
     p.write_text("not ours")
-    with pytest.raises(ExportError, match="not written by fxprune"):
-        export_gguf(tiny_model("llama"), p)
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="not written by fxprune"):
+            export_gguf(tiny_model("llama"), p, overwrite=overwrite)
     assert p.read_text() == "not ours"
     q = tmp_path / "ours.gguf"
     export_gguf(tiny_model("llama"), q, log=lambda s: None)
-    export_gguf(tiny_model("llama", seed=1), q, log=lambda s: None)  # ours: replaced
+    with pytest.raises(OutputError, match="--overwrite"):
+        export_gguf(tiny_model("llama", seed=1), q, log=lambda s: None)
+    export_gguf(tiny_model("llama", seed=1), q, overwrite=True, log=lambda s: None)  # ours: replaced
     assert not list(tmp_path.glob(".*tmp*"))
 
 

@@ -26,6 +26,7 @@ def add_arguments(p):
                    "model's own GGUF file where it came from one, else its Hugging Face tokenizer)")
     p.add_argument("--tokenizer-pre", default=None, help="llama.cpp pre-tokenizer name for a converted "
                    "Hugging Face tokenizer (e.g. smollm, qwen2, llama-bpe)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a GGUF file fxprune wrote")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 
 
@@ -33,7 +34,7 @@ def run(args) -> int:
     from ..export import export_model
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     rep = export_model(args.model, args.out, args.dtype, vocab_from=args.vocab_from, pad=not args.no_pad,
-                       tokenizer_pre=args.tokenizer_pre, log=log)
+                       tokenizer_pre=args.tokenizer_pre, overwrite=args.overwrite, log=log)
     if args.json:
         print(json.dumps(rep.to_dict(), indent=1))
         return 0

@@ -29,18 +29,19 @@ __all__ = ["ExportReport", "choose_arch", "deploy_channel_multiple", "export_ggu
 
 
 def export_gguf(model, out, dtype: str = "f32", *, tokenizer=None, vocab_from=None, pad: bool = True,
-                name: str = "", source: str = "", tokenizer_pre: str | None = None, log=print) -> ExportReport:
+                name: str = "", source: str = "", tokenizer_pre: str | None = None, overwrite: bool = False,
+                log=print) -> ExportReport:
     """Write ``model`` to ``out`` as GGUF ``dtype``.
 
     The tokenizer keys come from ``vocab_from`` (a GGUF file: copied verbatim), else from the Hugging
     Face ``tokenizer`` (byte-level BPE), else the file has no tokenizer (ids only). ``pad``: pad FFN
     widths with zero channels to the type's block multiple (exact) instead of storing those tensors
-    as f16."""
+    as f16. ``overwrite``: replace ``out`` if it is a GGUF file fxprune wrote (never another file)."""
     from . import tokenizer as tk
     from .gguf_writer import _check_target
     from .types import gguf_type as _t
     _t(dtype)
-    _check_target(Path(out))
+    _check_target(Path(out), overwrite)
     dec = read_decoder(model, log=log)
     if vocab_from is not None:
         meta = tk.from_gguf(vocab_from)
@@ -48,7 +49,7 @@ def export_gguf(model, out, dtype: str = "f32", *, tokenizer=None, vocab_from=No
         meta = tk.from_hf(tokenizer, dec.vocab, pre=tokenizer_pre)
     else:
         meta = tk.none(dec.vocab)
-    return write_gguf(dec, out, dtype, meta, pad=pad, name=name, source=source, log=log)
+    return write_gguf(dec, out, dtype, meta, pad=pad, name=name, source=source, overwrite=overwrite, log=log)
 
 
 def source_gguf(spec: str) -> Path | None:
@@ -72,11 +73,14 @@ def source_gguf(spec: str) -> Path | None:
 
 
 def export_model(spec: str, out, dtype: str = "f32", *, vocab_from=None, pad: bool = True,
-                 tokenizer_pre: str | None = None, log=print) -> ExportReport:
+                 tokenizer_pre: str | None = None, overwrite: bool = False, log=print) -> ExportReport:
     """Load ``spec`` (anything ``fxprune`` loads, e.g. a pruned checkpoint) and export it."""
     from ..loading import load_model
+    from .gguf_writer import _check_target
     gguf_type(dtype)
+    _check_target(Path(out), overwrite)  # before loading: a bad --out fails in seconds
     loaded = load_model(spec)
     vocab = vocab_from or source_gguf(spec)
     return export_gguf(loaded.model, out, dtype, tokenizer=loaded.tokenizer, vocab_from=vocab, pad=pad,
-                       name=Path(str(spec)).name, source=str(spec), tokenizer_pre=tokenizer_pre, log=log)
+                       name=Path(str(spec)).name, source=str(spec), tokenizer_pre=tokenizer_pre,
+                       overwrite=overwrite, log=log)

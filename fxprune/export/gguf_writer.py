@@ -20,14 +20,13 @@ Tensor types: 1-D tensors are float32; 2-D tensors take ``dtype`` when their row
 width) is a multiple of the type's block, else float16 with a printed note. With ``pad_ffn`` (the
 default) FFN widths are first padded with zero channels to the block multiple (exact).
 
-The file is written to a temporary name beside ``path`` and renamed when complete; an existing
-``path`` is replaced only if fxprune wrote it (its ``fxprune.version`` key).
+The file is written through ``fxprune.output.atomic_file`` (a locked temporary beside ``path``,
+renamed when complete); an existing ``path`` is replaced only with ``overwrite`` and only if
+fxprune wrote it (its ``fxprune.version`` key): fxprune never replaces a file it did not write.
 """
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,18 +99,23 @@ def llama3_rope_factors(theta: float, head_dim: int, s: dict) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def _check_target(path: Path) -> None:
+def _check_target(path: Path, overwrite: bool = False) -> None:
+    """Refuse ``path`` unless it is new, or (with ``overwrite``) a GGUF file fxprune wrote."""
+    from ..errors import OutputError
     if not path.exists():
         return
     if path.is_dir():
-        raise ExportError(f"{path}: is a directory; give a .gguf file name")
+        raise OutputError(f"--out {str(path)!r} is a directory; give a .gguf file name")
     try:
         import gguf
         written_by_us = FXPRUNE_KEY in gguf.GGUFReader(str(path)).fields
     except Exception:
         written_by_us = False
     if not written_by_us:
-        raise ExportError(f"{path}: exists and was not written by fxprune; remove it or choose another name")
+        raise OutputError(f"--out {str(path)!r} exists and was not written by fxprune; fxprune never replaces "
+                          "files it did not write: remove it or choose another name")
+    if not overwrite:
+        raise OutputError(f"--out {str(path)!r} is a GGUF file fxprune wrote: pass --overwrite to replace it")
 
 
 class _Tensors:
@@ -143,14 +147,14 @@ class _Tensors:
 
 
 def write_gguf(dec: Decoder, path, dtype: str, tok: TokenizerMeta, *, pad: bool = True, name: str = "",
-               source: str = "", log=print) -> ExportReport:
+               source: str = "", overwrite: bool = False, log=print) -> ExportReport:
     """Write ``dec`` to ``path`` as GGUF ``dtype`` (``f32``, ``f16``, ``q8_0``, ``q4_0``)."""
     import gguf
 
     from .. import __version__
     t0 = time.perf_counter()
     path = Path(path)
-    _check_target(path)
+    _check_target(path, overwrite)
     t = gguf_type(dtype)
     notes = list(dec.notes) + list(tok.notes)
     if pad and t.row_multiple > 1:
@@ -197,53 +201,50 @@ def write_gguf(dec: Decoder, path, dtype: str, tok: TokenizerMeta, *, pad: bool 
                 tensors.add(nm, x)
     notes += tensors.notes
 
+    from ..output import atomic_file
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
     try:
-        w = gguf.GGUFWriter(tmp, arch)
-        w.add_type(gguf.GGUFType.MODEL)
-        w.add_name(name or f"fxprune {dec.family}")
-        w.add_file_type(int(gguf.LlamaFileType[t.file_type]))
-        if t.row_multiple > 1:
-            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        w.add_string(FXPRUNE_KEY, __version__)
-        if source:
-            w.add_string("fxprune.source", str(source))
-        w.add_block_count(len(dec.layers))
-        w.add_context_length(dec.context_length)
-        w.add_embedding_length(dec.hidden)
-        w.add_vocab_size(dec.vocab)
-        ff, heads, kv = ([x[j] for x in widths] for j in (2, 0, 1))
-        w.add_feed_forward_length(ff[0] if uniform else ff)
-        w.add_head_count(heads[0] if uniform else heads)
-        w.add_head_count_kv(kv[0] if uniform else kv)
-        w.add_key_length(hd)
-        w.add_value_length(hd)
-        w.add_rope_dimension_count(hd)
-        w.add_rope_freq_base(dec.rope_theta)
-        if dec.rope_scaling["type"] == "linear":
-            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            w.add_rope_scaling_factor(dec.rope_scaling["factor"])
-        w.add_layer_norm_rms_eps(dec.rms_eps)
-        for key, value, vtype, sub in tok.entries:
-            w.add_key_value(key, value, vtype, sub_type=sub)
-        counts: dict = {}
-        for nm, arr, qt in tensors.items:
-            w.add_tensor(nm, arr, raw_dtype=qt)
-            counts[qt.name] = counts.get(qt.name, 0) + 1
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, ExportError):
+        with atomic_file(path, overwrite=True) as tmp:
+            w = gguf.GGUFWriter(str(tmp), arch)
+            w.add_type(gguf.GGUFType.MODEL)
+            w.add_name(name or f"fxprune {dec.family}")
+            w.add_file_type(int(gguf.LlamaFileType[t.file_type]))
+            if t.row_multiple > 1:
+                w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            w.add_string(FXPRUNE_KEY, __version__)
+            if source:
+                w.add_string("fxprune.source", str(source))
+            w.add_block_count(len(dec.layers))
+            w.add_context_length(dec.context_length)
+            w.add_embedding_length(dec.hidden)
+            w.add_vocab_size(dec.vocab)
+            ff, heads, kv = ([x[j] for x in widths] for j in (2, 0, 1))
+            w.add_feed_forward_length(ff[0] if uniform else ff)
+            w.add_head_count(heads[0] if uniform else heads)
+            w.add_head_count_kv(kv[0] if uniform else kv)
+            w.add_key_length(hd)
+            w.add_value_length(hd)
+            w.add_rope_dimension_count(hd)
+            w.add_rope_freq_base(dec.rope_theta)
+            if dec.rope_scaling["type"] == "linear":
+                w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+                w.add_rope_scaling_factor(dec.rope_scaling["factor"])
+            w.add_layer_norm_rms_eps(dec.rms_eps)
+            for key, value, vtype, sub in tok.entries:
+                w.add_key_value(key, value, vtype, sub_type=sub)
+            counts: dict = {}
+            for nm, arr, qt in tensors.items:
+                w.add_tensor(nm, arr, raw_dtype=qt)
+                counts[qt.name] = counts.get(qt.name, 0) + 1
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+    except Exception as e:
+        from ..errors import FxPruneError
+        if isinstance(e, FxPruneError):
             raise
-        if isinstance(e, Exception):
-            raise ExportError(f"{path}: writing the GGUF file failed ({type(e).__name__}: {e})") from e
-        raise
+        raise ExportError(f"{path}: writing the GGUF file failed ({type(e).__name__}: {e})") from e
     rep = ExportReport(str(path), arch, t.name, path.stat().st_size, [list(x) for x in widths], counts, notes,
                        tok.source, round(time.perf_counter() - t0, 2))
     for n in notes:
