@@ -55,13 +55,18 @@ DTYPES = ("f16", "q8_0", "q4_0")
 
 # ----------------------------------------------------------------------------------------- prepare
 def _recipe_file(target: float, allocation: str) -> Path:
+    """The shipped best recipe with ``target`` and ``allocation`` set on its structured step."""
+    from dataclasses import replace
+
     import yaml
 
-    from fxprune.commands.prune import resolve_recipe
-    d = yaml.safe_load(resolve_recipe(RECIPE).read_text())
-    d.update(target=target, allocation=allocation)
+    from fxprune.recipe import load_recipe
+    from fxprune.steps.structured import StructuredStep
+    r = load_recipe(RECIPE).with_target(target)
+    r = replace(r, steps=tuple(replace(s, allocation=allocation) if isinstance(s, StructuredStep) else s
+                               for s in r.steps))
     p = WORK / f"recipe-{allocation}-{target}.yaml"
-    p.write_text(yaml.safe_dump(d))
+    p.write_text(yaml.safe_dump(r.to_dict()))
     return p
 
 

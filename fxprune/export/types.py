@@ -77,3 +77,20 @@ def head_multiple(dtype: str, head_dim: int) -> int:
 def padded(width: int, multiple: int) -> int:
     """``width`` rounded up to a multiple of ``multiple``."""
     return -(-int(width) // multiple) * multiple
+
+
+def for_deployment(recipe, dtype: str):
+    """``recipe`` (a ``fxprune.recipe.Recipe``) with every structured step's ``channel_multiple`` set to
+    ``deploy_channel_multiple(dtype, step.channel_multiple)``, and that multiple: what ``fxprune prune
+    --deploy-dtype`` runs. A recipe with no structured step is returned unchanged (multiple None):
+    sparsity keeps every width."""
+    from dataclasses import replace
+
+    from ..steps.structured import StructuredStep
+    steps, multiple = [], None
+    for s in recipe.steps:
+        if isinstance(s, StructuredStep):
+            multiple = deploy_channel_multiple(dtype, s.channel_multiple)
+            s = replace(s, channel_multiple=multiple)
+        steps.append(s)
+    return replace(recipe, steps=tuple(steps)), multiple
