@@ -107,7 +107,7 @@ def main() -> int:
     engine = Engine()
 
     if "calib" in stages or "layerwise" in stages:  # "layerwise": part 1 only (memory probe)
-        cfg = CalibrationConfig("c4", n_samples=args.windows, seq_len=args.seq_len, seed=0)
+        cfg = CalibrationConfig("c4", samples=args.windows, seq_len=args.seq_len, seed=0)
         cal = calibration_windows(tok, cfg, evaluation_files=[resolve("wikitext2")])
         names = [n for n, _ in model.named_modules() if n.endswith(("o_proj", "down_proj"))]
         req = StatsRequest.for_modules(names, [Stat.INPUT_GRAM, Stat.INPUT_SUM],

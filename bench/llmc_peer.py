@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def export(args):
-    from bench.data import C4
     from sparsity_data import calibration_windows
+    from fxprune.data import resolve
     from fxprune.loading import load_model
     lm = load_model("smollm2")
     out = Path(args.out)
     from fxprune.sparsity import save_sparse_model
     save_sparse_model(lm.model, out, lm.tokenizer)  # handles the GGUF marker (tensors are dequantized floats)
-    calib = calibration_windows(C4, lm.tokenizer, args.samples, args.seqlen, seed=0)
+    calib = calibration_windows(resolve("c4"), lm.tokenizer, args.samples, args.seqlen, seed=0)
     torch.save(torch.cat(calib), out / "calib_ids.pt")
 
 
@@ -60,11 +60,13 @@ def prune(args):
 
 def evaluate(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from bench.data import perplexity, wikitext_ids
+    from fxprune.data import evaluation_windows
+    from fxprune.evaluation.perplexity import perplexity
     torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained("/tmp/llmc_in")
-    ppl = perplexity(model, wikitext_ids(tok), args.eval_L, args.eval_windows)
+    ppl = perplexity(model, evaluation_windows(tok, "wikitext2", args.eval_L, args.eval_windows).ids, batch_size=4,
+                     progress=False).ppl
     lin = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
     sp = sum(int((w == 0).sum()) for w in lin) / sum(w.numel() for w in lin)
     secs = float((Path(args.model) / "llmc_seconds.txt").read_text())

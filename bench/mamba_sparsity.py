@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.data import ByteTokenizer, wikitext_ids  # noqa: E402
-from bench.sparsity import GRAN, METHODS, pattern_for  # noqa: E402
-from bench.train_tiny_mamba import c4_texts  # noqa: E402
-from fxprune.sparsity import SparsityRecipe, run_sparsity_recipe  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fxprune  # noqa: E402
+from fxprune.data import ByteTokenizer, evaluation_windows  # noqa: E402
+from sparsity import GRAN, step_for  # noqa: E402
+from train_tiny_mamba import c4_texts  # noqa: E402
 
 
 def main():
@@ -40,8 +40,8 @@ def main():
     model.config.use_mambapy = False
     dense = copy.deepcopy(model.state_dict())
     data = torch.tensor(list("\n\n".join(c4_texts("calib")).encode()))
-    calib = [data[i * 256:(i + 1) * 256].unsqueeze(0) for i in range(16)]
-    ev = wikitext_ids(ByteTokenizer())[: 8 * 256].view(8, 256)
+    calib = data[: 16 * 256].view(16, 256)
+    ev = evaluation_windows(ByteTokenizer(256), "wikitext2", 256, 8).ids
     with torch.no_grad():
         ref = torch.log_softmax(model(input_ids=ev).logits.float(), -1)
 
@@ -56,14 +56,15 @@ def main():
     for spec in args.patterns:
         for m in args.methods:
             model.load_state_dict(dense)
-            pat = pattern_for(m, spec)
+            recipe = fxprune.load_recipe({"calibration": {"samples": 16, "seq_len": 256, "batch_size": 1},
+                                          "steps": [step_for(m, spec)]})
             t = time.time()
-            res = run_sparsity_recipe(model, SparsityRecipe(METHODS[m], pat), calib)
+            step = fxprune.prune(model, recipe, calib).report["steps"][0]
             kl, ppl = metrics()
-            rows.append({"method": m, "pattern": pat.label, "granularity": GRAN[m], "kl": kl, "ppl": ppl,
-                         "sum_output_error": sum(l.output_error or 0 for l in res.layers),
-                         "sparsity": res.sparsity, "seconds": time.time() - t,
-                         "skipped": [l.name for l in res.layers if l.pattern.startswith("skipped")]})
+            rows.append({"method": m, "pattern": recipe.steps[0].pattern.label, "granularity": GRAN[m], "kl": kl,
+                         "ppl": ppl, "sum_output_error": sum(l["output_error"] or 0 for l in step["layers"]),
+                         "sparsity": step["passes"][-1]["sparsity_selected_linears"], "seconds": time.time() - t,
+                         "skipped": step["passes"][-1]["skipped"]})
             print(json.dumps(rows[-1]), flush=True)
     out = Path(__file__).parent / "results" / "mamba_sparsity.json"
     out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))

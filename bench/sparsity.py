@@ -1,10 +1,13 @@
 """Sparsity benchmark: magnitude / Wanda / SparseGPT / multiple-removal on one model, side by side.
 
-    PYTHONPATH=$PWD python bench/sparsity.py --model smollm2 --calib-samples 128 --calib-seqlen 512 \
+    .venv/bin/python bench/sparsity.py --model smollm2 --calib-samples 128 --calib-seqlen 512 \
         --patterns 2:4 4:8 0.5 0.6 --methods magnitude wanda sparsegpt mrp
 
-Calibration: C4 train head (random windows of docs longer than the window). Evaluation: WikiText-2 raw
-test, L=512, first 64 non-overlapping windows, token-level perplexity. Results are appended to
+Each run is ``fxprune.prune`` with a one-step recipe (``{steps: [{METHOD: {sparsity, ...}}]}``) through
+the library's block-wise runner. Calibration: C4 train head, ``fxprune.data.calibration_windows``
+(``--legacy-windows``: the draw of ``bench/sparsity_data.py``, one window per batch, which the tables
+of 2026-11 used). Evaluation: WikiText-2 raw test (``fxprune.data.evaluation_windows``), L=512, first
+64 non-overlapping windows, ``fxprune.evaluation.perplexity``. Results are appended to
 ``bench/results/<tag>.json`` after every run (partial results survive) and rendered as markdown.
 """
 from __future__ import annotations
@@ -19,24 +22,27 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.data import C4, ByteTokenizer, perplexity, wikitext_ids  # noqa: E402
-from sparsity_data import calibration_windows  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fxprune  # noqa: E402
+from fxprune.data import ByteTokenizer, CalibrationConfig, calibration_windows, evaluation_windows, resolve  # noqa: E402
+from fxprune.evaluation.perplexity import perplexity as _perplexity  # noqa: E402
 from fxprune.loading import load_model  # noqa: E402
-from fxprune.sparsity import (MagnitudeConfig, MRPConfig, SparseGPTConfig, SparsityRecipe, WandaConfig,  # noqa: E402
-                              run_sparsity_recipe)
-from fxprune.sparsity.recipe import _parse_pattern  # noqa: E402
 
-METHODS = {"magnitude": MagnitudeConfig(), "wanda": WandaConfig(), "sparsegpt": SparseGPTConfig(), "mrp": MRPConfig(),
-           "mrp-sweep": MRPConfig(update="sweep")}
+#: bench name -> (recipe step kind, extra options); unstructured granularity per method (the tables' choice)
+METHODS = {"magnitude": ("magnitude", {}), "wanda": ("wanda", {}), "sparsegpt": ("sparsegpt", {}),
+           "mrp": ("mrp", {}), "mrp-sweep": ("mrp", {"update": "sweep"})}
 GRAN = {"magnitude": "layer", "sparsegpt": "layer", "wanda": "row", "mrp": "row", "mrp-sweep": "row"}
 
 
-def pattern_for(method, spec):
-    p = _parse_pattern(float(spec) if ":" not in spec else spec)
-    if hasattr(p, "granularity"):
-        p = type(p)(p.ratio, GRAN[method])
-    return p
+def step_for(method: str, spec: str, extra: dict | None = None) -> dict:
+    """The recipe step of ``method`` at ``spec`` ("2:4", "0.5"), with the bench's granularity."""
+    kind, opts = METHODS[method]
+    sparsity = spec if ":" in spec else {"ratio": float(spec), "granularity": GRAN[method]}
+    return {kind: {"sparsity": sparsity, **opts, **(extra or {})}}
+
+
+def perplexity(model, ids, L, windows):
+    return _perplexity(model, ids[:windows], batch_size=4, progress=False).ppl
 
 
 def render(results, meta) -> str:
@@ -72,6 +78,8 @@ def main():
     ap.add_argument("--queue", help="file of METHOD@PATTERN lines, re-read before every run (edit it to reorder "
                     "or drop runs while the process works); the first line not yet run by this process is next")
     ap.add_argument("--stop-after", help="HH:MM (UTC): start no further run after this time (finished runs are kept)")
+    ap.add_argument("--legacy-windows", action="store_true",
+                    help="calibration windows as bench/sparsity_data.py drew them for the 2026-11 tables")
     args = ap.parse_args()
     if args.render_only:
         d = json.loads((Path(__file__).parent / "results" / f"{args.tag}.json").read_text())
@@ -86,28 +94,34 @@ def main():
         print(text)
         return
     torch.set_num_threads(args.threads)
-    METHODS["mrp"] = MRPConfig(**json.loads(args.mrp_options))
-    METHODS["mrp-sweep"] = MRPConfig(**{**json.loads(args.mrp_options), "update": "sweep"})
+    mrp_extra = json.loads(args.mrp_options)
     out_json = Path(__file__).parent / "results" / f"{args.tag}.json"
     out_json.parent.mkdir(exist_ok=True)
     t = time.time()
     if Path(args.model).is_dir():  # e.g. the byte-level tiny Mamba from bench/train_tiny_mamba.py
         from transformers import AutoModelForCausalLM
-        model, tok = AutoModelForCausalLM.from_pretrained(args.model).eval(), ByteTokenizer()
+        model, tok = AutoModelForCausalLM.from_pretrained(args.model).eval(), ByteTokenizer(256)
     else:
         lm = load_model(args.model)
         model, tok = lm.model, lm.tokenizer
     dense_state = copy.deepcopy(model.state_dict())
     print(f"loaded {args.model} in {time.time() - t:.1f}s", flush=True)
-    ids = wikitext_ids(tok)
+    ids = evaluation_windows(tok, "wikitext2", args.eval_L, args.eval_windows).ids
+    batch = 8
     if isinstance(tok, ByteTokenizer):  # calibrate on the C4 documents the tiny Mamba was not trained on
-        from bench.train_tiny_mamba import c4_texts
+        from train_tiny_mamba import c4_texts
         data = torch.tensor(list("\n\n".join(c4_texts("calib")).encode()))
-        calib = [data[i * args.calib_seqlen:(i + 1) * args.calib_seqlen].unsqueeze(0) for i in range(args.calib_samples)]
+        calib = data[: args.calib_samples * args.calib_seqlen].view(args.calib_samples, args.calib_seqlen)
+        draw = "C4 head documents 900.., bytes"
+    elif args.legacy_windows:
+        from sparsity_data import calibration_windows as legacy
+        calib, batch = torch.cat(legacy(resolve("c4"), tok, args.calib_samples, args.calib_seqlen, seed=0)), 1
+        draw = "bench/sparsity_data.py draw, one window per batch"
     else:
-        calib = calibration_windows(C4, tok, args.calib_samples, args.calib_seqlen, seed=0)
+        calib = calibration_windows(tok, CalibrationConfig("c4", args.calib_samples, args.calib_seqlen, 0)).ids
+        draw = "fxprune.data.calibration_windows, batches of 8"
     meta = {"model": args.model, "command": " ".join(sys.argv),
-            "calib": f"C4 train head, {args.calib_samples} x {args.calib_seqlen} tokens (seed 0)",
+            "calib": f"C4 train head, {args.calib_samples} x {args.calib_seqlen} tokens (seed 0; {draw})",
             "eval": f"WikiText-2 raw test, L={args.eval_L}, first {args.eval_windows} windows, token-level PPL",
             "threads": args.threads, "torch": torch.__version__}
     prev = json.loads(out_json.read_text()) if out_json.exists() else {}
@@ -131,21 +145,25 @@ def main():
         if args.stop_after and time.strftime("%H:%M", time.gmtime()) >= args.stop_after:
             print(f"--stop-after {args.stop_after}: not starting {m}@{spec} or later runs", flush=True)
             break
-        if True:
-            model.load_state_dict(dense_state)
-            pat = pattern_for(m, spec)
-            recipe = SparsityRecipe(METHODS[m], pat, name=f"{m}-{spec}")
-            t = time.time()
-            res = run_sparsity_recipe(model, recipe, calib, log=lambda s: print(s, flush=True) if s.startswith('block') and s.split()[1].rstrip(':') in ('0', '15', '29') else None)
-            secs = time.time() - t
-            ppl = perplexity(model, ids, args.eval_L, args.eval_windows)
-            row = {"method": m, "pattern": pat.label, "ppl": ppl, "seconds": secs, "sparsity": res.sparsity,
-                   "config": repr(METHODS[m]), "granularity": getattr(pat, "granularity", None),
-                   "sum_output_error": sum(l.output_error or 0 for l in res.layers)}
-            results = [r for r in results if not (r["method"] == m and r["pattern"] == pat.label)] + [row]
-            print(json.dumps(row), flush=True)
-            out_json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-            (out_json.with_suffix(".md")).write_text(render(results, meta) + "\n")
+        model.load_state_dict(dense_state)
+        recipe = fxprune.load_recipe({"name": f"{m}-{spec}", "calibration": {"samples": args.calib_samples,
+                                      "seq_len": args.calib_seqlen, "batch_size": batch},
+                                      "steps": [step_for(m, spec, mrp_extra if m.startswith("mrp") else None)]})
+        t = time.time()
+        out = fxprune.prune(model, recipe, calib)
+        secs = time.time() - t
+        step = out.report["steps"][0]
+        summary = step["passes"][-1]
+        ppl = perplexity(model, ids, args.eval_L, args.eval_windows)
+        label = recipe.steps[0].pattern.label
+        row = {"method": m, "pattern": label, "ppl": ppl, "seconds": secs,
+               "sparsity": summary["sparsity_selected_linears"], "config": repr(recipe.steps[0].method),
+               "granularity": getattr(recipe.steps[0].pattern, "granularity", None),
+               "sum_output_error": sum(l["output_error"] or 0 for l in step["layers"])}
+        results = [r for r in results if not (r["method"] == m and r["pattern"] == label)] + [row]
+        print(json.dumps(row), flush=True)
+        out_json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        (out_json.with_suffix(".md")).write_text(render(results, meta) + "\n")
     print(render(results, meta))
 
 

@@ -1,11 +1,13 @@
-"""Calibration windows exactly as the sparsity benchmark drew them (kept for reproducibility of
-bench/results/sparsity*.json; the package itself uses ``fxprune.data.calibration_windows``)."""
+"""Calibration windows exactly as the sparsity benchmark drew them for the 2026-11 tables (kept to
+reproduce bench/results/sparsity*.json with ``bench/sparsity.py --legacy-windows``; everything else
+uses ``fxprune.data.calibration_windows``)."""
 import json
 import random
 from pathlib import Path
 
 import torch
 
+from fxprune.data import tokenize
 from fxprune.errors import DataError
 
 
@@ -29,7 +31,7 @@ def calibration_windows(path: str | Path, tokenizer, n: int, seqlen: int, seed: 
     def enc(t):
         if tokenizer is None:
             return [b % (vocab_size or 256) for b in t.encode()]
-        return tokenizer(t, add_special_tokens=False)["input_ids"]
+        return tokenize(tokenizer, t, add_special_tokens=False)
 
     rng = random.Random(seed)
     rng.shuffle(texts)

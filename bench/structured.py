@@ -41,26 +41,33 @@ def one_run(cfg: dict) -> dict:
     import torch
     torch.set_num_threads(cfg["threads"])
     from fxprune.calibration import Engine
-    from fxprune.data import CalibrationConfig, calibration_windows, evaluation_windows, tokenizer_for
+    from fxprune.data import calibration_windows, evaluation_windows, tokenizer_for
     from fxprune.loading import load_model
-    from fxprune.passes.pipeline import prune_model
-    from fxprune.passes.recipe import Recipe
+    from fxprune.pipeline import prune_model
+    from fxprune.recipe import load_recipe
+    from fxprune.report import find_pass
     loaded = load_model(str(MODEL_DIR))
     tok = tokenizer_for(loaded)
     engine = Engine()
     out = {"config": cfg}
     if cfg["criterion"] != "dense":
-        recipe = Recipe(criterion=cfg["criterion"], reconstruction=cfg["reconstruction"],
-                        allocation=cfg["allocation"], target=cfg["target"], calib_samples=cfg["calib_samples"],
-                        calib_seq_len=cfg["calib_len"], kinds=tuple(cfg["kinds"]), **cfg.get("extra", {}))
-        calib = calibration_windows(tok, CalibrationConfig("c4", recipe.calib_samples, recipe.calib_seq_len, 0))
+        recipe = load_recipe({"calibration": {"source": "c4", "samples": cfg["calib_samples"],
+                                              "seq_len": cfg["calib_len"], "seed": 0},
+                              "steps": [{"structured": {"criterion": cfg["criterion"],
+                                                        "reconstruction": cfg["reconstruction"],
+                                                        "allocation": cfg["allocation"], "target": cfg["target"],
+                                                        "kinds": list(cfg["kinds"]), **cfg.get("extra", {})}}]})
+        calib = calibration_windows(tok, recipe.calibration)
         t0 = time.perf_counter()
         res = prune_model(loaded.model, recipe, calib.ids, engine)
         out["prune_seconds"] = time.perf_counter() - t0
         out["params_before"], out["params_after"] = res.report["params_before"], res.report["params_after"]
-        alloc = next(p for p in res.report["passes"] if p["name"] == "allocate")
+        try:
+            alloc = find_pass(res.report, "allocate")
+        except KeyError:
+            alloc = find_pass(res.report, "olica_split")
         out["achieved_decoder_linear"] = alloc["achieved"]  # of the recipe's scope
-        out["passes"] = res.report["passes"]
+        out["passes"] = res.report["steps"][0]["passes"]
         out["peak_rss_prune_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for L, n in ((128, cfg["w128"]), (512, cfg["w512"])):
         if n:

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.data import C4  # noqa: E402
+from fxprune.data import resolve  # noqa: E402
 
 
 def c4_texts(split: str) -> list[str]:
-    texts = [json.loads(l)["text"] for l in open(C4)]
+    texts = [json.loads(l)["text"] for l in open(resolve("c4"))]
     random.Random(0).shuffle(texts)
     return texts[:900] if split == "train" else texts[900:]
 

@@ -91,19 +91,23 @@ class FxPruned{base}(_Base):
 
 
 def save_pruned(model: nn.Module, out_dir, tokenizer=None, extra: dict | None = None, *,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, structure: bool = True, files: dict[str, str] | None = None) -> Path:
     """Write ``model`` (+ tokenizer) to ``out_dir`` through the one atomic writer
     (``fxprune.output.checkpoint_dir``: a new or empty directory, or an fxprune checkpoint with
     ``overwrite``); returns the path.
 
-    ``extra`` is stored as ``fxprune_report.json`` beside the weights (plan, sizes, recipe)."""
+    ``extra`` is stored as ``fxprune_report.json`` beside the weights (plan, sizes, recipe);
+    ``files`` (name -> text) are written beside them too; ``structure=False`` writes no per-layer
+    structure (stock ``save_pretrained`` layout, e.g. a sparse model of unchanged shapes)."""
     from .output import checkpoint_dir
     out_dir = Path(out_dir)
     try:
         with checkpoint_dir(out_dir, overwrite=overwrite, manifest={"environment": run_environment()}) as tmp:
-            write_checkpoint(model, tmp, tokenizer=tokenizer)
+            write_checkpoint(model, tmp, tokenizer=tokenizer, structure=structure)
             if extra is not None:
                 (tmp / "fxprune_report.json").write_text(json.dumps(extra, indent=2, default=str))
+            for name, text in (files or {}).items():
+                (tmp / name).write_text(text)
     except CheckpointError:
         raise
     except Exception as e:

@@ -2,7 +2,7 @@
 
 Contracts
 - ``data_root()``: ``--data-root`` argument, else ``$FXPRUNE_DATA``, else ``<repo>/../shared/data``.
-- ``calibration_windows``: ``n_samples`` windows of exactly ``seq_len`` tokens, drawn with ``seed``
+- ``calibration_windows``: ``samples`` windows of exactly ``seq_len`` tokens, drawn with ``seed``
   (same seed and source give the same tensor). Sources: a text file, a jsonl file (``"text"`` field,
   e.g. the C4 train head), ``hf:<dataset dir or name>[:split[:field]]`` when the optional ``datasets``
   package is installed, or ``generated`` (data-free: text sampled from the model itself, starting
@@ -218,17 +218,26 @@ def tokenize(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """Which calibration windows to draw. ``source``: file path, ``c4``, ``hf:...`` or ``generated``."""
+    """Which calibration windows to draw: ``samples`` windows of ``seq_len`` tokens from ``source``
+    (a file path, ``c4``, ``hf:...`` or ``generated``) with ``seed``; methods run them ``batch_size``
+    at a time. This is a recipe's ``calibration`` block (``fxprune.recipe``)."""
 
     source: str = "c4"
-    n_samples: int = 128
+    samples: int = 128
     seq_len: int = 512
     seed: int = 0
+    batch_size: int = 8
     bos: bool | None = None  # None: BOS first where the tokenizer adds one (see ``bos_prefix``)
 
     def __post_init__(self):
-        if self.n_samples < 1 or self.seq_len < 2:
-            raise DataError(f"calibration needs n_samples >= 1 and seq_len >= 2 (got {self.n_samples}, {self.seq_len})")
+        if not isinstance(self.source, str) or not self.source:
+            raise DataError(f"calibration source: expected a data set name or path, got {self.source!r}")
+        for name, low in (("samples", 1), ("seq_len", 2), ("seed", 0), ("batch_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise DataError(f"calibration {name}: expected an integer >= {low}, got {v!r}")
+        if self.bos is not None and not isinstance(self.bos, bool):
+            raise DataError(f"calibration bos: expected true, false or null, got {self.bos!r}")
 
 
 @dataclass(frozen=True)
@@ -254,7 +263,7 @@ class Windows:
 
 def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.nn.Module | None = None,
                         root: str | None = None, evaluation_files: Sequence[Path] | None = None) -> Windows:
-    """``cfg.n_samples`` windows of ``cfg.seq_len`` tokens from ``cfg.source`` (GPTQ-style sampling:
+    """``cfg.samples`` windows of ``cfg.seq_len`` tokens from ``cfg.source`` (GPTQ-style sampling:
     a random document long enough, then a random start inside it).
 
     ``evaluation_files``: files the source must not be (default: the known test splits under the
@@ -278,9 +287,9 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
     cache: dict[int, list[int]] = {}
     windows = []
     attempts = 0
-    while len(windows) < cfg.n_samples:
+    while len(windows) < cfg.samples:
         attempts += 1
-        if attempts > 50 * cfg.n_samples + 1000:
+        if attempts > 50 * cfg.samples + 1000:
             raise DataError(f"{name!r}: too few documents longer than {cfg.seq_len} tokens")
         j = rng.randrange(len(docs))
         if j not in cache:  # BOS-first: the text alone, the start token is put before each window
@@ -292,7 +301,7 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
         windows.append(([bos] if bos is not None else []) + ids[start:start + span])
     from .disjoint import check_content_disjoint  # a renamed, re-encoded or wrapped copy of test text
     check_content_disjoint((docs[j] for j in sorted(cache)), name, evaluation_files)
-    return Windows(torch.tensor(windows, dtype=torch.long), name, sha, cfg.n_samples * cfg.seq_len, bos)
+    return Windows(torch.tensor(windows, dtype=torch.long), name, sha, cfg.samples * cfg.seq_len, bos)
 
 
 @torch.no_grad()
@@ -306,24 +315,21 @@ def generated_windows(model: torch.nn.Module, tokenizer: Any, cfg: CalibrationCo
         start = 0
     gen = torch.Generator().manual_seed(cfg.seed)
     device = next(model.parameters()).device
-    ids = torch.full((cfg.n_samples, 1), int(start), dtype=torch.long, device=device)
+    ids = torch.full((cfg.samples, 1), int(start), dtype=torch.long, device=device)
     from tqdm.auto import tqdm
+
+    from .models.runtime import has_kv_cache
     past = None  # KV cache where the model returns one; otherwise the prefix is recomputed each step
     for _ in tqdm(range(cfg.seq_len - 1), desc="generate calibration", leave=False):
         if past is not None:
             out = model(input_ids=ids[:, -1:], past_key_values=past, use_cache=True)
         else:
-            out = model(input_ids=ids, use_cache=True) if _has_cache(model) else model(input_ids=ids)
+            out = model(input_ids=ids, use_cache=True) if has_kv_cache(model) else model(input_ids=ids)
         past = getattr(out, "past_key_values", None)
         probs = torch.softmax(out.logits[:, -1, :].float(), -1).cpu()
         nxt = torch.multinomial(probs, 1, generator=gen).to(device)
         ids = torch.cat([ids, nxt], dim=1)
     return Windows(ids, GENERATED, None, int(ids.numel()), int(start))
-
-
-def _has_cache(model: torch.nn.Module) -> bool:
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "use_cache", None) is not None and getattr(cfg, "model_type", "") != "mamba"
 
 
 def evaluation_windows(tokenizer: Any, source: str, seq_len: int, max_windows: int | None = None,

@@ -13,10 +13,10 @@ TOK = ByteTokenizer(256)
 
 
 def test_c4_windows_are_seeded_slices_of_documents(root):
-    cfg = CalibrationConfig("c4", n_samples=6, seq_len=32, seed=1)
+    cfg = CalibrationConfig("c4", samples=6, seq_len=32, seed=1)
     a = calibration_windows(TOK, cfg)
     b = calibration_windows(TOK, cfg)
-    c = calibration_windows(TOK, CalibrationConfig("c4", n_samples=6, seq_len=32, seed=2))
+    c = calibration_windows(TOK, CalibrationConfig("c4", samples=6, seq_len=32, seed=2))
     assert a.ids.shape == (6, 32) and a.ids.dtype == torch.long
     assert torch.equal(a.ids, b.ids) and not torch.equal(a.ids, c.ids)
     docs = [d.encode() for d in read_documents(resolve("c4"))]
@@ -28,7 +28,7 @@ def test_c4_windows_are_seeded_slices_of_documents(root):
 def test_text_file_source(tmp_path):
     f = tmp_path / "train.txt"
     f.write_text("abcdefghij" * 20)
-    w = calibration_windows(TOK, CalibrationConfig(str(f), n_samples=3, seq_len=10, seed=0))
+    w = calibration_windows(TOK, CalibrationConfig(str(f), samples=3, seq_len=10, seed=0))
     assert w.ids.shape == (3, 10)
     assert all(bytes(x.tolist()).decode() in "abcdefghij" * 20 for x in w.ids)
 
@@ -37,9 +37,9 @@ def test_text_file_source(tmp_path):
 def test_generated_windows_start_at_bos(family):
     model = tiny_model(family)
     tok = ByteTokenizer(128, bos_token_id=1)
-    w = calibration_windows(tok, CalibrationConfig("generated", n_samples=2, seq_len=6, seed=0), model=model)
+    w = calibration_windows(tok, CalibrationConfig("generated", samples=2, seq_len=6, seed=0), model=model)
     assert w.ids.shape == (2, 6) and (w.ids[:, 0] == 1).all()
-    w2 = calibration_windows(tok, CalibrationConfig("generated", n_samples=2, seq_len=6, seed=0), model=model)
+    w2 = calibration_windows(tok, CalibrationConfig("generated", samples=2, seq_len=6, seed=0), model=model)
     assert torch.equal(w.ids, w2.ids)
     assert len(set(w.ids[:, 1:].reshape(-1).tolist())) > 3  # sampled, not constant
 
@@ -51,7 +51,7 @@ def test_hf_source_without_datasets_is_a_data_error():
     except ImportError:
         pass
     with pytest.raises(DataError, match="datasets"):
-        calibration_windows(TOK, CalibrationConfig("hf:wikitext", n_samples=1, seq_len=4))
+        calibration_windows(TOK, CalibrationConfig("hf:wikitext", samples=1, seq_len=4))
 
 
 def test_wikitext_rows_joined_like_hf(root):
@@ -72,16 +72,16 @@ def test_evaluation_windows_are_non_overlapping_prefix(root):
 def test_same_file_for_calibration_and_evaluation_is_refused(root, tmp_path):
     wt = resolve("wikitext2")
     with pytest.raises(DataError, match="same file"):
-        calibration_windows(TOK, CalibrationConfig(str(wt), n_samples=1, seq_len=8), evaluation_files=[wt])
+        calibration_windows(TOK, CalibrationConfig(str(wt), samples=1, seq_len=8), evaluation_files=[wt])
     copy = tmp_path / "copy.raw"
     shutil.copy(wt, copy)
     with pytest.raises(DataError, match="same file"):
         check_disjoint(copy, [wt])
     check_disjoint(resolve("c4"), [wt])  # different data: fine
     with pytest.raises(DataError, match="same file"):  # the known test splits are refused by default
-        calibration_windows(TOK, CalibrationConfig("wikitext2", n_samples=1, seq_len=8))
+        calibration_windows(TOK, CalibrationConfig("wikitext2", samples=1, seq_len=8))
     with pytest.raises(DataError, match="same file"):
-        calibration_windows(TOK, CalibrationConfig(str(copy), n_samples=1, seq_len=8))
+        calibration_windows(TOK, CalibrationConfig(str(copy), samples=1, seq_len=8))
 
 
 def test_missing_file_names_the_file(tmp_path, monkeypatch):
@@ -131,7 +131,7 @@ def test_renamed_reencoded_wrapped_or_partial_copies_of_test_text_are_refused(ro
     wt = resolve("wikitext2")
     for p in _copies(wt, tmp_path):
         with pytest.raises(DataError, match="contains evaluation text"):
-            calibration_windows(TOK, CalibrationConfig(str(p), n_samples=2, seq_len=64, seed=1))
+            calibration_windows(TOK, CalibrationConfig(str(p), samples=2, seq_len=64, seed=1))
 
 
 def test_disjoint_training_data_passes_the_content_check(root):
@@ -139,7 +139,7 @@ def test_disjoint_training_data_passes_the_content_check(root):
     from fxprune.data import EVALUATION_FILES, read_documents
     o = overlaps(read_documents(resolve("c4")), [root / f for f in EVALUATION_FILES])
     assert [x.shared for x in o] == [0, 0] and o[0].eval_grams > 200_000
-    w = calibration_windows(TOK, CalibrationConfig("c4", n_samples=4, seq_len=64))
+    w = calibration_windows(TOK, CalibrationConfig("c4", samples=4, seq_len=64))
     assert w.ids.shape == (4, 64)
 
 
@@ -147,7 +147,7 @@ def test_undecodable_calibration_file_is_a_data_error(tmp_path):
     p = tmp_path / "bin.txt"
     p.write_bytes(bytes(range(256)) * 40)
     with pytest.raises(DataError, match="bin.txt.*not utf-8"):
-        calibration_windows(TOK, CalibrationConfig(str(p), n_samples=1, seq_len=8))
+        calibration_windows(TOK, CalibrationConfig(str(p), samples=1, seq_len=8))
 
 
 def test_negative_window_count_is_a_data_error(root):
@@ -181,12 +181,12 @@ def test_bos_first_evaluation_windows_predict_every_text_token_once(root):
 
 
 def test_bos_first_calibration_windows(root):
-    cfg = CalibrationConfig("c4", n_samples=5, seq_len=32, seed=3)
+    cfg = CalibrationConfig("c4", samples=5, seq_len=32, seed=3)
     w = calibration_windows(BOS_TOK, cfg)
     assert w.ids.shape == (5, 32) and (w.ids[:, 0] == 1).all() and w.protocol()["bos_first"]
     docs = [d.encode() for d in read_documents(resolve("c4"))]
     for row in w.ids:
         assert any(bytes(row[1:].tolist()) in d for d in docs)  # BOS, then 31 tokens of one document
-    plain = calibration_windows(BOS_TOK, CalibrationConfig("c4", n_samples=5, seq_len=32, seed=3, bos=False))
+    plain = calibration_windows(BOS_TOK, CalibrationConfig("c4", samples=5, seq_len=32, seed=3, bos=False))
     assert not plain.protocol()["bos_first"] and not (plain.ids[:, 0] == 1).all()
     assert torch.equal(calibration_windows(TOK, cfg).ids, calibration_windows(TOK, cfg).ids)

@@ -203,12 +203,12 @@ def test_llamacpp_logits_and_generation_match(family, plan_kind, biases, tmp_pat
 
 def test_llamacpp_matches_after_liar_pipeline_per_layer(tmp_path):
     _llama_cpp()
-    from fxprune.passes.pipeline import prune_model
-    from fxprune.passes.recipe import Recipe
+    import fxprune
     m = tiny_model("llama", seed=5, num_hidden_layers=3, initializer_range=0.1)
     w = torch.randint(3, 128, (8, 16), generator=torch.Generator().manual_seed(0))
-    prune_model(m, Recipe(criterion="flap", reconstruction="liar", allocation="global", target=0.35,
-                          channel_multiple=1, batch_size=4), w)
+    fxprune.prune(m, {"calibration": {"batch_size": 4}, "steps": [{"structured": {
+        "criterion": "flap", "reconstruction": "liar", "allocation": "global", "target": 0.35,
+        "channel_multiple": 1}}]}, w)
     assert m.model.layers[0].mlp.down_proj.bias is not None  # LIAR added it
     rep = export_gguf(m, tmp_path / "m.gguf", "f32", log=lambda s: None)
     rel, gen, gen_cpp = _compare(m, tmp_path / "m.gguf")
@@ -217,13 +217,13 @@ def test_llamacpp_matches_after_liar_pipeline_per_layer(tmp_path):
 
 def test_llamacpp_matches_olica_modules_and_linear_calibration_folded(tmp_path):
     _llama_cpp()
-    from fxprune.passes.pipeline import prune_model
-    from fxprune.passes.recipe import Recipe
+    import fxprune
     from fxprune.structure import LowRankLinear, PaddedOutLinear
     m = tiny_model("llama", seed=6, num_hidden_layers=3, initializer_range=0.1)
     w = torch.randint(3, 128, (8, 16), generator=torch.Generator().manual_seed(1))
-    prune_model(m, Recipe(criterion="olica", reconstruction="none", attention="olica", target=0.3, scope="all",
-                          lincal_layers=2, lincal_rank_ratio=0.1, channel_multiple=1, batch_size=4), w)
+    fxprune.prune(m, {"calibration": {"batch_size": 4}, "steps": [{"structured": {
+        "criterion": "olica", "reconstruction": "none", "attention": "olica", "target": 0.3, "scope": "all",
+        "lincal_layers": 2, "lincal_rank_ratio": 0.1, "channel_multiple": 1}}]}, w)
     mods = list(m.modules())
     assert any(isinstance(x, LowRankLinear) for x in mods) and any(isinstance(x, PaddedOutLinear) for x in mods)
     assert any(getattr(x, "lincal", None) is not None for x in mods)
@@ -265,20 +265,25 @@ def test_prune_deploy_dtype_rounds_ffn_widths_and_dry_run_says_so(tmp_path, caps
     text = tmp_path / "calib.txt"
     text.write_text(" ".join(f"word{i % 97} and more text" for i in range(3000)))
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"method": "structured", "criterion": "flap", "reconstruction": "none",
-                                      "allocation": "global", "target": 0.3, "kinds": ["ffn"],
-                                      "channel_multiple": 1, "calib_samples": 4, "calib_seq_len": 16}))
+    recipe.write_text(yaml.safe_dump({"calibration": {"samples": 4, "seq_len": 16}, "steps": [{"structured": {
+        "criterion": "flap", "reconstruction": "none", "allocation": "global", "target": 0.3, "kinds": ["ffn"],
+        "channel_multiple": 1}}]}))
     args = ["prune", "tiny:llama", "--recipe", str(recipe), "--calib", str(text), "--dry-run"]
+
+    def ffn_kept(rep):
+        return [p["kept"] for p in rep["steps"][0]["plan"].values() if p["kind"] == "ffn_channels"]
+
     assert main(args + ["--json"]) == 0
     free = json.loads(capsys.readouterr().out)
     assert main(args + ["--json", "--deploy-dtype", "q4_0"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["deploy"] == {"dtype": "q4_0", "channel_multiple": 32}
-    ffn = [p["kept"] for p in rep["plan"].values() if p["kind"] == "ffn_channels"]
-    assert ffn and all(k % 32 == 0 for k in ffn)
-    assert any(p["kept"] % 32 for p in free["plan"].values() if p["kind"] == "ffn_channels")
+    assert ffn_kept(rep) and all(k % 32 == 0 for k in ffn_kept(rep))
+    assert any(k % 32 for k in ffn_kept(free))
     assert main(args + ["--deploy-dtype", "q4_0"]) == 0
     assert "multiples of 32 for GGUF q4_0" in capsys.readouterr().out
+    assert main(args + ["--deploy-dtype", "q3_x"]) == 2  # unknown type: a typed error naming it
+    assert "q3_x" in capsys.readouterr().err
 
 
 def test_cli_export_writes_and_reports(tmp_path, capsys):

@@ -16,8 +16,11 @@ from fxprune.passes.olica.attention import attention_parts
 from fxprune.passes.olica.lowrank import factorise, saving_rank
 from fxprune.passes.olica.split import ratios
 from fxprune.passes.olica.vo import rotate_vo
-from fxprune.passes.pipeline import _stats_request, prune_model
-from fxprune.passes.recipe import Recipe
+from fxprune.passes.ops.olica_attention import attention_request
+from fxprune.pipeline import prune_model
+from fxprune.recipe import load_recipe
+from fxprune.report import find_pass
+from fxprune.steps.structured import StructuredStep
 from fxprune.surgery import count_params
 
 
@@ -38,7 +41,7 @@ def test_vo_rotation_alone_is_exact(family):
     a = analyse(m)
     parts = attention_parts(a)
     assert len(parts) == 2, parts.keys()
-    stats = calibrate_whole(m, [{"input_ids": ids}], _stats_request([], frozenset(), False, parts=parts.values()),
+    stats = calibrate_whole(m, [{"input_ids": ids}], attention_request(parts.values(), False),
                             progress=False)
     before = {p.v_weight: m.get_parameter(p.v_weight).detach().clone() for p in parts.values()}
     for p in parts.values():
@@ -109,13 +112,13 @@ def _olica(family="llama", **kw):
                 calib_seq_len=24, batch_size=8, lincal_layers=2, lincal_rank_ratio=0.1)
     base.update(kw)
     dense = copy.deepcopy(m)
-    out = prune_model(m, Recipe(**base), _ids(16, 24, seed=1))
+    out = prune_model(m, load_recipe(base), _ids(16, 24, seed=1))
     return dense, m, out
 
 
 def test_olica_split_is_exact_and_modules_are_in_place():
     dense, m, out = _olica(scope="all", lincal_layers=0)
-    alloc = next(p for p in out.report["passes"] if p["name"] == "allocate")
+    alloc = find_pass(out.report, "olica_split")
     assert count_params(dense) - count_params(m) == alloc["removed_params"]
     assert abs(alloc["achieved"] - 0.2) < 0.03
     attn = m.model.layers[1].self_attn
@@ -127,7 +130,7 @@ def test_olica_split_is_exact_and_modules_are_in_place():
 def test_olica_model_generates_saves_reloads_and_recaptures(family, tmp_path):
     from transformers import AutoModelForCausalLM
     _, m, out = _olica(family)
-    ins = next(p for p in out.report["passes"] if p["name"] == "linear_calibration")["inserted"]
+    ins = find_pass(out.report, "insert_linear_calibration")["inserted"]
     assert len(ins) == 2 and all(i["residual_error_ratio"] <= 1.0 for i in ins)
     ids = _ids(2, 10, seed=3)
     g1 = m.generate(ids[:1, :5], max_new_tokens=6, do_sample=False, use_cache=True)
@@ -156,14 +159,14 @@ def test_linear_calibration_refuses_ffn_living_in_the_block():
 
 def test_linear_calibration_composes_with_flap_and_liar():
     dense, m, out = _olica(criterion="flap", reconstruction="liar", attention="heads", lincal_layers=1)
-    ins = next(p for p in out.report["passes"] if p["name"] == "linear_calibration")["inserted"]
+    ins = find_pass(out.report, "insert_linear_calibration")["inserted"]
     assert len(ins) == 1 and hasattr(m.get_submodule(ins[0]["module"]), "lincal")
     assert count_params(m) < count_params(dense)
 
 
 def test_olica_rejects_global_allocation():
     with pytest.raises(RecipeError, match="allocation"):
-        Recipe(attention="olica", allocation="global")
+        StructuredStep(attention="olica", allocation="global")
 
 
 @pytest.mark.parametrize("attention", ["olica", "heads"])
@@ -181,9 +184,9 @@ def test_cli_dry_run_prints_the_plan_and_sizes(attention, tmp_path, capsys):
                                       "calib_samples": 4, "calib_seq_len": 16}))
     assert main(["prune", "tiny:llama", "--recipe", str(recipe), "--calib", str(text), "--dry-run", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    before, after = rep["params"]
+    before, after = rep["steps"][0]["params"]
     assert after < before
-    kinds = {p["kind"] for p in rep["plan"].values()}
+    kinds = {p["kind"] for p in rep["steps"][0]["plan"].values()}
     assert ("low_rank" in kinds and "attn_v_channels" in kinds) == (attention == "olica")
 
 

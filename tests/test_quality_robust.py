@@ -6,8 +6,13 @@ invariances and the direction of an error, never quality)."""
 import pytest
 import torch
 
-from fxprune.passes.pipeline import prune_model
-from fxprune.passes.recipe import Recipe
+from fxprune.pipeline import prune_model
+from fxprune.recipe import load_recipe
+
+
+def Recipe(**fields):
+    """A one-step structured recipe from flat fields (the older recipe format)."""
+    return load_recipe({**fields, "kinds": list(fields.get("kinds", ("attention", "ffn", "ssm")))})
 
 
 def tiny_gemma(seed=0, layers=2):

@@ -32,7 +32,7 @@ def test_smollm2_ppl_matches_plain_loop_and_layerwise_matches_whole(smol, root):
     assert abs(res.ppl - plain) / plain < 1e-5
     assert 5 < res.ppl < 200
 
-    cal = calibration_windows(tok, CalibrationConfig("c4", n_samples=2, seq_len=48, seed=0))
+    cal = calibration_windows(tok, CalibrationConfig("c4", samples=2, seq_len=48, seed=0))
     names = ["model.layers.0.self_attn.o_proj", "model.layers.29.mlp.down_proj"]
     req = StatsRequest.for_modules(names, [Stat.INPUT_GRAM, Stat.INPUT_SUM])
     batches = [{"input_ids": cal.ids}]

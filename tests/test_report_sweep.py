@@ -109,9 +109,10 @@ def test_plots_are_valid_pngs(tmp_path):
 
 
 def test_recipe_at_sets_only_the_target(tmp_path):
-    d = recipe_at(str(_recipe(tmp_path)), 0.45, {"calib_samples": 4})
-    assert d["target"] == 0.45 and d["calib_samples"] == 4 and d["criterion"] == "flap"
-    assert recipe_at("goa-liar-ffn-global-20", 0.1)["target"] == 0.1
+    r = recipe_at(str(_recipe(tmp_path)), 0.45, {"samples": 4})
+    step = r.steps[0]
+    assert step.target == 0.45 and r.calibration.samples == 4 and step.criterion == "flap"
+    assert recipe_at("goa-liar-ffn-global-20", 0.1).steps[0].target == 0.1
 
 
 def _sweep(out, recipe, targets="0.2,0.4"):

@@ -11,8 +11,8 @@ import torch
 from fxprune.models.tiny import tiny_model
 from fxprune.passes.consumers import consumers, per_unit
 from fxprune.passes.criteria import Criterion, Stat, register
-from fxprune.passes.pipeline import prune_model
-from fxprune.passes.recipe import Recipe
+from fxprune.pipeline import prune_model
+from fxprune.report import find_pass
 
 
 @register
@@ -34,9 +34,10 @@ class MeanActivation(Criterion):
 def main(argv=None):
     model = tiny_model("llama")
     windows = torch.randint(5, 128, (8, 32), generator=torch.Generator().manual_seed(0))
-    out = prune_model(model, Recipe(criterion="mean_activation", reconstruction="flap_bias", target=0.25),
-                      windows)
-    score = next(p for p in out.report["passes"] if p["name"] == "score")
+    recipe = {"steps": [{"structured": {"criterion": "mean_activation", "reconstruction": "flap_bias",
+                                        "target": 0.25}}]}
+    out = prune_model(model, recipe, windows)
+    score = find_pass(out.report, "score")
     print(f"criterion {score['criterion']}: {out.report['params_before']:,} -> "
           f"{out.report['params_after']:,} parameters")
     assert score["criterion"] == "mean_activation"

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import AnalysisError
+from ..models.runtime import CACHE_KWARGS
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,14 @@ class BlockList:
 
     def qualified(self, i: int) -> str:
         return f"{self.name}.{i}" if self.name else str(i)
+
+    def index_of(self, module: str) -> int | None:
+        """The block that contains the module called ``module`` (or is it), else None."""
+        prefix = f"{self.name}." if self.name else ""
+        if not module.startswith(prefix):
+            return None
+        head = module[len(prefix):].split(".", 1)[0]
+        return int(head) if head.isdigit() and int(head) < len(self.blocks) else None
 
 
 def find_blocks(model: torch.nn.Module) -> BlockList:
@@ -86,7 +95,7 @@ def capture_block_inputs(model: torch.nn.Module, block: torch.nn.Module, model_k
         raise AnalysisError(f"{type(model).__name__}: the forward pass never called the first block")
     inp = seen[0]
     # Caches must not be mutated by replaying the block: drop them.
-    for key in ("past_key_value", "past_key_values", "cache_params", "layer_past"):
+    for key in CACHE_KWARGS:
         if key in inp.kwargs:
             inp.kwargs[key] = None
     if "use_cache" in inp.kwargs:

@@ -25,7 +25,8 @@ from ..errors import DataError
 from ..evaluation.perplexity import PerplexityResult, perplexity
 from ..evaluation.tasks import MCItem
 from ..evaluation.zeroshot import TaskResult, loglikelihoods, score_items
-from .layerwise import OnBlock, Stream, calibrate_layerwise, calibrate_whole
+from .layerwise import OnBlock, calibrate_layerwise, calibrate_whole
+from .runner import RunInfo, Stream, run_blocks
 from .observers import Statistics, StatsRequest
 
 
@@ -94,11 +95,21 @@ class Engine:
         all_batches = [{"input_ids": windows[i:i + batch_size]} for i in range(0, windows.shape[0], batch_size)]
         return [{k: v.to(self.fabric.device) for k, v in b.items()} for b in self.shard(all_batches)]
 
+    def run_blocks(self, model: torch.nn.Module, windows: torch.Tensor, ops, *, batch_size: int = 8,
+                   stream: Stream = Stream.PRUNED, desc: str = "blocks") -> RunInfo:
+        """The block-wise runner (``runner.run_blocks``) over this rank's batches of ``windows``, with
+        statistics all-reduced across ranks before any op sees them."""
+        batches = self.batches(windows, batch_size) if windows is not None else []
+        with torch.no_grad(), self.fabric.autocast():
+            return run_blocks(model, batches, ops, stream=stream, reduce=self.reduce_sum,
+                              progress=self.is_main, desc=desc)
+
     def calibrate(self, model: torch.nn.Module, windows: torch.Tensor, request: StatsRequest, *,
                   batch_size: int = 8, layerwise: bool = True, on_block: OnBlock | None = None,
                   stream: Stream = Stream.DENSE, keep_stats: bool = True,
                   dense_targets: bool = True) -> Statistics:
-        """Statistics of ``request`` over ``windows`` (sharded, all-reduced before ``on_block`` sees them)."""
+        """Statistics of ``request`` over ``windows`` (sharded, all-reduced before ``on_block`` sees them).
+        ``layerwise=False``: one whole-model forward per batch (the reference; runs the LM head)."""
         batches = self.batches(windows, batch_size)
         with torch.no_grad(), self.fabric.autocast():
             if layerwise:

@@ -167,10 +167,25 @@ def gram(x: torch.Tensor, min_blocked: int = 1024, blocks: int = 4) -> torch.Ten
 
 
 class _MaskSource:
-    """The token mask of the batch being run, shared by all observers of a collector."""
+    """What all observers of a collector share while a batch runs: its token mask, and the sums
+    already computed for an input tensor (q/k/v and gate/up read the same tensor: its Gram is
+    computed once per batch, not once per module)."""
 
     def __init__(self):
         self.mask: torch.Tensor | None = None
+        self.cache: dict = {}
+
+    def new_batch(self, mask: torch.Tensor | None) -> None:
+        self.mask = mask
+        self.cache = {}
+
+    def shared(self, x: torch.Tensor, key: str, acc: "Accumulation", compute: Callable[[], torch.Tensor]):
+        """``compute()``, or the value an observer already computed for the same tensor ``x``."""
+        ident = (id(x), x.data_ptr(), x._version, tuple(x.shape), x.dtype, acc, key)
+        hit = self.cache.get(ident)
+        if hit is None:
+            hit = self.cache[ident] = (x, compute())  # holding x keeps its id from being reused
+        return hit[1]
 
 
 def _select_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -198,8 +213,17 @@ class Observer:
         self._module: torch.nn.Module | None = None
 
     # ---- lifecycle
-    def attach(self, module: torch.nn.Module) -> None:
+    def attach(self, module: torch.nn.Module, source=None) -> None:
+        """Observe ``module``; ``source=(module, fn)``: the module's forward never runs (its parent reads
+        its weight), so its input is ``fn(output of the source module)`` (``models.runtime``)."""
         self._module = module
+        if source is not None:
+            src, fn = source
+            if Stat.OUTPUT_SQ in self.stats or Stat.HEAD_GRAM in self.stats:
+                raise DataError(f"observer on {self.name!r}: only input statistics can be derived from "
+                                f"another module's output")
+            self._handles.append(src.register_forward_hook(lambda m, a, out: self._pre_hook(module, (fn(out),))))
+            return
         self._handles.append(module.register_forward_pre_hook(self._pre_hook))
         if Stat.OUTPUT_SQ in self.stats:
             self._handles.append(module.register_forward_hook(self._post_hook))
@@ -229,14 +253,15 @@ class Observer:
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor):
             raise DataError(f"observer on {self.name!r}: first input is not a tensor")
-        xs = self._cast(_select_tokens(x, self.masks.mask))
+        share = self.masks.shared
+        xs = share(x, "tokens", self.acc, lambda: self._cast(_select_tokens(x, self.masks.mask)))
         self._add("count", torch.tensor(float(xs.shape[0])))
         if Stat.INPUT_GRAM in self.stats:
-            self._add("gram", gram(xs))
+            self._add("gram", share(x, "gram", self.acc, lambda: gram(xs)))
         if Stat.INPUT_SUM in self.stats:
-            self._add("input_sum", xs.sum(0))
+            self._add("input_sum", share(x, "sum", self.acc, lambda: xs.sum(0)))
         if Stat.INPUT_SQ in self.stats:
-            self._add("input_sq", (xs * xs).sum(0))
+            self._add("input_sq", share(x, "sq", self.acc, lambda: (xs * xs).sum(0)))
         if Stat.HEAD_GRAM in self.stats:
             self._add("head_gram", self._head_gram(module, xs))
 
@@ -284,14 +309,19 @@ class StatsCollector:
         self.observers = {n: Observer(n, request.modules[n], request, self.masks) for n in wanted}
 
     def __enter__(self) -> "StatsCollector":
+        from ..models.runtime import derived_inputs
+        derived = derived_inputs(self.root)
         for name, obs in self.observers.items():
-            local = name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
+            if self.prefix and name == self.prefix.rstrip("."):
+                local = ""
+            else:
+                local = name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
             try:
                 module = self.root.get_submodule(local)
             except AttributeError as e:
                 raise DataError(f"statistics requested for {name!r}, which is not a module of "
                                 f"{type(self.root).__name__}") from e
-            obs.attach(module)
+            obs.attach(module, derived.get(module))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -310,7 +340,7 @@ class StatsCollector:
             if self.request.exclude_first_token:
                 first = mask.int().argmax(dim=1)  # first real token of each row (left padding allowed)
                 mask[torch.arange(mask.shape[0]), first] = False
-        self.masks.mask = mask
+        self.masks.new_batch(mask)
 
     def state(self) -> dict[str, torch.Tensor]:
         """All running sums, keyed ``<module>/<sum>``, for a data-parallel all-reduce."""

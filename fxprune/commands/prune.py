@@ -1,85 +1,52 @@
-"""``fxprune prune MODEL --recipe RECIPE --calib DATA --out DIR [--dry-run]``.
-
-Structured recipes (``method: structured``) run the pass pipeline of ``fxprune.passes``; sparsity
-recipes (``method: mrp | sparsegpt | wanda | magnitude``) run ``fxprune.sparsity``.
+"""``fxprune prune MODEL --recipe RECIPE [--calib DATA] --out DIR [--dry-run]``: run any recipe
+(structured, sparsity, or steps composed) on MODEL and save the result; ``--dry-run`` runs only the
+recipe's planning passes and prints what would be removed.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
-from pathlib import Path
 
 from ..arguments import positive_int, seq_len
 from ..evaluation import render as _report
 
 NAME = "prune"
-HELP = "Prune MODEL by RECIPE with calibration DATA and save the result to DIR."
+HELP = "Prune MODEL by RECIPE (structured, sparsity or both) with calibration DATA and save to DIR."
 
 
 def add_arguments(p):
     p.add_argument("model", help="smollm2, minilm, tiny:<family>, a .gguf file or a model directory")
-    p.add_argument("--recipe", required=True, help="recipe file (.yaml/.json) or a name in fxprune/recipes")
+    p.add_argument("--recipe", required=True, help="recipe file (.yaml/.json) or a shipped name in fxprune/recipes")
     p.add_argument("--calib", default=None, help="calibration data: c4, a text/jsonl file, hf:<name> or "
-                                                 "generated (default: the recipe's calib_source)")
+                                                 "generated (default: the recipe's calibration.source)")
+    p.add_argument("--calib-samples", "--samples", dest="calib_samples", type=positive_int, default=None,
+                   help="calibration windows (default: the recipe's)")
+    p.add_argument("--calib-seq-len", "--seqlen", dest="calib_seq_len", type=seq_len, default=None,
+                   help="tokens per calibration window (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=None, help="calibration sampling seed (default: the recipe's)")
     p.add_argument("--out", default=None, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an fxprune checkpoint at --out "
                                                             "(files fxprune did not write are kept)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--dry-run", action="store_true", help="run the planning passes only: print the plan, change nothing")
     p.add_argument("--eval-ppl", default="", help="also report perplexity before/after on this set (wikitext2)")
     p.add_argument("--seq-len", type=seq_len, default=128, help="perplexity window length")
     p.add_argument("--windows", type=positive_int, default=64, help="perplexity windows")
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--semi-structured", action="store_true",
+                   help="CUDA only: convert 2:4 layers to semi-structured sparse tensors and time them")
     p.add_argument("--deploy-dtype", default=None, help="GGUF type the result will be deployed as (q8_0, q4_0, "
                    "q4_k_m...): FFN widths are rounded to the row multiple it needs (fxprune.export.types)")
-    _report.add_report_arguments(p)  # --eval-tasks, --limit (fxprune/evaluation/report.py)
+    _report.add_report_arguments(p)  # --eval-tasks, --limit (fxprune/evaluation/render.py)
 
 
-def resolve_recipe(spec: str) -> Path:
-    path = Path(spec)
-    if path.is_file():
-        return path
-    builtin = Path(__file__).resolve().parent.parent / "recipes"
-    for cand in (builtin / spec, builtin / f"{spec}.yaml", builtin / f"{spec}.json"):
-        if cand.is_file():
-            return cand
-    from ..errors import RecipeError
-    raise RecipeError(f"recipe {spec!r}: no such file and no built-in recipe of that name in {builtin}")
-
-
-def _method(path: Path) -> str:
-    from ..errors import RecipeError
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            d = json.loads(text)
-        else:
-            import yaml
-            d = yaml.safe_load(text) or {}
-    except Exception as e:  # OSError, UnicodeDecodeError, JSON and YAML errors: name the file
-        raise RecipeError(f"recipe file {path}: cannot parse ({type(e).__name__}: {e})") from e
-    if not isinstance(d, dict):
-        raise RecipeError(f"recipe file {path}: expected a mapping at the top level")
-    method = d.get("method", "structured")
-    if not isinstance(method, str):
-        raise RecipeError(f"recipe file {path}: field 'method' must be a string, got {method!r}")
-    return method
-
-
-def run(args) -> int:
-    path = resolve_recipe(args.recipe)
-    if _method(path) != "structured":
-        from .sparsify import run as run_sparsify
-        if not args.out:
-            from ..errors import RecipeError
-            raise RecipeError("--out is required for sparsity recipes")
-        args.recipe = str(path)
-        for name, default in (("samples", None), ("seqlen", None), ("seed", 0), ("semi_structured", False),
-                              ("overwrite", False)):
-            setattr(args, name, getattr(args, name, default))
-        return run_sparsify(args)
-    return _run_structured(args, path)
+def recipe_from_args(args):
+    """The recipe named by ``--recipe`` with the calibration overrides of the command line."""
+    from ..recipe import load_recipe
+    over = {k: v for k, v in (("source", args.calib), ("samples", args.calib_samples),
+                              ("seq_len", args.calib_seq_len), ("seed", args.seed)) if v is not None}
+    return load_recipe(args.recipe).with_calibration(**over)
 
 
 def _ppl(model, tok, args):
@@ -89,77 +56,59 @@ def _ppl(model, tok, args):
     return Engine().perplexity(model, w.ids).ppl
 
 
-def _run_structured(args, path: Path) -> int:
-    from dataclasses import replace
-
-    from ..calibration import Engine
+def run(args) -> int:
     from ..checkpoint import save_pruned
-    from ..data import CalibrationConfig, calibration_windows, tokenizer_for
+    from ..data import calibration_windows, tokenizer_for
+    from ..errors import RecipeError
     from ..loading import load_model
-    from ..passes.base import PassContext, PassManager
-    from ..passes.pipeline import Allocate, Analyse, Score, SelectGroups, prune_model
-    from ..passes.recipe import Recipe
+    from ..pipeline import plan_model, prune_model
+    from ..recipe import resolve_recipe_path
 
-    recipe = Recipe.from_file(path)
-    if args.calib:
-        recipe = replace(recipe, calib_source=args.calib)
+    from ..preflight import JobSizes, check_job
+
+    recipe = recipe_from_args(args)
     deploy = None
-    if getattr(args, "deploy_dtype", None):
-        from ..export.types import deploy_channel_multiple
-        deploy = (args.deploy_dtype, deploy_channel_multiple(args.deploy_dtype, recipe.channel_multiple))
-        recipe = replace(recipe, channel_multiple=deploy[1])
+    if getattr(args, "deploy_dtype", None):  # export's hook (issue 10): widths that suit a GGUF type
+        from ..export.types import for_deployment
+        recipe, multiple = for_deployment(recipe, args.deploy_dtype)
+        deploy = {"dtype": args.deploy_dtype, "channel_multiple": multiple}
     if not args.dry_run and not args.out:
-        from ..errors import RecipeError
         raise RecipeError("--out is required unless --dry-run")
-    from ..preflight import JobSizes, check_job  # output, memory, savable: before the expensive work
-    job = check_job(args.model, out=args.out, overwrite=args.overwrite, sizes=JobSizes(
-        "structured", recipe.calib_samples, recipe.calib_seq_len, recipe.batch_size,
-        generated=recipe.calib_source == "generated", eval_seq_len=args.seq_len if args.eval_ppl else 0))
+    cal = recipe.calibration
+    structured = any(s.kind == "structured" for s in recipe.steps)
+    job = check_job(args.model, out=None if args.dry_run else args.out, overwrite=args.overwrite,
+                    samples_field="--calib-samples", sizes=JobSizes(
+                        "structured" if structured else "sparsity", cal.samples if recipe.needs_calibration else 0,
+                        cal.seq_len, cal.batch_size, generated=cal.source == "generated",
+                        eval_seq_len=args.seq_len if args.eval_ppl else 0))  # output, memory, savable: before the work
     loaded = load_model(args.model)
     job.check_model(loaded.model)
     model, tok = loaded.model, tokenizer_for(loaded)
-    cfg = CalibrationConfig(recipe.calib_source, recipe.calib_samples, recipe.calib_seq_len, recipe.seed)
-    windows = calibration_windows(tok, cfg, model=model, root=args.data_root)
-    report = {"model": args.model, "recipe_file": str(path), "calibration": windows.protocol()
-              if hasattr(windows, "protocol") else {}}
+    windows = (calibration_windows(tok, recipe.calibration, model=model, root=args.data_root)
+               if recipe.needs_calibration else None)
+    report = {"model": args.model, "recipe_name": recipe.name, "recipe_file": str(resolve_recipe_path(args.recipe))}
     if deploy:
-        report["deploy"] = {"dtype": deploy[0], "channel_multiple": deploy[1]}
-    engine = Engine()
+        report["deploy"] = deploy
     if args.dry_run:
-        ctx = PassManager([Analyse(), SelectGroups(recipe), Score(recipe, windows.ids, engine, force=True),
-                           Allocate(recipe)]).run(PassContext(model))
-        cost, plan, a = ctx["cost"], ctx["plan"], ctx["analysis"]
-        split = ctx.facts.get("olica_split")
-        if plan is None:  # widths only (Olica's split): units are chosen block by block when pruning
-            kept = dict(ctx["kept"])
-            kept.update(split.v_kept if split else {})
-            plan = {g: f"{k} best" for g, k in kept.items()}
-        else:
-            kept = {g: len(k) for g, k in plan.items()}
-        saved_qk = split.qk_removed if split else 0  # low-rank q/k: beyond the unit-count polynomial
-        if split:
-            for w, r in split.ranks.items():
-                plan[w] = f"rank {r}"
-        report["plan"] = {g: {"kind": a.group(g).kind if g in a.by_id() else "low_rank",
-                              "units": a.group(g).units if g in a.by_id() else None,
-                              "kept": kept.get(g, k),
-                              "kept_units": k if isinstance(k, str) or len(k) <= 16 else f"{len(k)} indices"}
-                          for g, k in plan.items()}
-        L = recipe.calib_seq_len
-        report["params"] = [cost.evaluate(cost.params, {}), cost.evaluate(cost.params, kept) - saved_qk]
-        report["flops_per_token_L"] = {"L": L, "before": cost.evaluate(cost.flops_per_token, {}, L),
-                                       "after": cost.evaluate(cost.flops_per_token, kept, L) - 2 * saved_qk}
-        report["passes"] = [{"name": r.name, **r.report} for r in ctx.results]
+        ctxs = plan_model(model, recipe, windows)
+        report["steps"] = [describe_plan(step, ctx, recipe.calibration.seq_len)
+                           for step, ctx in zip(recipe.steps, ctxs)]
         _print(report, args, dry=True)
         return 0
     if args.eval_ppl:
         report["ppl_dense"] = _ppl(model, tok, args)
     t0 = time.perf_counter()
-    out = prune_model(model, recipe, windows.ids, engine)
+    out = prune_model(model, recipe, windows)
     report.update(out.report)
     report["prune_seconds"] = round(time.perf_counter() - t0, 2)
     if args.eval_ppl:
         report["ppl_pruned"] = _ppl(model, tok, args)
+    if args.semi_structured:
+        import torch
+
+        from ..sparsity import convert_2to4_and_time
+        ids = windows.ids[:1] if windows is not None else torch.randint(0, model.config.vocab_size, (1, 128))
+        report["semi_structured"] = {k: v for k, v in convert_2to4_and_time(model, ids).items() if k != "converted"}
     save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan},
                 overwrite=args.overwrite)
     report["out"] = args.out
@@ -168,26 +117,65 @@ def _run_structured(args, path: Path) -> int:
     return 0
 
 
+def describe_plan(step, ctx, seq_len: int) -> dict:
+    """What a step's planning passes decided, for printing: structured (group -> kept units,
+    parameters and FLOPs before -> after) or sparsity (layers and their patterns)."""
+    facts = ctx.facts
+    out = {"kind": step.kind, "passes": [{"name": r.name, **r.report} for r in ctx.results]}
+    if "linears" in facts:
+        out["layers"] = {n: (p if isinstance(p, str) else p.label) for n, (_, p) in facts["linears"].items()}
+        return out
+    a, cost, alloc = facts["analysis"], facts["cost"], facts["allocation"]
+    kept = dict(alloc.kept)
+    plan = {g: (f"{k} best" if alloc.plan is None else alloc.plan[g]) for g, k in kept.items()}
+    saved_qk = getattr(alloc, "qk_removed", 0)  # Olica's low-rank q/k: beyond the unit-count polynomial
+    kept.update(getattr(alloc, "v_kept", {}))
+    plan.update({g: f"{k} best" for g, k in getattr(alloc, "v_kept", {}).items()})
+    by_id = a.by_id()
+    out["plan"] = {g: {"kind": by_id[g].kind, "units": by_id[g].units, "kept": kept[g],
+                       "kept_units": k if isinstance(k, str) or len(k) <= 16 else f"{len(k)} indices"}
+                   for g, k in plan.items()}
+    out["plan"].update({w: {"kind": "low_rank", "units": None, "kept": f"rank {r}", "kept_units": f"rank {r}"}
+                        for w, r in getattr(alloc, "ranks", {}).items()})
+    out["params"] = [cost.evaluate(cost.params, {}), cost.evaluate(cost.params, kept) - saved_qk]
+    out["flops_per_token_L"] = {"L": seq_len, "before": cost.evaluate(cost.flops_per_token, {}, seq_len),
+                                "after": cost.evaluate(cost.flops_per_token, kept, seq_len) - 2 * saved_qk}
+    return out
+
+
 def _print(report, args, dry=False):
     if args.json:
         json.dump(report, sys.stdout, indent=1, default=str)
         print()
         return
     if dry:
-        for gid, p in report["plan"].items():
-            print(f"{gid:48s} {p['kind']:16s} {str(p['units'] or '-'):>5s} -> {str(p['kept']):>8s}")
-        b, a = report["params"]
-        f = report["flops_per_token_L"]
-        print(f"parameters {b:,} -> {a:,} ({100 * (1 - a / b):.1f}% fewer); FLOPs/token at L={f['L']}: "
-              f"{f['before']:,} -> {f['after']:,}. Dry run: nothing was changed.")
-        if "deploy" in report:
+        for i, st in enumerate(report["steps"]):
+            print(f"step {i + 1}: {st['kind']}")
+            if "layers" in st:
+                for name, pat in st["layers"].items():
+                    print(f"  {name:48s} {pat}")
+                continue
+            for gid, p in st["plan"].items():
+                print(f"  {gid:48s} {p['kind']:16s} {str(p['units'] or '-'):>5s} -> {str(p['kept']):>8s}")
+            b, a = st["params"]
+            f = st["flops_per_token_L"]
+            print(f"  parameters {b:,} -> {a:,} ({100 * (1 - a / b):.1f}% fewer); FLOPs/token at L={f['L']}: "
+                  f"{f['before']:,} -> {f['after']:,}")
+        if report.get("deploy", {}).get("channel_multiple"):
             d = report["deploy"]
             print(f"FFN widths rounded to multiples of {d['channel_multiple']} for GGUF {d['dtype']} "
                   f"(row length of ffn_down).")
+        print("Dry run: nothing was changed." + (" Steps after the first are planned on the input model."
+                                                 if len(report["steps"]) > 1 else ""))
         return
     b, a = report["params_before"], report["params_after"]
     print(f"{report['model']}: parameters {b:,} -> {a:,} ({100 * (1 - a / b):.1f}% fewer) in "
           f"{report['prune_seconds']}s; saved to {report['out']}")
+    for st in report["steps"]:
+        for p in st["passes"]:
+            if "sparsity_selected_linears" in p:
+                print(f"{st['kind']}: {p['sparsity_selected_linears']:.2%} zeros in the selected linears"
+                      + (f" (skipped: {', '.join(p['skipped'])})" if p["skipped"] else ""))
     if "ppl_dense" in report:
         print(f"{args.eval_ppl} perplexity (L={args.seq_len}, {args.windows} windows): "
               f"dense {report['ppl_dense']:.2f} -> pruned {report['ppl_pruned']:.2f}")

@@ -36,7 +36,7 @@ def add_arguments(p):
     p.add_argument("--targets", required=True, help="comma-separated fractions, e.g. 0.1,0.2,0.3,0.4,0.5")
     p.add_argument("--out", required=True, help="output directory (results.jsonl/csv/json, plots)")
     p.add_argument("--calib", default=None, help="calibration data for every recipe (default: each recipe's)")
-    p.add_argument("--calib-samples", type=int, default=None, help="override the recipes' calib_samples")
+    p.add_argument("--calib-samples", type=int, default=None, help="override the recipes' calibration samples")
     p.add_argument("--eval-ppl", default="wikitext2", help="perplexity set ('' for none)")
     p.add_argument("--seq-len", type=int, default=128, help="perplexity window length")
     p.add_argument("--windows", type=int, default=64, help="perplexity windows (first N)")
@@ -48,20 +48,11 @@ def add_arguments(p):
     p.add_argument("--data-root", default=None)
 
 
-def recipe_at(spec: str, target: float, overrides: dict | None = None) -> dict:
-    """Recipe ``spec`` (name or file) as a dict with its removal fraction set to ``target``."""
-    from .prune import resolve_recipe
-    path = resolve_recipe(spec)
-    text = path.read_text()
-    if path.suffix == ".json":
-        d = json.loads(text)
-    else:
-        import yaml
-        d = yaml.safe_load(text) or {}
-    d = dict(d)
-    d["target"] = float(target)
-    d.update(overrides or {})
-    return d
+def recipe_at(spec: str, target: float, overrides: dict | None = None):
+    """Recipe ``spec`` (name or file) with every structured step's removal fraction set to ``target``
+    and its calibration block updated by ``overrides`` (``source``, ``samples``...)."""
+    from ..recipe import load_recipe
+    return load_recipe(spec).with_target(float(target)).with_calibration(**(overrides or {}))
 
 
 def _float_list(s: str) -> list[float]:
@@ -159,7 +150,7 @@ def run(args) -> int:
 
     import fxprune
     from ..calibration import Engine
-    from ..data import CalibrationConfig, calibration_windows, evaluation_windows, tokenizer_for
+    from ..data import calibration_windows, evaluation_windows, tokenizer_for
     from ..evaluation.render import peak_rss_mb
     from ..evaluation.suite import evaluate_suite, parse_tasks
     from ..evaluation.widths import count_params, widths_table
@@ -170,9 +161,9 @@ def run(args) -> int:
     tasks = parse_tasks(args.tasks)
     overrides = {}
     if args.calib:
-        overrides["calib_source"] = args.calib
+        overrides["source"] = args.calib
     if args.calib_samples:
-        overrides["calib_samples"] = args.calib_samples
+        overrides["samples"] = args.calib_samples
     for r in recipes:  # fail on a bad recipe name before any work
         recipe_at(r, targets[0], overrides)
     out = Path(args.out)
@@ -222,11 +213,9 @@ def run(args) -> int:
             if _key(name, t) in done:
                 continue
             recipe = recipe_at(name, t, overrides)
-            ck = (recipe.get("calib_source", "c4"), recipe.get("calib_samples", 128), recipe.get("calib_seq_len", 128),
-                  recipe.get("seed", 0))
+            ck = recipe.calibration
             if ck not in calib_cache:
-                calib_cache[ck] = calibration_windows(tok, CalibrationConfig(*ck), model=dense_model,
-                                                      root=args.data_root)
+                calib_cache[ck] = calibration_windows(tok, ck, model=dense_model, root=args.data_root)
             windows = calib_cache[ck]
             model = copy.deepcopy(dense_model)
             t0 = time.perf_counter()
@@ -245,7 +234,7 @@ def run(args) -> int:
             if args.save_checkpoints:
                 from ..checkpoint import save_pruned
                 save_pruned(model, out / "ckpt" / f"{name}-{t:g}", tokenizer=loaded.tokenizer, overwrite=True,
-                            extra={"model": args.model, "recipe": recipe, **{k: row[k] for k in
+                            extra={"model": args.model, "recipe": recipe.to_dict(), **{k: row[k] for k in
                                    ("params_before", "params_after", "prune_seconds")}})
             _append(jsonl, row)
             rows.append(row)

@@ -111,9 +111,12 @@ def _stages_of(report: dict) -> list[dict]:
     stages = []
     if report.get("prune_seconds") is not None:
         stages.append({"name": "prune (total)", "seconds": report["prune_seconds"], "peak_rss_mb": None})
-    for p in report.get("passes", []) or []:
-        if isinstance(p, dict) and "seconds" in p:
-            stages.append({"name": f"pass {p.get('name')}", "seconds": p["seconds"], "peak_rss_mb": None})
+    steps = report.get("steps") or [{"passes": report.get("passes", []) or []}]  # older reports: one flat list
+    for i, st in enumerate(steps):
+        for p in st.get("passes", []) or []:
+            if isinstance(p, dict) and "seconds" in p:
+                name = f"pass {p.get('name')}" if len(steps) == 1 else f"step {i + 1} ({st.get('kind')}): {p.get('name')}"
+                stages.append({"name": name, "seconds": p["seconds"], "peak_rss_mb": None})
     return stages
 
 

@@ -87,6 +87,7 @@ def for_deployment(recipe, dtype: str):
     from dataclasses import replace
 
     from ..steps.structured import StructuredStep
+    row_multiple(dtype)  # an unknown type is an ExportError before any work
     steps, multiple = [], None
     for s in recipe.steps:
         if isinstance(s, StructuredStep):

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..analysis.groups import Kind
+from ..analysis.groups import ATTENTION_KINDS as ATTN
 from .cost import CostModel
-
-ATTN = (Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import sympy as sp
 import torch
 
 from ..analysis.analyser import Analysis
-from ..analysis.groups import Kind
+from ..analysis.groups import ATTENTION_KINDS, Kind
 
 L = sp.Symbol("L", positive=True, integer=True)
 
@@ -92,7 +92,7 @@ def build_cost_model(model, analysis: Analysis, kv_bytes: int = 2) -> CostModel:
     # v, each (q width / q heads per KV head) wide.
     q_width, rep = {}, {}
     for g in groups:
-        if g.kind in (Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV):
+        if g.kind in ATTENTION_KINDS:
             cons = g.members_by_role("consumer")[0]
             q_width[g.module] = cons.size * head_scale[cons.param]
             if g.kind == Kind.ATTN_Q_PER_KV:

@@ -1,15 +1,15 @@
-"""Unstructured and N:M sparsity without retraining: magnitude, Wanda, SparseGPT and the optimal
-multiple-removal method (Zhao et al., EMNLP 2024 Findings), behind one recipe interface.
+"""Unstructured and N:M sparsity without retraining: the targets (``config``: ``Unstructured``, ``NM``,
+``LayerSelection``), mask helpers (``masks``) and the methods' kernels (``methods``: magnitude,
+Wanda, SparseGPT and the optimal multiple-removal method of Zhao et al., EMNLP 2024 Findings).
 
-Entry points: ``load_recipe(path_or_name)`` and ``run_sparsity_recipe(model, recipe, calib_batches)``.
+They run as recipe steps (``fxprune.steps.sparsity``) through the one block-wise runner:
+``fxprune.sparsify(model, "mrp", "2:4")`` or a recipe ``{steps: [{mrp: {sparsity: "2:4"}}]}``.
 """
-from .config import (NM, LayerSelection, MagnitudeConfig, MRPConfig, SparseGPTConfig, SparsityRecipe,  # noqa: E402
-                     Unstructured, WandaConfig)
-from .driver import SparsityError, run_sparsity_recipe  # noqa: E402
-from .export import convert_2to4_and_time, save_sparse_model  # noqa: E402
-from .recipe import builtin_recipes, load_recipe, parse_recipe  # noqa: E402
-from .report import LayerReport, SparsityResult  # noqa: E402
+from .config import NM, LayerSelection, Unstructured, parse_pattern
+from .export import convert_2to4_and_time, save_sparse_model
+from .methods import (METHOD_NAMES, LayerStats, MagnitudeConfig, MRPConfig, SparseGPTConfig, WandaConfig,
+                      prune_weight)
 
-__all__ = ["NM", "Unstructured", "LayerSelection", "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "MRPConfig",
-           "SparsityRecipe", "SparsityError", "run_sparsity_recipe", "save_sparse_model", "convert_2to4_and_time",
-           "load_recipe", "parse_recipe", "builtin_recipes", "LayerReport", "SparsityResult"]
+__all__ = ["METHOD_NAMES", "NM", "LayerSelection", "LayerStats", "MRPConfig", "MagnitudeConfig", "SparseGPTConfig",
+           "Unstructured", "WandaConfig", "convert_2to4_and_time", "parse_pattern", "prune_weight",
+           "save_sparse_model"]

@@ -1,12 +1,13 @@
-"""Typed, frozen configs for sparsification: the target pattern and one config class per method.
+"""Sparsity targets: the pattern (``Unstructured`` ratio or ``NM``) and which layers take it.
 
-Strings exist only in recipe files; ``fxprune.sparsity.recipe`` parses them once into these types.
+Strings exist only in recipes; ``parse_pattern`` and ``parse_layers`` read them once into these types.
+Each method's own config lives in its file under ``methods/``.
 """
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from ..errors import RecipeError
 
@@ -83,76 +84,76 @@ class LayerSelection:
         return default
 
 
-# ---- method configs (one per registered method) ----
-
-@dataclass(frozen=True)
-class MagnitudeConfig:
-    """Keep the largest ``|W|`` (per layer for unstructured ``granularity='layer'``, else per row / group)."""
-
-    needs_calibration = False
-
-
-@dataclass(frozen=True)
-class WandaConfig:
-    """Wanda (Sun et al. 2023): score ``|W_ij| · ||X_j||₂``, compared within each output row; no update."""
-
-    needs_calibration = True
-
-
-@dataclass(frozen=True)
-class SparseGPTConfig:
-    """SparseGPT (Frantar & Alistarh 2023), as IST-DASLab's ``fasterprune``: single-removal OBS updates
-    column by column, lazy blocks of ``blocksize`` columns, masks chosen per block (adaptive)."""
-
-    blocksize: int = 128
-    percdamp: float = 0.01
-    needs_calibration = True
-
-
-@dataclass(frozen=True)
-class MRPConfig:
-    """Multiple-removal pruning (Zhao et al., EMNLP 2024 Findings).
-
-    Mask selection (``mask_selection``):
-      * ``"adaptive"`` (default): a left-to-right sweep over lazy column blocks of ``blocksize``; in
-        each group of M columns (N:M) every one of the C(M,N) patterns is scored by its
-        multiple-removal loss ``½ w_P [(H_c⁻¹)_PP]⁻¹ w_Pᵀ`` under the conditional inverse Hessian of
-        the not-yet-frozen columns, the cheapest is kept and removed jointly (unstructured: the
-        saliency ``w_j² / [H_c⁻¹]_jj`` picks the block's zeros);
-      * ``"oneshot"``: same scores from the full ``H⁻¹`` and the original weights, no sweep.
-    Update: after the mask is fixed every row is re-solved exactly, ``w_R = (H_RR)⁻¹ (H wᵀ)_R``
-    (or the equivalent ``δw = −w_P [(H⁻¹)_PP]⁻¹ (H⁻¹)_{P,:}`` when ``|P| < |R|``), batched over
-    chunks of rows sorted by kept count and padded with identity to the chunk's largest count;
-    ``row_chunk`` bounds memory (``row_chunk · k²`` floats).
-    ``update="sweep"`` skips the exact final solve and keeps the sweep's weights (joint removal per
-    group/block with the columns to its left frozen): about SparseGPT's cost, not the exact optimum.
-    """
-
-    blocksize: int = 128
-    percdamp: float = 0.01
-    mask_selection: Literal["adaptive", "oneshot"] = "adaptive"
-    row_chunk: int = 64
-    solve_dtype: Literal["float32", "float64"] = "float32"
-    update: Literal["exact", "sweep"] = "exact"
-    needs_calibration = True
-
-    def __post_init__(self):
-        if self.update not in ("exact", "sweep"):
-            raise RecipeError(f"options.update must be 'exact' or 'sweep', got {self.update!r}")
-        if self.mask_selection not in ("adaptive", "oneshot"):
-            raise RecipeError(f"options.mask_selection must be 'adaptive' or 'oneshot', got {self.mask_selection!r}")
+def parse_pattern(spec: Any) -> Pattern:
+    """``"2:4"`` (N:M), ``"50%"`` or ``0.5`` (unstructured, per row), ``{n, m}``, or
+    ``{ratio, granularity: row|layer}``."""
+    if isinstance(spec, (NM, Unstructured)):
+        return spec
+    if isinstance(spec, str) and ":" in spec:
+        try:
+            n, m = (int(x) for x in spec.split(":"))
+        except ValueError:
+            raise RecipeError(f"sparsity: cannot parse N:M pattern {spec!r}") from None
+        return NM(n, m)
+    if isinstance(spec, str) and spec.endswith("%"):
+        try:
+            return Unstructured(float(spec[:-1]) / 100)
+        except ValueError:
+            raise RecipeError(f"sparsity: cannot parse percentage {spec!r}") from None
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return Unstructured(float(spec))
+    if isinstance(spec, dict):
+        if set(spec) == {"n", "m"}:
+            try:
+                return NM(int(spec["n"]), int(spec["m"]))
+            except (TypeError, ValueError):
+                raise RecipeError(f"sparsity: n and m must be integers, got {spec!r}") from None
+        if "ratio" in spec:
+            extra = set(spec) - {"ratio", "granularity"}
+            if extra:
+                raise RecipeError(f"sparsity: unknown field(s) {sorted(extra)}")
+            try:
+                return Unstructured(float(spec["ratio"]), spec.get("granularity", "row"))
+            except (TypeError, ValueError):
+                raise RecipeError(f"sparsity: ratio must be a number, got {spec['ratio']!r}") from None
+    raise RecipeError(f"sparsity: expected 'N:M', a ratio or {{ratio, granularity}}, got {spec!r}")
 
 
-MethodConfig = MagnitudeConfig | WandaConfig | SparseGPTConfig | MRPConfig
+def pattern_spec(p: Pattern):
+    """The recipe form of a pattern (``parse_pattern(pattern_spec(p)) == p``)."""
+    if isinstance(p, NM):
+        return f"{p.n}:{p.m}"
+    return p.ratio if p.granularity == "row" else {"ratio": p.ratio, "granularity": p.granularity}
 
 
-@dataclass(frozen=True)
-class SparsityRecipe:
-    """A whole sparsification recipe: method config, pattern, layer selection, calibration size."""
+def parse_layers(d: Any, pattern: Pattern) -> LayerSelection:
+    """``{include: [globs], exclude: [globs], overrides: {glob: ratio}}`` (all optional)."""
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise RecipeError(f"layers: expected a mapping, got {d!r}")
+    bad = set(d) - {"include", "exclude", "overrides"}
+    if bad:
+        raise RecipeError(f"layers: unknown field(s) {sorted(bad)}")
+    def globs(key, default):
+        v = d.get(key, default)
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+            raise RecipeError(f"layers.{key}: expected a list of glob strings, got {v!r}")
+        return tuple(v)
+    over = d.get("overrides") or {}
+    if not isinstance(over, dict):
+        raise RecipeError(f"layers.overrides: expected {{glob: ratio}}, got {over!r}")
+    try:
+        overrides = tuple((str(k), float(v)) for k, v in over.items())
+    except (TypeError, ValueError):
+        raise RecipeError(f"layers.overrides: ratios must be numbers, got {over!r}") from None
+    layers = LayerSelection(globs("include", ("*",)), globs("exclude", ()), overrides)
+    if layers.overrides and not isinstance(pattern, Unstructured):
+        raise RecipeError("layers.overrides: per-layer ratios need unstructured sparsity")
+    return layers
 
-    method: MethodConfig
-    pattern: Pattern
-    layers: LayerSelection = field(default_factory=LayerSelection)
-    calib_samples: int = 128
-    calib_seqlen: int = 512
-    name: str = ""
+
+def layers_spec(s: LayerSelection) -> dict:
+    return {"include": list(s.include), "exclude": list(s.exclude), "overrides": dict(s.overrides)}

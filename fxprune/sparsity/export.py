@@ -9,28 +9,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
 
 
 def save_sparse_model(model, out_dir: str | Path, tokenizer=None, result=None, *, overwrite: bool = False) -> Path:
-    """Save ``model`` (dense tensors with zeros) + tokenizer + ``sparsity_report.{json,md}`` to ``out_dir``
-    through the one atomic writer (``fxprune.output.checkpoint_dir``: a new or empty directory, or an
-    fxprune checkpoint with ``overwrite``; files fxprune did not write are never removed). Stock
-    ``save_pretrained`` layout; a GGUF quantizer marker is hidden while saving."""
-    from ..checkpoint import run_environment, write_checkpoint
-    from ..output import checkpoint_dir
-    out = Path(out_dir)
-    try:
-        with checkpoint_dir(out, overwrite=overwrite, manifest={"environment": run_environment()}) as tmp:
-            write_checkpoint(model, tmp, tokenizer=tokenizer, structure=False)
-            if result is not None:
-                result.to_json(tmp / "sparsity_report.json")
-                (tmp / "sparsity_report.md").write_text(result.to_markdown() + "\n")
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"cannot save sparse model to {str(out)!r}: {type(e).__name__}: {e}") from e
-    return out
+    """Save ``model`` (dense tensors with zeros) + tokenizer + ``sparsity_report.{json,md}`` (from the run
+    report ``result``, ``fxprune.report``) to ``out_dir`` in the stock ``save_pretrained`` layout, through
+    ``fxprune.checkpoint.save_pruned`` (the one atomic writer: files fxprune did not write are never removed)."""
+    import json
+
+    from ..checkpoint import save_pruned
+    from ..report import markdown
+    files = {} if result is None else {"sparsity_report.json": json.dumps(result, indent=1, default=str),
+                                       "sparsity_report.md": markdown(result) + "\n"}
+    return save_pruned(model, out_dir, tokenizer, overwrite=overwrite, structure=False, files=files)
 
 
 def semi_structured_available() -> bool:

@@ -6,21 +6,15 @@ those it reads from each producer module (both gathered on the stream the pipeli
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import ClassVar
 
 import torch
 
 from ...calibration.observers import Stat
-from ...errors import RecipeError
+from ...registry import Registry, import_all
 
-CRITERIA: dict[str, type] = {}
-
-
-def register(cls):
-    CRITERIA[cls.name] = cls
-    return cls
+CRITERIA = Registry("criterion")
+register = CRITERIA.register
 
 
 class Criterion:
@@ -34,12 +28,9 @@ class Criterion:
 
 
 def get_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        raise RecipeError(f"criterion: unknown {name!r}; known: {sorted(CRITERIA)}")
-    return CRITERIA[name]()
+    return CRITERIA.create(name)
 
 
-for _m in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_m.name}")
+import_all(__name__, __path__)
 
 __all__ = ["CRITERIA", "Criterion", "Stat", "get_criterion", "register"]

@@ -7,11 +7,9 @@
 """
 import torch
 
-from ...analysis.groups import Kind
+from ...analysis.groups import ATTENTION_KINDS as ATTN
 from ..consumers import consumers, head_dim_of, per_unit
 from . import Criterion, Stat, register
-
-ATTN = (Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV)
 
 
 @register

@@ -14,7 +14,17 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import RecipeError
 from ...structure import add_linear_calibration
+
+
+def hidden_size(model) -> int:
+    """The model's hidden width (the rank of a linear calibration is a fraction of it)."""
+    cfg = getattr(model, "config", None)
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if getattr(cfg, name, None):
+            return int(getattr(cfg, name))
+    raise RecipeError("linear calibration: cannot tell the model's hidden size from its config")
 
 
 class ResidualFit:

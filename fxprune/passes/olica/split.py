@@ -38,6 +38,16 @@ class OlicaSplit:
     def achieved(self) -> float:
         return self.removed / self.total
 
+    @property
+    def kept(self) -> dict:
+        """Group id -> kept units of the groups whose units are removed (FFN channels)."""
+        return self.ffn_kept
+
+    @property
+    def plan(self):
+        """No unit indices: the FFN units are chosen block by block."""
+        return None
+
 
 def solve(model, parts, ffn_groups, cost, expr, target: float, k: float = 3.0,
           channel_multiple: int = 8) -> OlicaSplit:

@@ -8,22 +8,17 @@ One small file per reconstructor.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ...calibration.observers import Stat
-from ...errors import RecipeError
+from ...registry import Registry, import_all
+from ..consumers import as_columns
 
-RECONSTRUCTORS: dict[str, type] = {}
-
-
-def register(cls):
-    RECONSTRUCTORS[cls.name] = cls
-    return cls
+RECONSTRUCTORS = Registry("reconstruction")
+register = RECONSTRUCTORS.register
 
 
 class ConsumerLayer:
@@ -33,10 +28,14 @@ class ConsumerLayer:
         self.module = model.get_submodule(module)
         self.name, self.weight_name, self.dim = module, weight_param, dim
 
+    @classmethod
+    def of(cls, model: nn.Module, consumer) -> "ConsumerLayer":
+        """The layer of a ``passes.consumers.Consumer``."""
+        return cls(model, consumer.module, consumer.member.param, consumer.member.dim)
+
     @property
     def W(self) -> torch.Tensor:
-        w = self.module.get_parameter(self.weight_name.rsplit(".", 1)[1])
-        return w if self.dim == 1 else w.transpose(0, 1)
+        return as_columns(self.module.get_parameter(self.weight_name.rsplit(".", 1)[1]), self.dim)
 
     def bias(self, create: bool = False) -> torch.Tensor | None:
         b = getattr(self.module, "bias", None)
@@ -62,12 +61,9 @@ class NoReconstruction(Reconstructor):
 
 
 def get_reconstructor(name: str) -> Reconstructor:
-    if name not in RECONSTRUCTORS:
-        raise RecipeError(f"reconstruction: unknown {name!r}; known: {sorted(RECONSTRUCTORS)}")
-    return RECONSTRUCTORS[name]()
+    return RECONSTRUCTORS.create(name)
 
 
-for _m in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_m.name}")
+import_all(__name__, __path__)
 
 __all__ = ["ConsumerLayer", "RECONSTRUCTORS", "Reconstructor", "Stat", "get_reconstructor", "register"]

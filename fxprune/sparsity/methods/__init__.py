@@ -1,9 +1,11 @@
-"""Registry of sparsification methods: one file per method, registered by its config type.
+"""Sparsification methods: one file per method holding its config type and its kernel, registered by
+``@register(name, ConfigType)``; a new file here is picked up automatically and becomes a recipe
+step of that name (``steps/sparsity.py``).
 
-A method is ``prune(W, stats, pattern, cfg) -> Pruned``: ``W`` is the ``(d_out, d_in)`` weight,
-``stats`` the layer's ``HessianAccumulator`` (``None`` for methods that need no calibration),
-``pattern`` an ``Unstructured``/``NM`` target. It returns the new weight (zeros where pruned) and the
-mask; it never modifies ``W`` in place.
+A kernel is ``prune(W, stats, pattern, cfg) -> Pruned``: ``W`` the ``(d_out, d_in)`` weight,
+``stats`` a ``LayerStats`` of the layer's calibration inputs (``None`` for methods whose config has
+``needs_calibration = False``), ``pattern`` an ``Unstructured``/``NM`` target. It returns the new
+weight (zeros where pruned) and the mask, and never modifies ``W`` in place.
 """
 from __future__ import annotations
 
@@ -12,13 +14,44 @@ from typing import Callable
 
 import torch
 
-from ..config import MagnitudeConfig, MRPConfig, SparseGPTConfig, WandaConfig
+from ...registry import import_all
 
 
 @dataclass
 class Pruned:
     weight: torch.Tensor
     mask: torch.Tensor
+
+
+@dataclass
+class LayerStats:
+    """One linear layer's calibration inputs: the Gram ``G = sum_t x_t x_t^T`` (fp64) over ``n`` tokens."""
+
+    name: str
+    gram: torch.Tensor
+    n: int
+
+    @classmethod
+    def of(cls, name: str, module_stats) -> "LayerStats":
+        """From a ``calibration.ModuleStats`` with an input Gram."""
+        return cls(name, module_stats.gram, module_stats.count)
+
+    @property
+    def sq_norms(self) -> torch.Tensor:
+        """``||X_j||^2`` per input channel (Wanda's statistic)."""
+        return torch.diagonal(self.gram).clone()
+
+    def hessian(self, normalise: bool = True) -> torch.Tensor:
+        """``H = 2 G`` (``2 G / n`` if ``normalise``; the scale changes no solution), undamped, fp64."""
+        from ...linalg import LinAlgError
+        if self.n == 0:
+            raise LinAlgError(f"layer {self.name}: no calibration tokens reached it")
+        return 2.0 * self.gram / (self.n if normalise else 1)
+
+    def output_error(self, delta: torch.Tensor) -> float:
+        """Mean over calibration tokens of ``||delta x||^2`` (``tr(delta G delta^T) / n``)."""
+        d = delta.double()
+        return float(((d @ self.gram) * d).sum() / max(self.n, 1))
 
 
 METHODS: dict[type, Callable] = {}
@@ -42,7 +75,12 @@ def prune_weight(W, stats, pattern, cfg) -> Pruned:
     return fn(W, stats, pattern, cfg)
 
 
-from . import magnitude, wanda, sparsegpt, mrp  # noqa: E402,F401  (registration side effects)
+import_all(__name__, __path__)
 
-__all__ = ["Pruned", "METHODS", "METHOD_NAMES", "prune_weight", "MagnitudeConfig", "WandaConfig",
-           "SparseGPTConfig", "MRPConfig"]
+from .magnitude import MagnitudeConfig  # noqa: E402
+from .mrp import MRPConfig  # noqa: E402
+from .sparsegpt import SparseGPTConfig  # noqa: E402
+from .wanda import WandaConfig  # noqa: E402
+
+__all__ = ["LayerStats", "METHODS", "METHOD_NAMES", "MRPConfig", "MagnitudeConfig", "Pruned", "SparseGPTConfig",
+           "WandaConfig", "prune_weight", "register"]

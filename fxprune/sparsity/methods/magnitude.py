@@ -1,9 +1,17 @@
 """Magnitude pruning: drop the smallest ``|W|``; no calibration, no update."""
 from __future__ import annotations
 
-from ..config import MagnitudeConfig
+from dataclasses import dataclass
+
 from ..masks import select
 from . import Pruned, register
+
+
+@dataclass(frozen=True)
+class MagnitudeConfig:
+    """Keep the largest ``|W|`` (per layer for unstructured ``granularity='layer'``, else per row / group)."""
+
+    needs_calibration = False
 
 
 @register("magnitude", MagnitudeConfig)

@@ -26,10 +26,14 @@ solves (``row_chunk`` is reduced automatically so that this stays under ~128 MiB
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
-from ..config import NM, MRPConfig, Unstructured
-from ..hessian import dead_channels, robust_cholesky
+from ...errors import RecipeError
+from ...linalg import dead_channels, robust_cholesky
+from ..config import NM, Unstructured
 from ..masks import check_pattern, cumulative_count, lowest_global, lowest_per_row, nm_patterns, select
 from . import Pruned, register
 
@@ -220,6 +224,40 @@ def oneshot_mask(W: torch.Tensor, Hinv: torch.Tensor, pattern) -> torch.Tensor:
             mask[:, g:g + m] = pats[best]
         return mask
     return select(W ** 2 / torch.diag(Hinv).unsqueeze(0), pattern)
+
+
+@dataclass(frozen=True)
+class MRPConfig:
+    """Multiple-removal pruning (Zhao et al., EMNLP 2024 Findings).
+
+    Mask selection (``mask_selection``):
+      * ``"adaptive"`` (default): a left-to-right sweep over lazy column blocks of ``blocksize``; in
+        each group of M columns (N:M) every one of the C(M,N) patterns is scored by its
+        multiple-removal loss ``½ w_P [(H_c⁻¹)_PP]⁻¹ w_Pᵀ`` under the conditional inverse Hessian of
+        the not-yet-frozen columns, the cheapest is kept and removed jointly (unstructured: the
+        saliency ``w_j² / [H_c⁻¹]_jj`` picks the block's zeros);
+      * ``"oneshot"``: same scores from the full ``H⁻¹`` and the original weights, no sweep.
+    Update: after the mask is fixed every row is re-solved exactly, ``w_R = (H_RR)⁻¹ (H wᵀ)_R``
+    (or the equivalent ``δw = −w_P [(H⁻¹)_PP]⁻¹ (H⁻¹)_{P,:}`` when ``|P| < |R|``), batched over
+    chunks of rows sorted by kept count and padded with identity to the chunk's largest count;
+    ``row_chunk`` bounds memory (``row_chunk · k²`` floats).
+    ``update="sweep"`` skips the exact final solve and keeps the sweep's weights (joint removal per
+    group/block with the columns to its left frozen): about SparseGPT's cost, not the exact optimum.
+    """
+
+    blocksize: int = 128
+    percdamp: float = 0.01
+    mask_selection: Literal["adaptive", "oneshot"] = "adaptive"
+    row_chunk: int = 64
+    solve_dtype: Literal["float32", "float64"] = "float32"
+    update: Literal["exact", "sweep"] = "exact"
+    needs_calibration = True
+
+    def __post_init__(self):
+        if self.update not in ("exact", "sweep"):
+            raise RecipeError(f"options.update must be 'exact' or 'sweep', got {self.update!r}")
+        if self.mask_selection not in ("adaptive", "oneshot"):
+            raise RecipeError(f"options.mask_selection must be 'adaptive' or 'oneshot', got {self.mask_selection!r}")
 
 
 @register("mrp", MRPConfig)

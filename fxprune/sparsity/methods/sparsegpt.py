@@ -6,10 +6,12 @@ so the target count is hit exactly (per row for ``granularity='row'``, per layer
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..config import NM, SparseGPTConfig
-from ..hessian import dead_channels, robust_cholesky
+from ...linalg import dead_channels, robust_cholesky
+from ..config import NM
 from ..masks import check_pattern, cumulative_count, lowest_global, lowest_per_row
 from . import Pruned, register
 
@@ -20,6 +22,16 @@ def upper_inverse_factor(H: torch.Tensor, alpha: float, name: str = "?") -> torc
     L, _, _ = robust_cholesky(H, alpha, name)
     Hinv = torch.cholesky_inverse(L)
     return torch.linalg.cholesky(Hinv, upper=True)
+
+
+@dataclass(frozen=True)
+class SparseGPTConfig:
+    """SparseGPT (Frantar & Alistarh 2023), as IST-DASLab's ``fasterprune``: single-removal OBS updates
+    column by column, lazy blocks of ``blocksize`` columns, masks chosen per block (adaptive)."""
+
+    blocksize: int = 128
+    percdamp: float = 0.01
+    needs_calibration = True
 
 
 @register("sparsegpt", SparseGPTConfig)

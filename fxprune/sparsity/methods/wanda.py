@@ -2,9 +2,17 @@
 (or each group of M for N:M); no weight update."""
 from __future__ import annotations
 
-from ..config import WandaConfig
+from dataclasses import dataclass
+
 from ..masks import select
 from . import Pruned, register
+
+
+@dataclass(frozen=True)
+class WandaConfig:
+    """Wanda (Sun et al. 2023): score ``|W_ij| · ||X_j||₂``, compared within each output row; no update."""
+
+    needs_calibration = True
 
 
 @register("wanda", WandaConfig)

@@ -1,0 +1,77 @@
+"""The shared linear algebra of every method: damped Cholesky factorisations and solves.
+
+One damping rule everywhere (SparseGPT's): ``lambda = alpha * mean(diag(A)[:n])`` added to the first
+``n`` diagonal entries (all of them by default; LIAR leaves its intercept row undamped). When the
+factorisation fails, ``lambda`` grows tenfold (or starts at ``1e-6 * mean(diag)`` when ``alpha`` is
+0) and it is tried again; after ``retries`` failures a ``LinAlgError`` names the matrix.
+Explicit inverses are formed only where a formula needs a block of one (SparseGPT, multiple-removal).
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import FxPruneError
+
+
+class LinAlgError(FxPruneError):
+    """A matrix stayed indefinite after every damping retry; names the matrix (usually a layer)."""
+
+
+def _lam0(A: torch.Tensor, n: int, alpha: float) -> torch.Tensor:
+    diag = torch.diagonal(A)[:n]
+    return alpha * diag.mean().clamp_min(1e-12) if n and alpha > 0 else A.new_tensor(0.0)
+
+
+def cholesky_damped(A: torch.Tensor, alpha: float, *, n_damped: int | None = None, retries: int = 4,
+                    what: str = "matrix") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower Cholesky factor ``L`` of ``A + lambda I_n`` and the ``lambda`` that worked (see the module
+    docstring). ``A`` is not modified."""
+    n = A.shape[0] if n_damped is None else n_damped
+    lam = _lam0(A, n, alpha)
+    idx = torch.arange(n, device=A.device)
+    for _ in range(retries + 1):
+        D = A.clone()
+        if n:
+            D[idx, idx] += lam
+        L, info = torch.linalg.cholesky_ex(D)
+        if int(info) == 0:
+            return L, lam
+        lam = lam * 10 if lam > 0 else torch.diagonal(A)[:max(n, 1)].mean().clamp_min(1e-12) * 1e-6
+    raise LinAlgError(f"{what}: not positive definite after damping up to lambda={float(lam) / 10:g}")
+
+
+def solve_damped(A: torch.Tensor, B: torch.Tensor, n_damped: int, alpha: float,
+                 prior: torch.Tensor | None = None, what: str = "matrix") -> torch.Tensor:
+    """``Z`` solving ``(A + lambda I_n) Z = B + lambda P_n``: a ridge on the first ``n_damped`` unknowns
+    towards ``prior``'s first rows (towards 0 without one). Falls back to least squares on the
+    undamped system if every damping retry fails."""
+    try:
+        L, lam = cholesky_damped(A, alpha, n_damped=n_damped, retries=5, what=what)
+    except LinAlgError:
+        return torch.linalg.lstsq(A, B).solution
+    rhs = B if prior is None else B + torch.cat([lam * prior[:n_damped], 0 * prior[n_damped:]])
+    return torch.cholesky_solve(rhs, L)
+
+
+def dead_channels(H: torch.Tensor) -> torch.Tensor:
+    """Input channels that were always zero (``H_jj == 0``); SparseGPT sets ``H_jj = 1`` and ``w_j = 0``."""
+    return torch.diagonal(H) == 0
+
+
+def robust_cholesky(H: torch.Tensor, alpha: float, name: str = "?", retries: int = 4
+                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A layer Hessian's damped Cholesky factor, SparseGPT-style: dead channels get ``H_jj = 1``, then
+    ``cholesky_damped``. Returns ``(L, H_damped, alpha_used)``; raises ``LinAlgError`` naming the layer."""
+    H = H.clone()
+    dead = dead_channels(H)
+    H[dead, dead] = 1.0
+    L, lam = cholesky_damped(H, alpha, retries=retries, what=f"layer {name}: Hessian")
+    mean = float(torch.diagonal(H).mean())
+    Hd = H + lam * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    return L, Hd, float(lam) / mean if mean else 0.0
+
+
+def inverse_hessian(H: torch.Tensor, alpha: float, name: str = "?") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(H_damped, H_damped^-1)`` via Cholesky (the update formulas need the explicit inverse)."""
+    L, Hd, _ = robust_cholesky(H, alpha, name)
+    return Hd, torch.cholesky_inverse(L)

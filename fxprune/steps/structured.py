@@ -1,0 +1,123 @@
+"""The structured-pruning step: remove whole units (heads, KV groups, value channels, FFN/SSM channels)
+chosen by a criterion, widths allocated on the exact cost model, removed units folded into the kept
+ones by a reconstructor. Recipe form::
+
+    steps:
+      - structured: {criterion: goa, reconstruction: liar, allocation: global, target: 0.2,
+                     scope: decoder_linear, kinds: [ffn, ssm]}
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import RecipeError
+from . import Step, dataclass_from, register_step
+
+SCOPES = ("decoder_linear", "all")
+ALLOCATIONS = ("uniform", "global", "pooled")
+ATTENTION_UNITS = ("q_per_kv", "kv_groups")
+ATTENTION_MODES = ("heads", "olica")
+KINDS = ("attention", "ffn", "ssm")
+
+
+@register_step("structured")
+@dataclass(frozen=True)
+class StructuredStep(Step):
+    """What to prune and how.
+
+    ``target``: fraction of parameters to remove, counted over ``scope`` (``decoder_linear``: the
+    weights of the prunable groups' linear layers; ``all``: every parameter). ``kinds``: which group
+    families may lose units. ``attention_unit``: for GQA models, remove q heads uniformly in every
+    KV group (``q_per_kv``) or whole KV groups. ``channel_multiple``: FFN/SSM widths are rounded to a
+    multiple of it. ``protect_first``/``protect_last``: blocks left whole. ``damping``: ridge of the
+    reconstruction solves (``fxprune.linalg``).
+
+    ``attention``: ``heads`` removes whole heads; ``olica`` keeps every head and instead rotates V/O
+    (orthogonal decomposition, removing rotated value channels) and factorises Q/K to low rank, with
+    Olica's ratio split (``olica_k``) between Q/K, V/O and the FFN; ``olica_qk``: ``diag`` (the paper's
+    activation-weighted SVD) or ``whitened`` (SVD whitened by the input Gram: least output error).
+    ``lincal_layers`` > 0 inserts a low-rank linear calibration (rank ``lincal_rank_ratio * hidden``,
+    ridge ``lincal_damping``) beside the pruned FFN of that many layers, chosen by how linearly
+    predictable their residual is; it composes with any criterion, reconstruction and attention mode."""
+
+    kind = "structured"
+
+    criterion: str = "flap"
+    reconstruction: str = "liar"
+    allocation: str = "uniform"
+    target: float = 0.2
+    scope: str = "decoder_linear"
+    kinds: tuple = ("attention", "ffn", "ssm")
+    attention_unit: str = "q_per_kv"
+    channel_multiple: int = 8
+    protect_first: int = 0
+    protect_last: int = 0
+    damping: float = 0.01
+    attention: str = "heads"
+    olica_k: float = 3.0
+    olica_qk: str = "diag"
+    lincal_layers: int = 0
+    lincal_rank_ratio: float = 0.03
+    lincal_damping: float = 0.05
+
+    def __post_init__(self):
+        from ..passes.criteria import CRITERIA
+        from ..passes.reconstruct import RECONSTRUCTORS
+        kinds = self.kinds
+        if isinstance(kinds, str):
+            kinds = (kinds,)
+        if not isinstance(kinds, (list, tuple)):
+            raise RecipeError(f"field 'kinds': expected a list of {list(KINDS)}, got {kinds!r}")
+        object.__setattr__(self, "kinds", tuple(kinds))
+        for name, typ in (("target", float), ("damping", float), ("olica_k", float), ("lincal_rank_ratio", float),
+                          ("lincal_damping", float), ("channel_multiple", int), ("protect_first", int),
+                          ("protect_last", int), ("lincal_layers", int)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and not float(v).is_integer()):
+                raise RecipeError(f"field {name!r}: expected {'an integer' if typ is int else 'a number'}, got {v!r}")
+            object.__setattr__(self, name, typ(v))
+        checks = [
+            ("criterion", self.criterion in CRITERIA, sorted(CRITERIA)),
+            ("reconstruction", self.reconstruction in RECONSTRUCTORS, sorted(RECONSTRUCTORS)),
+            ("allocation", self.allocation in ALLOCATIONS, ALLOCATIONS),
+            ("scope", self.scope in SCOPES, SCOPES),
+            ("attention_unit", self.attention_unit in ATTENTION_UNITS, ATTENTION_UNITS),
+            ("attention", self.attention in ATTENTION_MODES, ATTENTION_MODES),
+            ("olica_qk", self.olica_qk in ("diag", "whitened"), ("diag", "whitened")),
+            ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise RecipeError(f"field {name!r}: {getattr(self, name)!r} is not one of {list(allowed)}")
+        if not 0.0 <= self.target < 1.0:
+            raise RecipeError(f"field 'target': {self.target} must be in [0, 1)")
+        if self.attention == "olica" and self.allocation != "uniform":
+            raise RecipeError("field 'allocation': attention 'olica' uses its own ratio split; set allocation: uniform")
+        if self.lincal_layers < 0 or not 0 < self.lincal_rank_ratio <= 1:
+            raise RecipeError("fields 'lincal_layers' must be >= 0 and 'lincal_rank_ratio' in (0, 1]")
+        if self.channel_multiple < 1 or self.protect_first < 0 or self.protect_last < 0 or self.damping < 0:
+            raise RecipeError("fields 'channel_multiple' must be >= 1, 'protect_first'/'protect_last'/'damping' >= 0")
+
+    @classmethod
+    def from_fields(cls, name, fields):
+        return dataclass_from(cls, fields, f"step {name!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kinds"] = list(self.kinds)
+        return {"structured": d}
+
+    def planning(self, env) -> list:
+        from ..passes import structured as P
+        alloc = P.OlicaSplit(self) if self.attention == "olica" else P.Allocate(self)
+        score = [] if self.attention == "olica" else [P.Score(self, env)]
+        return [P.Analyse(), P.SelectGroups(self), *score, alloc]
+
+    def applying(self, env) -> list:
+        from ..passes import structured as P
+        from ..passes.reconstruct import get_reconstructor
+        layerwise = get_reconstructor(self.reconstruction).name != "none" or P.layerwise_extras(self)
+        passes = [P.ReconstructBlocks(self, env) if layerwise else P.RemovePlanned()]
+        if self.lincal_layers > 0:
+            passes.append(P.InsertLinearCalibration(self))
+        return passes + [P.Verify()]

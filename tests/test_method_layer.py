@@ -1,0 +1,224 @@
+"""The method layer: one recipe format, one block-wise runner, checked pass contracts, composition."""
+import copy
+
+import pytest
+import torch
+
+import fxprune
+from fxprune.calibration import BlockOp, Stat, StatsRequest, run_blocks
+from fxprune.calibration.blocks import find_blocks
+from fxprune.calibration.runner import Stream, forward_kwargs
+from fxprune.errors import DataError, RecipeError
+from fxprune.models.tiny import tiny_model
+from fxprune.passes.base import ContractError, Pass, PassContext, PassError, PassManager
+from fxprune.pipeline import plan_model, prune_model
+from fxprune.recipe import load_recipe
+from fxprune.sparsity.methods import LayerStats, prune_weight
+
+
+def _windows(n=8, L=24, seed=0):
+    return torch.randint(5, 128, (n, L), generator=torch.Generator().manual_seed(seed))
+
+
+def _state(m):
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+STRUCTURED = {"structured": {"criterion": "flap", "reconstruction": "liar", "target": 0.25,
+                             "kinds": ["attention", "ffn"]}}
+SPARSE = {"sparsegpt": {"sparsity": "2:4"}}
+
+
+# ---------------------------------------------------------------------------------------- contracts
+class _Reads(Pass):
+    name, requires = "reads", ("a",)
+
+    def run(self, ctx):
+        return {"b": ctx["b"]}
+
+
+class _Writes(Pass):
+    name, ensures = "writes", ("a",)
+
+    def run(self, ctx):
+        ctx.facts["a"] = 1
+        ctx.facts["c"] = 2
+
+
+class _Makes(Pass):
+    name, ensures = "makes", ("a", "b")
+
+    def run(self, ctx):
+        ctx.facts["a"], ctx.facts["b"] = 1, 2
+
+
+def test_pass_manager_refuses_undeclared_reads_and_writes():
+    with pytest.raises(PassError, match="'writes'.*wrote fact 'c'") as e:
+        PassManager([_Writes()]).run(PassContext(None))
+    assert isinstance(e.value.__cause__, ContractError)
+    with pytest.raises(PassError, match="'reads'.*read fact 'b'") as e:
+        PassManager([_Makes(), _Reads()]).run(PassContext(None))
+    assert isinstance(e.value.__cause__, ContractError)
+    with pytest.raises(PassError, match="requires \\['a'\\]"):
+        PassManager([_Reads()]).run(PassContext(None))
+
+
+def test_every_shipped_recipe_runs_its_passes_within_their_contracts():
+    """The real passes declare what they read and write: a structured (global, GOA refit, Olica with
+    linear calibration) and a sparsity recipe run end to end under the checked manager."""
+    for spec in ({"calibration": {"batch_size": 4}, "steps": [{"structured": {
+                     "criterion": "goa", "reconstruction": "goa", "allocation": "global", "target": 0.2}}]},
+                 {"calibration": {"batch_size": 4}, "steps": [{"structured": {
+                     "criterion": "olica", "reconstruction": "none", "attention": "olica", "target": 0.2,
+                     "lincal_layers": 1}}]},
+                 {"calibration": {"batch_size": 4}, "steps": [{"wanda": {"sparsity": 0.5}}]}):
+        out = prune_model(tiny_model("llama"), spec, _windows())
+        assert out.report["params_after"] <= out.report["params_before"]
+
+
+# ---------------------------------------------------------------------------------------- recipes
+def test_legacy_and_new_recipe_formats_are_the_same_recipe():
+    legacy = {"method": "structured", "criterion": "goa", "reconstruction": "liar", "allocation": "global",
+              "target": 0.2, "kinds": ["ffn"], "calib_source": "c4", "calib_samples": 64, "calib_seq_len": 256,
+              "batch_size": 4, "seed": 3}
+    new = {"calibration": {"source": "c4", "samples": 64, "seq_len": 256, "batch_size": 4, "seed": 3},
+           "steps": [{"structured": {"criterion": "goa", "reconstruction": "liar", "allocation": "global",
+                                     "target": 0.2, "kinds": ["ffn"]}}]}
+    assert load_recipe(legacy) == load_recipe(new)
+    legacy_sp = {"method": "sparsegpt", "sparsity": "4:8", "options": {"blocksize": 64},
+                 "calibration": {"samples": 32, "seqlen": 256}}
+    new_sp = {"calibration": {"samples": 32, "seq_len": 256},
+              "steps": [{"sparsegpt": {"sparsity": "4:8", "blocksize": 64}}]}
+    assert load_recipe(legacy_sp) == load_recipe(new_sp)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"steps": []}, "non-empty list"),
+    ({"steps": [{"nope": {}}]}, "unknown step kind 'nope'"),
+    ({"steps": [{"structured": {"target": "a lot"}}]}, "target"),
+    ({"steps": [{"mrp": {"sparsity": "2:4", "blocksize": "big"}}]}, "blocksize"),
+    ({"steps": [{"mrp": {}}]}, "missing field 'sparsity'"),
+    ({"steps": [{"structured": {}, "mrp": {}}]}, "one key"),
+    ({"calibration": {"samples": -1}, "steps": [SPARSE]}, "calibration.*samples"),
+    ({"steps": [SPARSE], "extra": 1}, "unknown field"),
+    ([1, 2], "expected a Recipe, a dict"),
+])
+def test_bad_recipes_are_typed_errors_naming_the_field(bad, match):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(bad)
+
+
+def test_with_target_sets_every_structured_step():
+    r = load_recipe({"steps": [STRUCTURED, SPARSE]}).with_target(0.4)
+    assert r.steps[0].target == 0.4 and r.steps[1] == load_recipe({"steps": [SPARSE]}).steps[0]
+    with pytest.raises(RecipeError, match="no structured step"):
+        load_recipe({"steps": [SPARSE]}).with_target(0.3)
+
+
+# ---------------------------------------------------------------------------------------- composition
+def test_composed_recipe_equals_its_steps_run_one_after_another():
+    m1, m2 = tiny_model("llama"), tiny_model("llama")
+    w = _windows()
+    cal = {"batch_size": 4}
+    prune_model(m1, {"calibration": cal, "steps": [STRUCTURED, SPARSE]}, w)
+    prune_model(m2, {"calibration": cal, "steps": [STRUCTURED]}, w)
+    prune_model(m2, {"calibration": cal, "steps": [SPARSE]}, w)
+    s1, s2 = _state(m1), _state(m2)
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert torch.equal(s1[k], s2[k]), k
+    down = m1.model.layers[0].mlp.down_proj.weight
+    assert down.shape[1] < tiny_model("llama").config.intermediate_size and bool(((down == 0).reshape(down.shape[0], -1, 4).sum(-1) == 2).all())
+
+
+def test_dry_run_is_the_planning_passes_and_changes_nothing():
+    m = tiny_model("llama")
+    before = _state(m)
+    ctxs = plan_model(m, {"calibration": {"batch_size": 4}, "steps": [
+        {"structured": {"criterion": "flap", "reconstruction": "liar", "allocation": "global", "target": 0.25}},
+        SPARSE]}, _windows())
+    assert [r.name for r in ctxs[0].results] == ["analyse", "select_groups", "score", "allocate"]
+    assert [r.name for r in ctxs[1].results] == ["select_linears"]
+    after = _state(m)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ---------------------------------------------------------------------------------------- the runner
+class _Count(BlockOp):
+    name, modifies = "count", False
+
+    def __init__(self, blocks=None):
+        self.blocks, self.seen = blocks, []
+
+    def active(self, i):
+        return self.blocks is None or i in self.blocks
+
+    def request(self, ctx):
+        return StatsRequest.for_modules([f"{ctx.name}.mlp.up_proj"], [Stat.INPUT_SUM])
+
+    def apply(self, ctx, stats):
+        self.seen.append(ctx.index)
+
+
+def _count_forwards(model):
+    calls = {"head": 0, "blocks": [0] * len(find_blocks(model))}
+    model.lm_head.register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
+    for i, b in enumerate(find_blocks(model).blocks):
+        b.register_forward_hook(lambda *a, i=i: calls["blocks"].__setitem__(i, calls["blocks"][i] + 1))
+    return calls
+
+
+def test_runner_never_runs_the_head_and_stops_after_the_last_active_block():
+    m = tiny_model("llama", num_hidden_layers=4)
+    calls = _count_forwards(m)
+    batches = [{"input_ids": w} for w in _windows(4).split(2)]
+    op = _Count(blocks={1})
+    run_blocks(m, batches, [op], stream=Stream.DENSE, progress=False)
+    assert op.seen == [1]
+    assert calls["head"] == 0
+    assert calls["blocks"] == [2, 2, 0, 0]  # block 1 is the last active one: nothing after it runs
+
+
+def test_runner_runs_no_forward_for_data_free_ops():
+    m = tiny_model("llama")
+    calls = _count_forwards(m)
+    out = prune_model(m, {"steps": [{"magnitude": {"sparsity": "2:4"}}]})  # no calibration windows at all
+    assert calls == {"head": 0, "blocks": [0, 0]}
+    assert out.report["steps"][0]["passes"][-1]["calibration_tokens"] == 0
+    with pytest.raises(DataError, match="need calibration data"):
+        run_blocks(m, [], [_Count()], progress=False)
+
+
+def test_sparsify_step_equals_the_kernel_on_the_blocks_inputs():
+    """Block 0 sees the dense inputs: its q_proj after the step equals the kernel applied to the Gram
+    of the inputs captured from a plain forward."""
+    m = tiny_model("llama")
+    ref = copy.deepcopy(m)
+    w = _windows()
+    xs = []
+    h = ref.model.layers[0].self_attn.q_proj.register_forward_pre_hook(lambda mod, a: xs.append(a[0].detach()))
+    with torch.no_grad():
+        for b in w.split(4):
+            ref(**forward_kwargs(ref, {"input_ids": b}))
+    h.remove()
+    X = torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]).double()
+    rec = load_recipe({"calibration": {"batch_size": 4}, "steps": [{"sparsegpt": {"sparsity": "2:4"}}]})
+    prune_model(m, rec, w)
+    W = ref.model.layers[0].self_attn.q_proj.weight.detach()
+    expect = prune_weight(W.float(), LayerStats("q", X.T @ X, X.shape[0]), rec.steps[0].pattern, rec.steps[0].method)
+    torch.testing.assert_close(m.model.layers[0].self_attn.q_proj.weight, expect.weight, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- public API
+def test_public_api_names():
+    for name in ("load", "load_pruned", "prune", "sparsify", "plan", "evaluate", "save", "load_recipe"):
+        assert callable(getattr(fxprune, name)), name
+
+
+def test_sparsify_verb_equals_its_recipe():
+    m1, m2 = tiny_model("llama"), tiny_model("llama")
+    w = _windows()
+    fxprune.sparsify(m1, "wanda", 0.5, w)
+    fxprune.prune(m2, {"steps": [{"wanda": {"sparsity": 0.5}}]}, w)
+    s1, s2 = _state(m1), _state(m2)
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
