@@ -105,6 +105,17 @@ def prepare(args):
 
 
 # ----------------------------------------------------------------------------------------- timing
+def _now():
+    """(wall, process CPU) clocks. With one compute thread the process CPU time is the work done,
+    whatever else runs on a shared machine; the wall time also counts the time spent waiting for a core."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(t0):
+    w, c = _now()
+    return w - t0[0], c - t0[1]
+
+
 class TorchRunner:
     """PyTorch eager or torch.compile on one model."""
 
@@ -117,9 +128,9 @@ class TorchRunner:
 
     def prefill(self, ids):
         with self.torch.inference_mode():
-            t0 = time.perf_counter()
+            t0 = _now()
             self.fwd(input_ids=ids[None], use_cache=False, logits_to_keep=1)
-            return time.perf_counter() - t0
+            return _since(t0)
 
     def _step_fn(self, batch):
         torch = self.torch
@@ -132,11 +143,11 @@ class TorchRunner:
                 cache = DynamicCache(config=model.config)
                 out = model(input_ids=prompts, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 nxt = out.logits[:, -1].argmax(-1)
-                t0 = time.perf_counter()
+                t0 = _now()
                 for _ in range(self.new):
                     out = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True)
                     nxt = out.logits[:, -1].argmax(-1)
-                return time.perf_counter() - t0
+                return _since(t0)
         else:
             max_len = self.decode_prompt + self.new + 1
 
@@ -151,11 +162,11 @@ class TorchRunner:
                 out = model(input_ids=prompts, past_key_values=cache, cache_position=torch.arange(n),
                             use_cache=True, logits_to_keep=1)
                 nxt = out.logits[:, -1].argmax(-1)
-                t0 = time.perf_counter()
+                t0 = _now()
                 for i in range(self.new):
                     lg = cstep(nxt[:, None], torch.tensor([n + i]), cache)
                     nxt = lg[:, -1].argmax(-1)
-                return time.perf_counter() - t0
+                return _since(t0)
         self.steps[batch] = run
         return run
 
@@ -182,10 +193,10 @@ class LlamaCppRunner:
         m = self.ctx[1]
         ids = ids.tolist()
         m.clear()
-        t0 = time.perf_counter()
+        t0 = _now()
         m.decode(ids, range(len(ids)), [0] * len(ids), [False] * (len(ids) - 1) + [True])
         m.logits(1)
-        return time.perf_counter() - t0
+        return _since(t0)
 
     def decode(self, prompts):
         import numpy as np
@@ -201,11 +212,11 @@ class LlamaCppRunner:
             outs += [False] * (n - 1) + [True]
         m.decode(toks, pos, seq, outs)
         nxt = np.argmax(m.logits(b), axis=-1)
-        t0 = time.perf_counter()
+        t0 = _now()
         for i in range(self.new):
             m.decode(nxt.tolist(), [n + i] * b, list(range(b)), [True] * b)
             nxt = np.argmax(m.logits(b), axis=-1)
-        return time.perf_counter() - t0
+        return _since(t0)
 
     def close(self):
         for m in self.ctx.values():
@@ -248,7 +259,7 @@ def run(args):
     batches = [b for b in (1, args.batch_max) if b]
     out = {"protocol": {
         "threads": args.threads, "repeats": args.repeats, "prompt_tokens": args.prompt, "new_tokens": args.new,
-        "decode_prompt_tokens": args.decode_prompt, "batches": batches, "engines": engines, "seed": args.seed,
+        "decode_prompt_tokens": args.decode_prompt, "batches": batches, "clock": args.clock, "engines": engines, "seed": args.seed,
         "machine": f"{platform.machine()} {os.cpu_count()} cores (shared)", "python": platform.python_version(),
         "torch": torch.__version__, "llama_cpp_python": _version("llama_cpp"),
         "command": " ".join([sys.executable] + sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
@@ -285,12 +296,14 @@ def run(args):
         rng.shuffle(order)
         for key in order:
             r = runners[key]
-            rec = {"repeat": rep, "model": key[0], "engine": key[1], "prefill_s": r.prefill(prompt)}
+            rec = {"repeat": rep, "model": key[0], "engine": key[1]}
+            rec["prefill_s"], rec["prefill_cpu_s"] = r.prefill(prompt)
             for b in batches:
-                rec[f"decode_b{b}_s"] = r.decode(dprompts[:b])
+                rec[f"decode_b{b}_s"], rec[f"decode_b{b}_cpu_s"] = r.decode(dprompts[:b])
             out["times"].append(rec)
         print(f"repeat {rep + 1}/{args.repeats} done at {time.strftime('%H:%M:%S')}", flush=True)
-        out["summary"] = summarise(out)
+        out["summary"] = summarise(out, args.clock)
+        out["summary_other_clock"] = summarise(out, "wall" if args.clock == "cpu" else "cpu")
         res_file.write_text(json.dumps(out, indent=1))
         (RESULTS / f"{args.tag}.md").write_text(render(out))
     print(render(out))
@@ -303,14 +316,18 @@ def _version(mod):
         return None
 
 
-def summarise(out):
-    """Per (model, engine): tok/s stats; per pruned model: speedup vs dense from per-repeat ratios."""
+def summarise(out, clock="wall"):
+    """Per (model, engine): tok/s stats; per pruned model: speedup vs dense from per-repeat ratios.
+    ``clock``: ``wall`` (elapsed) or ``cpu`` (process CPU time: the work done, robust to a shared machine)."""
     p = out["protocol"]
+    suffix = "_s" if clock == "wall" else "_cpu_s"
     tokens = {"prefill_s": p["prompt_tokens"], **{f"decode_b{b}_s": p["new_tokens"] * b for b in p["batches"]}}
     by = {}
     for rec in out["times"]:
         for k, n in tokens.items():
-            by.setdefault((rec["model"], rec["engine"], k), {})[rec["repeat"]] = n / rec[k]
+            key = k[:-2] + suffix
+            if key in rec:
+                by.setdefault((rec["model"], rec["engine"], k), {})[rec["repeat"]] = n / rec[key]
     summary = {}
     for (model, eng, k), vals in by.items():
         s = _stats(list(vals.values()))
@@ -328,12 +345,15 @@ def summarise(out):
             s["ideal"] = num / den
             s["achieved_over_ideal"] = (s["speedup"]["median"] - 1) / (s["ideal"] - 1) if s["ideal"] > 1 else None
             s["speedup_over_ideal"] = s["speedup"]["median"] / s["ideal"]
+        twin = by.get(("uniform-" + model[len("global-"):], eng, k)) if model.startswith("global-") else None
+        if twin:  # per-layer widths against uniform widths of the same parameter count
+            s["over_uniform"] = _stats([vals[r] / twin[r] for r in vals if r in twin])
         summary[f"{model}|{eng}|{k}"] = s
     return summary
 
 
 def render(out):
-    p, S = out["protocol"], out.get("summary") or summarise(out)
+    p, S = out["protocol"], out.get("summary") or summarise(out, p_clock(out))
     lines = [f"# Speed of pruned SmolLM2-135M (bench/speed.py)", "",
              f"Command: `{p['command']}`. {p['machine']}; {p['threads']} thread(s) for every engine; "
              f"{p['repeats']} interleaved repeats (model order shuffled per repeat); medians, [min, max].",
@@ -355,9 +375,32 @@ def render(out):
         idd = base["matmul_weights_per_token"] / info["matmul_weights_per_token"]
         lines.append(f"| {name} | {info['params'] / 1e6:.2f}M | {info['linear_params'] / 1e6:.2f}M | {sizes} | "
                      f"{ip:.3f}x | {idd:.3f}x |")
+    lines += _phase_tables(out, S, f"{p_clock(out)} clock")
+    fits = overhead_fit(out)
+    if fits:
+        lines += ["", "## Where the time goes: t/token = a + b * cost (fit over all models)", "",
+                  "| engine | phase | fixed a (ms/token) | fixed share of dense time |", "|---|---|---|---|"]
+        for key, f in fits.items():
+            eng, k = key.split("|")
+            share = f["fixed_share_of_dense"]
+            lines.append(f"| {eng} | {k[:-2]} | {1e3 * f['fixed_s_per_token']:.3f} | "
+                         f"{'-' if share is None else f'{100 * share:.1f}%'} |")
+    if out.get("summary_other_clock"):
+        other = "wall" if p_clock(out) == "cpu" else "cpu"
+        lines += ["", f"# The same runs on the {other} clock", ""]
+        lines += _phase_tables(out, out["summary_other_clock"], f"{other} clock")
+    return "\n".join(lines) + "\n"
+
+
+def p_clock(out):
+    return out["protocol"].get("clock", "wall")
+
+
+def _phase_tables(out, S, label):
+    p, lines = out["protocol"], []
     cols = [("prefill_s", "prefill")] + [(f"decode_b{b}_s", f"decode b={b}") for b in p["batches"]]
-    for k, label in cols:
-        lines += ["", f"## {label} (tokens/s)", "", "| engine | model | tok/s | speedup | ideal | speedup/ideal |",
+    for k, phase in cols:
+        lines += ["", f"## {phase} (tokens/s, {label})", "", "| engine | model | tok/s | speedup | ideal | speedup/ideal |",
                   "|---|---|---|---|---|---|"]
         for eng in p["engines"]:
             for name in out["models"]:
@@ -371,16 +414,14 @@ def render(out):
                                  f"{s['ideal']:.3f} | {s['speedup_over_ideal']:.3f} |")
                 else:
                     lines.append(f"| {eng} | {name} | {tps} | 1 | 1 | - |")
-    fits = overhead_fit(out)
-    if fits:
-        lines += ["", "## Where the time goes: t/token = a + b * cost (fit over all models)", "",
-                  "| engine | phase | fixed a (ms/token) | fixed share of dense time |", "|---|---|---|---|"]
-        for key, f in fits.items():
-            eng, k = key.split("|")
-            share = f["fixed_share_of_dense"]
-            lines.append(f"| {eng} | {k[:-2]} | {1e3 * f['fixed_s_per_token']:.3f} | "
-                         f"{'-' if share is None else f'{100 * share:.1f}%'} |")
-    return "\n".join(lines) + "\n"
+        for eng in p["engines"]:
+            for name in out["models"]:
+                s = S.get(f"{name}|{eng}|{k}")
+                if s and "over_uniform" in s:
+                    u = s["over_uniform"]
+                    lines.append(f"\n{eng}: {name} (per-layer widths) / uniform widths of the same parameter count: "
+                                 f"{u['median']:.3f} [{u['min']:.3f}, {u['max']:.3f}] (per-repeat tok/s ratio)")
+    return lines
 
 
 def overhead_fit(out):
@@ -389,7 +430,7 @@ def overhead_fit(out):
     part that does not shrink with pruning (per-token fixed work: graph, norms, rope, attention over the
     cache, logits copy, Python loop); a speedup short of ideal by more than the noise is explained
     when ``a > 0``: achieved = (a + b C_dense) / (a + b C_pruned)."""
-    p, S = out["protocol"], out.get("summary") or summarise(out)
+    p, S = out["protocol"], out.get("summary") or summarise(out, p_clock(out))
     tokens = {"prefill_s": p["prompt_tokens"], **{f"decode_b{b}_s": p["new_tokens"] * b for b in p["batches"]}}
     fits = {}
     for eng in p["engines"]:
@@ -436,6 +477,9 @@ def main():
                                                      "llamacpp-q4_0"])
     pr.add_argument("--models", nargs="*", default=None)
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--clock", default="cpu", choices=["cpu", "wall"], help="the clock of the main tables "
+                    "(both are recorded): cpu = process CPU time, the work done even on a shared machine "
+                    "(meaningful with --threads 1), wall = elapsed time")
     pr.add_argument("--tag", default="speed")
     pr.add_argument("--models-json", default=None, help="name -> model spec (default out/speed/models.json)")
     a = ap.parse_args()
