@@ -35,12 +35,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "sparsity_full.jsonl"
+PARTIAL = RESULTS.with_name("sparsity_full_partial.jsonl")  # sparsify records written before evaluation
 TMP = ROOT / "bench" / "results" / "tmp"
 LLMC_PY = "/work/venv-llmc/bin/python"
 CALIB_N, CALIB_L, EVAL_L, EVAL_W = 128, 512, 512, 64
 if os.environ.get("SPARSITY_FULL_SMOKE"):  # the whole pipeline on 2 windows, results under tmp/ (a smoke test)
     CALIB_N, EVAL_W = 2, 2
     RESULTS = TMP / "sparsity_full_smoke.jsonl"
+    PARTIAL = TMP / "sparsity_full_smoke_partial.jsonl"
     TMP = TMP / "smoke"
 PATTERNS = ["2:4", "0.5", "4:8", "0.6"]
 GRAN = {"magnitude": "layer", "sparsegpt": "layer", "wanda": "row", "mrp": "row"}  # as bench/sparsity.py
@@ -121,6 +123,8 @@ def job(args):
                         "sum_output_error": sum(l["output_error"] or 0 for l in step["layers"])})
         # peak RSS through loading and sparsification (what llm-compressor's prune process measures)
         rec["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open(PARTIAL, "a") as f:  # the sparsify record before the (long) evaluation
+            f.write(json.dumps(rec) + "\n")
     t = time.perf_counter()
     rec["ppl"] = perplexity(model, evaluation_windows(tok, "wikitext2", EVAL_L, EVAL_W).ids, batch_size=4,
                             progress=False).ppl
@@ -165,6 +169,9 @@ def run(args):
 def render(args):
     rows = [json.loads(l) for l in RESULTS.read_text().splitlines()]
     by = {}
+    if PARTIAL.exists():  # sparsified, evaluation not (yet) recorded: shown with PPL "pending"
+        for r in map(json.loads, PARTIAL.read_text().splitlines()):
+            by[(r["method"], r["pattern"], r["seed"])] = {**r, "ppl": None}
     for r in rows:
         by[(r["method"], r["pattern"], r["seed"])] = r  # last wins
     dense = by.get(("dense", "-", 0))
@@ -183,7 +190,8 @@ def render(args):
     def cell(r):
         if r is None:
             return "—"
-        return (f"{r['ppl']:.2f} ({r['sparsify_wall_s']:.0f} / {r['sparsify_cpu_s']:.0f} / "
+        ppl = "PPL pending" if r["ppl"] is None else f"{r['ppl']:.2f}"
+        return (f"{ppl} ({r['sparsify_wall_s']:.0f} / {r['sparsify_cpu_s']:.0f} / "
                 f"{r['peak_rss_mb'] / 1024:.1f})")
     for m, name in names:
         out.append(f"| {name} | " + " | ".join(cell(by.get((m, p, 0))) for p in pats) + " |")
@@ -202,18 +210,23 @@ def render(args):
               lambda p: f"{g('mrp', p)['ppl'] / g('llmc-sparsegpt', p)['ppl'] - 1:+.1%}")
     ratio_row("mrp / our SparseGPT wall time", lambda p: f"{g('mrp', p)['sparsify_wall_s'] / g('sparsegpt', p)['sparsify_wall_s']:.2f}×")
     ratio_row("mrp / our SparseGPT CPU time", lambda p: f"{g('mrp', p)['sparsify_cpu_s'] / g('sparsegpt', p)['sparsify_cpu_s']:.2f}×")
+    out += ["", "1-minute load average of the 2-core machine at each job's start / end (wall times scale with it; "
+            "CPU times much less): " + "; ".join(f"{k[0]}@{k[1]}#{k[2]} {r['load_start']:.1f} / "
+                                                   + (f"{r['load_end']:.1f}" if "load_end" in r else "?")
+                                                   for k, r in by.items() if "load_start" in r)]
     # seeds at 50%
     out += ["", "50% unstructured over calibration seeds 0, 1, 2 (PPL; mean, spread = max − min):", "",
             "| method | seed 0 | seed 1 | seed 2 | mean | spread |", "|---|---|---|---|---|---|"]
     for m, name in names:
         rs = [by.get((m, "50%", s)) for s in range(3)]
+        rs = [r if r is not None and r["ppl"] is not None else None for r in rs]
         if sum(r is not None for r in rs) < 2:
             continue
         v = [r["ppl"] for r in rs if r is not None]
         out.append(f"| {name} | " + " | ".join(f"{r['ppl']:.2f}" if r else "—" for r in rs)
                    + f" | {statistics.mean(v):.2f} | {max(v) - min(v):.2f} |")
     both = [(by.get(("mrp", "50%", s)), by.get(("sparsegpt", "50%", s))) for s in range(3)]
-    diffs = [a["ppl"] - b["ppl"] for a, b in both if a and b]
+    diffs = [a["ppl"] - b["ppl"] for a, b in both if a and b and a["ppl"] is not None and b["ppl"] is not None]
     if diffs:
         out.append("")
         out.append("mrp − SparseGPT at 50%, per seed: " + ", ".join(f"{x:+.2f}" for x in diffs))
