@@ -211,8 +211,11 @@ def test_sparsify_step_equals_the_kernel_on_the_blocks_inputs():
 
 # ---------------------------------------------------------------------------------------- public API
 def test_public_api_names():
-    for name in ("load", "load_pruned", "prune", "sparsify", "plan", "evaluate", "save", "load_recipe"):
+    for name in ("load", "load_pruned", "prune", "sparsify", "plan", "evaluate", "save", "load_recipe", "export"):
         assert callable(getattr(fxprune, name)), name
+    from importlib import import_module
+    assert import_module("fxprune.export.types").row_multiple("q8_0") == 32
+    assert callable(fxprune.export)  # importing a submodule keeps the verb callable
 
 
 def test_sparsify_verb_equals_its_recipe():
@@ -233,7 +236,6 @@ def _gguf_tensors(path):
 
 def test_export_step_writes_the_gguf_of_the_model_the_earlier_steps_left(tmp_path):
     pytest.importorskip("gguf")
-    from fxprune.export import export_gguf
     m = tiny_model("llama")
     recipe = {"calibration": {"batch_size": 4}, "steps": [STRUCTURED, SPARSE, {"export": {"dtype": "f32"}}]}
     with pytest.raises(RecipeError, match="export"):  # nowhere to write: refused before any work
@@ -242,7 +244,7 @@ def test_export_step_writes_the_gguf_of_the_model_the_earlier_steps_left(tmp_pat
     out = fxprune.prune(m, recipe, _windows(), artifacts=tmp_path / "a")
     written = tmp_path / "a" / "model.f32.gguf"
     assert written.is_file() and fxprune.report.find_pass(out.report, "write_export")["arch"] in ("llama", "deci")
-    export_gguf(m, tmp_path / "direct.gguf", "f32", log=lambda *a: None)  # the same model, exported by hand
+    fxprune.export(m, tmp_path / "direct.gguf", "f32", log=lambda *a: None)  # the same model, exported by the verb
     a, b = _gguf_tensors(written), _gguf_tensors(tmp_path / "direct.gguf")
     assert a.keys() == b.keys() and len(a) > 10 and all(a[k] == b[k] for k in a)
     down = m.model.layers[0].mlp.down_proj.weight
