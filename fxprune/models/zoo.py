@@ -59,6 +59,9 @@ OVERRIDES: dict[str, dict] = {
     "nemotron_h": dict(layers_block_type=["mamba", "attention", "mlp", "moe"], expand=2, n_groups=2),
     "zamba2": dict(num_hidden_layers=2, layers_block_type=["linear_attention", "hybrid"], mamba_expand=2,
                    mamba_ngroups=2),
+    # two layers must include one full-attention layer (else transformers' cache has no attention layer)
+    "qwen3_5_text": dict(full_attention_interval=2), "qwen3_5_moe_text": dict(full_attention_interval=2),
+    "recurrent_gemma": dict(block_types=["recurrent", "attention"]),
     # the config leaves num_key_value_heads None and the attention divides by it
     "nemotron": dict(num_key_value_heads=2),
     "qwen3_next": dict(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"]),
