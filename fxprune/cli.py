@@ -9,7 +9,7 @@ import sys
 
 from .errors import FxPruneError
 
-COMMANDS = ["inspect", "eval", "prune", "sparsify", "sweep", "report"]
+COMMANDS = ["inspect", "eval", "prune", "sparsify", "sweep", "report", "synth"]
 
 
 def _load_commands():
