@@ -21,7 +21,14 @@ def prune(model, recipe, calibration, engine=None):
         recipe = Recipe.from_file(recipe)
     return prune_model(model, recipe, calibration, engine)
 
+def load_pruned(path, dtype=None):
+    """Load a checkpoint written by fxprune (or ``save_pretrained``), never running code from it
+    (``fxprune.trust``): per-layer structure is rebuilt with this installed fxprune."""
+    from .checkpoint import load_pruned as _load_pruned
+    return _load_pruned(path, dtype)
+
+
 __all__ = [
     "AnalysisError", "CaptureError", "CheckpointError", "DataError", "FxPruneError", "ModelLoadError",
-    "PlanError", "RecipeError", "SurgeryError", "VerificationError", "__version__", "prune",
+    "PlanError", "RecipeError", "SurgeryError", "VerificationError", "__version__", "load_pruned", "prune",
 ]

@@ -7,17 +7,15 @@
   ``fxprune_structure`` and ``auto_map`` to a generated ``modeling_fxprune.py``: load with
   ``fxprune.load_pruned(dir)`` or stock ``from_pretrained(dir, trust_remote_code=True)``.
 
-Writes go to a sibling temporary directory that is renamed into place only when complete: a failure
-never leaves a half-written directory where a good one was.
+Writes go through ``fxprune.output.checkpoint_dir``, the one writer of every command: a sibling
+temporary swapped into place only when complete, never over files fxprune did not write.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -92,62 +90,94 @@ class FxPruned{base}(_Base):
 '''
 
 
-def _atomic_dir(target: Path):
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-
-
-def _swap_into_place(tmp: Path, target: Path):
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def save_pruned(model: nn.Module, out_dir, tokenizer=None, extra: dict | None = None) -> Path:
-    """Write ``model`` (+ tokenizer) to ``out_dir`` atomically; returns the path.
+def save_pruned(model: nn.Module, out_dir, tokenizer=None, extra: dict | None = None, *,
+                overwrite: bool = False) -> Path:
+    """Write ``model`` (+ tokenizer) to ``out_dir`` through the one atomic writer
+    (``fxprune.output.checkpoint_dir``: a new or empty directory, or an fxprune checkpoint with
+    ``overwrite``); returns the path.
 
     ``extra`` is stored as ``fxprune_report.json`` beside the weights (plan, sizes, recipe)."""
+    from .output import checkpoint_dir
     out_dir = Path(out_dir)
-    tmp = _atomic_dir(out_dir)
     try:
-        struct = compute_structure(model)
-        cfg = model.config
-        saved_cfg = copy.deepcopy(cfg)
-        base = type(model).__name__
-        if struct:
-            setattr(saved_cfg, STRUCTURE_KEY, struct)
-            saved_cfg.fxprune_base_class = base
-            saved_cfg.auto_map = {_auto_name(base): f"modeling_fxprune.FxPruned{base}"}
-        model.config = saved_cfg
-        try:
-            model.save_pretrained(tmp, safe_serialization=True)
-        finally:
-            model.config = cfg
-        if struct:
-            src = inspect.getsource(_structure)
-            (tmp / REMOTE_FILE).write_text(_REMOTE_TEMPLATE.format(
-                base=base, structure_source=src, key=STRUCTURE_KEY))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if extra is not None:
-            (tmp / "fxprune_report.json").write_text(json.dumps(extra, indent=2, default=str))
-        _swap_into_place(tmp, out_dir)
+        with checkpoint_dir(out_dir, overwrite=overwrite, manifest={"environment": run_environment()}) as tmp:
+            write_checkpoint(model, tmp, tokenizer=tokenizer)
+            if extra is not None:
+                (tmp / "fxprune_report.json").write_text(json.dumps(extra, indent=2, default=str))
+    except CheckpointError:
+        raise
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, CheckpointError):
-            raise
         raise CheckpointError(f"could not save to {out_dir}: {type(e).__name__}: {e}") from e
     return out_dir
+
+
+def run_environment() -> dict:
+    """What a checkpoint's bits may depend on besides recipe, seed and data (recorded in the manifest).
+
+    Measured (bench/results/reliability.md): runs with the same recipe, seed, data, versions and
+    thread count are bit-identical; matrix products are thread-count invariant here (MKL), but LAPACK
+    factorizations (Cholesky in SparseGPT / MRP) and whole-tensor reductions are not."""
+    import platform
+    import sys
+
+    import transformers
+
+    from . import __version__
+    return {"fxprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": sys.version.split()[0], "machine": platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "blas": "mkl" if torch.backends.mkl.is_available() else "other",
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+
+
+def write_checkpoint(model: nn.Module, directory: Path, tokenizer=None, structure: bool = True) -> None:
+    """Write ``model`` (+ tokenizer) into the existing directory ``directory`` (no atomicity: callers
+    pass the writer's temporary). With ``structure``, widths the stock config cannot express are
+    recorded as ``fxprune_structure``; a GGUF quantizer marker is hidden while saving (the tensors
+    are floats)."""
+    struct = compute_structure(model) if structure else {}
+    cfg = model.config
+    saved_cfg = copy.deepcopy(cfg)
+    base = type(model).__name__
+    if struct:
+        setattr(saved_cfg, STRUCTURE_KEY, struct)
+        saved_cfg.fxprune_base_class = base
+        saved_cfg.auto_map = {_auto_name(base): f"modeling_fxprune.FxPruned{base}"}
+    model.config = saved_cfg
+    try:
+        with as_plain_float(model):
+            model.save_pretrained(directory, safe_serialization=True)
+    finally:
+        model.config = cfg
+    if struct:
+        src = inspect.getsource(_structure)
+        (directory / REMOTE_FILE).write_text(_REMOTE_TEMPLATE.format(
+            base=base, structure_source=src, key=STRUCTURE_KEY))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+@contextlib.contextmanager
+def as_plain_float(model):
+    """A model loaded from GGUF keeps a GGUF ``hf_quantizer`` marker although its tensors were
+    dequantized to float at load; ``save_pretrained`` then refuses to write it. Hide the marker while
+    saving (the float tensors are what we computed on), restore it afterwards. Other quantizers are
+    left alone."""
+    q = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(q, "quantization_config", None), "quant_method", None)
+    if q is None or str(getattr(method, "value", method)).lower() != "gguf":
+        yield
+        return
+    cfg_q = getattr(model.config, "quantization_config", None)
+    model.hf_quantizer = None
+    if cfg_q is not None:
+        del model.config.quantization_config
+    try:
+        yield
+    finally:
+        model.hf_quantizer = q
+        if cfg_q is not None:
+            model.config.quantization_config = cfg_q
 
 
 def is_fxprune_checkpoint(path) -> bool:
@@ -161,8 +191,17 @@ def is_fxprune_checkpoint(path) -> bool:
 def _state_dict_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [path / f for f in files]
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: unreadable index ({type(e).__name__}: {e})") from e
+        out = []
+        for f in files:
+            p = path / str(f)
+            if Path(str(f)).name != str(f) or p.suffix != ".safetensors" or not p.is_file():
+                raise CheckpointError(f"{index}: weight file {f!r} is not a safetensors file in {path}")
+            out.append(p)
+        return out
     single = path / "model.safetensors"
     if single.is_file():
         return [single]
@@ -170,27 +209,58 @@ def _state_dict_files(path: Path) -> list[Path]:
 
 
 def load_pruned(path, dtype: torch.dtype | None = None) -> nn.Module:
-    """Load a directory written by ``save_pretrained``/``save_pruned`` with fxprune structure."""
-    import transformers
+    """Load a directory written by ``save_pretrained``/``save_pruned`` with fxprune structure.
+
+    Untrusted input is fine (``fxprune.trust``): the checkpoint's ``modeling_fxprune.py`` is never
+    run (the structure is rebuilt with this installed ``fxprune.structure``), weights come only from
+    safetensors, and every recorded shape is checked against the safetensors headers on the meta
+    device before memory is allocated."""
     from safetensors.torch import load_file
+
+    from .errors import ModelLoadError
+    from .trust import model_class, read_config, safetensors_header
     path = Path(path)
     try:
-        raw = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path / 'config.json'}: unreadable config ({e})") from e
-    base = raw.get("fxprune_base_class") or (raw.get("architectures") or [None])[0]
-    cls = getattr(transformers, base or "", None)
-    if cls is None:
-        raise CheckpointError(f"{path}: unknown model class {base!r}")
-    config = transformers.AutoConfig.from_pretrained(str(path))
-    model = cls(config)
-    apply_structure(model, raw.get(STRUCTURE_KEY, {}))
-    sd = {}
-    for f in _state_dict_files(path):
-        sd.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+        raw = read_config(path)
+        base = raw.get("fxprune_base_class") or (raw.get("architectures") or [None])[0]
+        cls = model_class(base, path / "config.json")
+    except ModelLoadError as e:
+        raise CheckpointError(str(e)) from e
+    struct = raw.get(STRUCTURE_KEY, {})
+    files = _state_dict_files(path)
+    try:
+        shapes = {}
+        for f in files:
+            shapes.update(safetensors_header(f))
+    except ModelLoadError as e:
+        raise CheckpointError(str(e)) from e
+    try:
+        config = cls.config_class.from_dict(raw)
+        with torch.device("meta"):
+            skeleton = cls(config)
+            apply_structure(skeleton, struct)
+    except Exception as e:  # a tampered or foreign config/structure: name the file
+        raise CheckpointError(f"{path / 'config.json'}: config or fxprune_structure does not build "
+                              f"{cls.__name__} ({type(e).__name__}: {e})") from e
+    tied = set(getattr(skeleton, "_tied_weights_keys", None) or [])
     tied = set(tied.keys()) if isinstance(tied, dict) else tied
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    wrong = [f"{k}: {shapes[k]} != {want[k]}" for k in want if k in shapes and shapes[k] != want[k]]
+    missing = [k for k in want if k not in shapes and k not in tied and k in dict(skeleton.named_parameters())]
+    unexpected = [k for k in shapes if k not in want]
+    if wrong or missing or unexpected:
+        raise CheckpointError(f"{path}: safetensors tensors do not match the recorded structure "
+                              f"(shape {wrong[:3]}, missing {missing[:3]}, unexpected {unexpected[:3]})")
+    del skeleton
+    model = cls(config)
+    apply_structure(model, struct)
+    sd = {}
+    for f in files:
+        try:
+            sd.update(load_file(str(f)))
+        except Exception as e:
+            raise CheckpointError(f"{f}: unreadable safetensors ({type(e).__name__}: {e})") from e
+    missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise CheckpointError(f"{path}: state dict does not match the recorded structure "

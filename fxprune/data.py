@@ -16,7 +16,9 @@ Contracts
   evaluation chunks the text stream into ``seq_len - 1`` token pieces so every text token is
   predicted exactly once. Tokenizers that add no start token (SmolLM2's) get plain windows, unchanged.
   ``bos=True/False`` forces either; ``Windows.protocol()`` records the choice (``bos_first``).
-- Calibration and evaluation data from the same file are refused (``DataError`` naming the file).
+- Calibration and evaluation data from the same file are refused (``DataError`` naming the file), and
+  so is calibration text that contains evaluation text (a renamed, re-encoded, wrapped or partial
+  copy: ``fxprune.disjoint``, word 13-grams).
 
 Every failure to find or read a file is a ``DataError`` that names the file.
 """
@@ -103,10 +105,8 @@ def wikitext_hf_text(path: Path) -> str:
 
 
 def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"cannot read data file {str(path)!r}: {e}") from e
+    from .disjoint import read_text  # UTF-8 (BOM or not) or BOM-marked UTF-16/32, else DataError
+    return read_text(path)
 
 
 def read_documents(path: Path) -> list[str]:
@@ -118,9 +118,12 @@ def read_documents(path: Path) -> list[str]:
                 continue
             try:
                 row = json.loads(line)
-                docs.append(row["text"])
+                text = row["text"]
+                if not isinstance(text, str):
+                    raise TypeError(f"\"text\" is a {type(text).__name__}, not a string")
+                docs.append(text)
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{str(path)!r} line {i + 1}: expected a JSON object with a \"text\" field "
+                raise DataError(f"{str(path)!r} line {i + 1}: expected a JSON object with a \"text\" string "
                                 f"({type(e).__name__}: {e})") from e
         if not docs:
             raise DataError(f"{str(path)!r} holds no documents")
@@ -260,13 +263,14 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
         if model is None:
             raise DataError("generated (data-free) calibration needs the model")
         return generated_windows(model, tokenizer, cfg)
+    if evaluation_files is None:
+        evaluation_files = [data_root(root) / f for f in EVALUATION_FILES]
+    evaluation_files = [f for f in evaluation_files if Path(f).exists()]
     if cfg.source.startswith("hf:"):
         docs, sha, name = read_hf_documents(cfg.source), None, cfg.source
     else:
         path = resolve(cfg.source, root)
-        if evaluation_files is None:
-            evaluation_files = [data_root(root) / f for f in EVALUATION_FILES]
-        check_disjoint(path, [f for f in evaluation_files if Path(f).exists()])
+        check_disjoint(path, evaluation_files)
         docs, sha, name = read_documents(path), sha256_file(path), str(path)
     bos = _bos_for(tokenizer, cfg.bos)
     span = cfg.seq_len - (bos is not None)  # text tokens per window
@@ -286,6 +290,8 @@ def calibration_windows(tokenizer: Any, cfg: CalibrationConfig, *, model: torch.
             continue
         start = rng.randrange(len(ids) - span)
         windows.append(([bos] if bos is not None else []) + ids[start:start + span])
+    from .disjoint import check_content_disjoint  # a renamed, re-encoded or wrapped copy of test text
+    check_content_disjoint((docs[j] for j in sorted(cache)), name, evaluation_files)
     return Windows(torch.tensor(windows, dtype=torch.long), name, sha, cfg.n_samples * cfg.seq_len, bos)
 
 
@@ -328,6 +334,8 @@ def evaluation_windows(tokenizer: Any, source: str, seq_len: int, max_windows: i
     tokens, is cut into ``seq_len - 1`` token chunks and the start token put before each."""
     if seq_len < 2:
         raise DataError(f"evaluation windows need seq_len >= 2 (got {seq_len})")
+    if max_windows is not None and max_windows < 1:
+        raise DataError(f"evaluation needs at least one window (got max_windows={max_windows})")
     path = resolve(source, root)
     text = "\n\n".join(read_documents(path)) if path.suffix == ".jsonl" else read_documents(path)[0]
     start = _bos_for(tokenizer, bos)

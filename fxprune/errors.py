@@ -53,3 +53,15 @@ class DataError(FxPruneError):
 
 class RecipeError(FxPruneError):
     """A recipe is malformed (names the field)."""
+
+
+class OutputError(CheckpointError):
+    """An output path fxprune may not or cannot write (names the path and what is in the way)."""
+
+
+class ResourceError(FxPruneError):
+    """The job would not fit in the memory or disk space available (says what would fit)."""
+
+
+class ArgumentError(FxPruneError):
+    """A command-line argument is invalid (names the argument)."""

@@ -49,8 +49,9 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> LoadedModel:
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ModelLoadError(str(path), "GGUF input needs `pip install fxprune[gguf]` (gguf, accelerate)") from e
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                     trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
     except Exception as e:  # transformers raises many kinds; name the file
         raise ModelLoadError(str(path), f"{type(e).__name__}: {e}") from e
     _forget_gguf_quantizer(model)
@@ -72,28 +73,70 @@ def _forget_gguf_quantizer(model) -> None:
 
 
 def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
-    from .checkpoint import is_fxprune_checkpoint, load_pruned
+    """A model directory; untrusted input is fine (``fxprune.trust``: no checkpoint code is run,
+    safetensors only unless ``--allow-pickle``)."""
+    from .checkpoint import STRUCTURE_KEY, load_pruned
+    from .errors import CheckpointError
+    from .trust import check_weights, model_class, read_config
     if not (path / "config.json").is_file():
         raise ModelLoadError(str(path), "not a model directory (no config.json)")
-    if is_fxprune_checkpoint(path):
-        model = load_pruned(path, dtype=dtype)
-    else:
-        import transformers
+    raw = read_config(path)
+    if STRUCTURE_KEY in raw:
         try:
-            cfg = transformers.AutoConfig.from_pretrained(str(path))
-            arch = (getattr(cfg, "architectures", None) or [None])[0]
-            cls = getattr(transformers, arch, None) if arch else None
-            cls = cls or transformers.AutoModelForCausalLM
-            model = cls.from_pretrained(str(path), dtype=dtype)
+            model = load_pruned(path, dtype=dtype)
+        except CheckpointError as e:
+            raise ModelLoadError(str(path), str(e)) from e
+    else:
+        safe = check_weights(path)
+        arch = (raw.get("architectures") or ["AutoModelForCausalLM"])
+        arch = arch[0] if isinstance(arch, list) and arch else arch
+        if arch == "AutoModelForCausalLM":
+            import transformers
+            cls = transformers.AutoModelForCausalLM
+        else:
+            cls = model_class(arch, path / "config.json")
+        if safe:
+            _check_size(path, raw, cls)
+        try:
+            model = cls.from_pretrained(str(path), dtype=dtype, use_safetensors=safe, trust_remote_code=False)
         except Exception as e:
             raise ModelLoadError(str(path), f"{type(e).__name__}: {e}") from e
     tok = None
     try:
         from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception:
         tok = None  # a model directory without tokenizer files is still a model
     return LoadedModel(model.eval(), tok, str(path))
+
+
+def _check_size(path: Path, raw: dict, cls) -> None:
+    """Refuse a config that describes far more parameters than the safetensors hold (a tampered
+    ``vocab_size: 10**12`` would otherwise be allocated before transformers notices the mismatch).
+    Counted on the meta device: nothing is allocated."""
+    from .trust import safetensors_header
+    held = 0
+    for f in sorted(path.glob("*.safetensors")):
+        for shape in safetensors_header(f).values():
+            n = 1
+            for d in shape:
+                n *= d
+            held += n
+    try:
+        import transformers
+        if cls is transformers.AutoModelForCausalLM:
+            config = transformers.AutoConfig.for_model(**raw)
+            build = lambda: cls.from_config(config)  # noqa: E731
+        else:
+            config = cls.config_class.from_dict(raw)
+            build = lambda: cls(config)  # noqa: E731
+        with torch.device("meta"):
+            described = sum(p.numel() for p in build().parameters())
+    except Exception as e:  # a config transformers cannot build: name the file
+        raise ModelLoadError(str(path / "config.json"), f"does not build a model ({type(e).__name__}: {e})") from e
+    if described > 2 * held + (1 << 20):
+        raise ModelLoadError(str(path / "config.json"), f"describes {described:,} parameters but the safetensors "
+                                                        f"hold {held:,}: config and weights do not match")
 
 
 def minilm_path() -> Path:

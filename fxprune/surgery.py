@@ -241,7 +241,7 @@ def _value_widths(model) -> dict:
 def _patch_config(model, adapter) -> bool:
     if not hasattr(model, "config"):
         return False
-    return adapter.patch_config(model.config, model)
+    return adapter.patch_config_checked(model.config, model)  # undone if transformers would refuse it
 
 
 def verify_pruned(model: nn.Module, before: Analysis, plan: dict[str, list[int]]) -> Analysis:

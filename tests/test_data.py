@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pytest
@@ -106,6 +107,52 @@ def test_any_text_file_as_evaluation_set(tmp_path):
     assert w.ids.shape == (4, 25) and bytes(w.ids.reshape(-1).tolist()) == ("hello world " * 10).encode()[:100]
     with pytest.raises(DataError, match="fewer than one window"):
         evaluation_windows(TOK, str(f), seq_len=500)
+
+
+def _copies(wt, tmp_path):
+    """Copies of the WikiText-2 test text that are not the same file (issue 14, item 9)."""
+    text = wt.read_text(encoding="utf-8")
+    c = {}
+    c["renamed.txt"] = text.encode("utf-8") + b"\n"  # different bytes: a trailing newline
+    c["utf16.txt"] = text.encode("utf-16")
+    c["bom_crlf.txt"] = b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8")
+    c["upper.txt"] = text.upper().encode("utf-8")
+    c["contains.txt"] = ("My own notes. " * 50 + text + "More of my notes. " * 50).encode("utf-8")
+    c["part.txt"] = text[len(text) // 3: len(text) // 3 + 20000].encode("utf-8")  # ~1.5% of the test set
+    c["wrapped.jsonl"] = (json.dumps({"text": text[:50000]}) + "\n" + json.dumps({"text": text[50000:]}) + "\n").encode()
+    paths = []
+    for name, data in c.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(tmp_path / name)
+    return paths
+
+
+def test_renamed_reencoded_wrapped_or_partial_copies_of_test_text_are_refused(root, tmp_path):
+    wt = resolve("wikitext2")
+    for p in _copies(wt, tmp_path):
+        with pytest.raises(DataError, match="contains evaluation text"):
+            calibration_windows(TOK, CalibrationConfig(str(p), n_samples=2, seq_len=64, seed=1))
+
+
+def test_disjoint_training_data_passes_the_content_check(root):
+    from fxprune.disjoint import overlaps
+    from fxprune.data import EVALUATION_FILES, read_documents
+    o = overlaps(read_documents(resolve("c4")), [root / f for f in EVALUATION_FILES])
+    assert [x.shared for x in o] == [0, 0] and o[0].eval_grams > 200_000
+    w = calibration_windows(TOK, CalibrationConfig("c4", n_samples=4, seq_len=64))
+    assert w.ids.shape == (4, 64)
+
+
+def test_undecodable_calibration_file_is_a_data_error(tmp_path):
+    p = tmp_path / "bin.txt"
+    p.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(DataError, match="bin.txt.*not utf-8"):
+        calibration_windows(TOK, CalibrationConfig(str(p), n_samples=1, seq_len=8))
+
+
+def test_negative_window_count_is_a_data_error(root):
+    with pytest.raises(DataError, match="at least one window"):
+        evaluation_windows(TOK, "wikitext2", 64, max_windows=-1)
 
 
 # ------------------------------------------------------------------ BOS-first windows (issue 13)

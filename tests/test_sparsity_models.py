@@ -81,9 +81,14 @@ def test_save_reload_with_stock_from_pretrained(tmp_path, family):
     res = run_sparsity_recipe(model, load_recipe("mrp-2of4"), _calib())
     out = tmp_path / "sparse"
     out.mkdir()
-    (out / "stale").write_text("old")  # an existing directory is replaced atomically
+    (out / "notes.txt").write_text("mine")  # a user's folder is never replaced (issue 14)
+    from fxprune.errors import OutputError
+    with pytest.raises(OutputError, match="not empty"):
+        save_sparse_model(model, out, result=res)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    out = tmp_path / "sparse2"
     save_sparse_model(model, out, result=res)
-    assert not (out / "stale").exists() and (out / "sparsity_report.json").is_file()
+    assert (out / "sparsity_report.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     back = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = _calib(n=1)[0]

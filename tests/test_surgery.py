@@ -99,7 +99,7 @@ def test_failed_save_keeps_the_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(type(m), "save_pretrained", boom)
     from fxprune.errors import CheckpointError
     with pytest.raises(CheckpointError, match="ckpt"):
-        save_pruned(m, out)
+        save_pruned(m, out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before
     assert (out / "model.safetensors").read_bytes() == weights
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp dirs left behind

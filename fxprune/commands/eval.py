@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from ..arguments import ACCELERATORS, PRECISIONS, devices, positive_int, seq_len
+
 NAME = "eval"
 HELP = "Perplexity and zero-shot accuracy of a model (lm-eval log-likelihood protocol)."
 
@@ -16,20 +18,22 @@ HELP = "Perplexity and zero-shot accuracy of a model (lm-eval log-likelihood pro
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="smollm2, tiny:<family>, a .gguf file or a model directory")
     p.add_argument("--ppl", default="", help="comma-separated perplexity sets: wikitext2 or text-file paths")
-    p.add_argument("--seq-len", type=int, default=512, help="window length L in tokens (default 512)")
-    p.add_argument("--windows", type=int, default=None, help="use only the first N windows")
+    p.add_argument("--seq-len", type=seq_len, default=512, help="window length L in tokens (default 512)")
+    p.add_argument("--windows", type=positive_int, default=None, help="use only the first N windows")
     p.add_argument("--tasks", default="", help="comma-separated zero-shot tasks (arc_easy, arc_challenge, "
                                                 "boolq, openbookqa, piqa, winogrande, hellaswag; 'all' = these seven)")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each task (recorded; default: full sets)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="first N items of each task (recorded; default: full sets)")
     p.add_argument("--scorer", default="own", choices=["own", "lm-eval"],
                    help="zero-shot scorer: fxprune's own (default; tested equal to lm-eval item by item) or "
                         "lm-eval-harness 0.4.x on the in-memory model (extra 'lmeval')")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--data-root", default=None, help="data directory (default $FXPRUNE_DATA or ../shared/data)")
-    p.add_argument("--batch-size", type=int, default=1, help="perplexity windows per forward")
-    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto")
-    p.add_argument("--devices", default="1", help="number of devices (several: DDP)")
-    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPU")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="perplexity windows per forward")
+    p.add_argument("--accelerator", default="cpu", choices=ACCELERATORS, help="Lightning accelerator: cpu, gpu, auto")
+    p.add_argument("--devices", default="1", type=devices, help="number of devices (several: DDP) or auto")
+    p.add_argument("--precision", default="32-true", choices=PRECISIONS,
+                   help="Lightning precision, e.g. bf16-mixed on GPU")
 
 
 def _versions() -> dict:
@@ -51,9 +55,17 @@ def run(args) -> int:
 
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     strategy = "ddp" if isinstance(devices, int) and devices > 1 else "auto"
-    engine = Engine(EngineConfig(accelerator=args.accelerator, devices=devices, strategy=strategy,
-                                 precision=args.precision))
-    engine.launch()
+    try:
+        engine = Engine(EngineConfig(accelerator=args.accelerator, devices=devices, strategy=strategy,
+                                     precision=args.precision))
+        engine.launch()
+    except Exception as e:  # Lightning refuses a setting this machine cannot run (no GPU, too many devices)
+        from ..errors import ArgumentError
+        raise ArgumentError(f"--accelerator {args.accelerator} --devices {args.devices} --precision "
+                            f"{args.precision}: {type(e).__name__}: {e}") from e
+    from ..preflight import JobSizes, check_job  # model files readable, the job fits in memory
+    check_job(args.model, out=None, sizes=JobSizes("eval", eval_seq_len=args.seq_len if args.ppl else 0,
+                                                   eval_batch=args.batch_size))
     loaded = load_model(args.model)
     tok = tokenizer_for(loaded)
     model = engine.prepare(loaded.model)

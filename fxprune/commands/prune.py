@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..arguments import positive_int, seq_len
 from ..evaluation import render as _report
 
 NAME = "prune"
@@ -22,10 +23,12 @@ def add_arguments(p):
     p.add_argument("--calib", default=None, help="calibration data: c4, a text/jsonl file, hf:<name> or "
                                                  "generated (default: the recipe's calib_source)")
     p.add_argument("--out", default=None, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an fxprune checkpoint at --out "
+                                                            "(files fxprune did not write are kept)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--eval-ppl", default="", help="also report perplexity before/after on this set (wikitext2)")
-    p.add_argument("--seq-len", type=int, default=128, help="perplexity window length")
-    p.add_argument("--windows", type=int, default=64, help="perplexity windows")
+    p.add_argument("--seq-len", type=seq_len, default=128, help="perplexity window length")
+    p.add_argument("--windows", type=positive_int, default=64, help="perplexity windows")
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _report.add_report_arguments(p)  # --eval-tasks, --limit (fxprune/evaluation/report.py)
@@ -44,11 +47,22 @@ def resolve_recipe(spec: str) -> Path:
 
 
 def _method(path: Path) -> str:
-    text = path.read_text()
-    if path.suffix == ".json":
-        return json.loads(text).get("method", "structured")
-    import yaml
-    return (yaml.safe_load(text) or {}).get("method", "structured")
+    from ..errors import RecipeError
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            d = json.loads(text)
+        else:
+            import yaml
+            d = yaml.safe_load(text) or {}
+    except Exception as e:  # OSError, UnicodeDecodeError, JSON and YAML errors: name the file
+        raise RecipeError(f"recipe file {path}: cannot parse ({type(e).__name__}: {e})") from e
+    if not isinstance(d, dict):
+        raise RecipeError(f"recipe file {path}: expected a mapping at the top level")
+    method = d.get("method", "structured")
+    if not isinstance(method, str):
+        raise RecipeError(f"recipe file {path}: field 'method' must be a string, got {method!r}")
+    return method
 
 
 def run(args) -> int:
@@ -59,7 +73,8 @@ def run(args) -> int:
             from ..errors import RecipeError
             raise RecipeError("--out is required for sparsity recipes")
         args.recipe = str(path)
-        for name, default in (("samples", None), ("seqlen", None), ("seed", 0), ("semi_structured", False)):
+        for name, default in (("samples", None), ("seqlen", None), ("seed", 0), ("semi_structured", False),
+                              ("overwrite", False)):
             setattr(args, name, getattr(args, name, default))
         return run_sparsify(args)
     return _run_structured(args, path)
@@ -89,7 +104,12 @@ def _run_structured(args, path: Path) -> int:
     if not args.dry_run and not args.out:
         from ..errors import RecipeError
         raise RecipeError("--out is required unless --dry-run")
+    from ..preflight import JobSizes, check_job  # output, memory, savable: before the expensive work
+    job = check_job(args.model, out=args.out, overwrite=args.overwrite, sizes=JobSizes(
+        "structured", recipe.calib_samples, recipe.calib_seq_len, recipe.batch_size,
+        generated=recipe.calib_source == "generated", eval_seq_len=args.seq_len if args.eval_ppl else 0))
     loaded = load_model(args.model)
+    job.check_model(loaded.model)
     model, tok = loaded.model, tokenizer_for(loaded)
     cfg = CalibrationConfig(recipe.calib_source, recipe.calib_samples, recipe.calib_seq_len, recipe.seed)
     windows = calibration_windows(tok, cfg, model=model, root=args.data_root)
@@ -131,7 +151,8 @@ def _run_structured(args, path: Path) -> int:
     report["prune_seconds"] = round(time.perf_counter() - t0, 2)
     if args.eval_ppl:
         report["ppl_pruned"] = _ppl(model, tok, args)
-    save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan})
+    save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan},
+                overwrite=args.overwrite)
     report["out"] = args.out
     report["report"] = str(_report.write_prune_report(args, report, loaded))  # report.md beside the weights
     _print(report, args)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import time
 from pathlib import Path
 
@@ -93,10 +92,8 @@ def _load_rows(path: Path) -> list[dict]:
 
 
 def _append(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    from ..output import OwnedDir  # the one writer: appended, fsynced, listed in the sweep's manifest
+    OwnedDir(path.parent, kind="sweep").append(path.name, json.dumps(row, default=str) + "\n")
 
 
 TABLE_COLUMNS = ["recipe", "target", "params_before", "params_after", "removed", "ppl", "zs_acc", "zs_acc_norm"]
@@ -118,34 +115,42 @@ def table_rows(rows: list[dict]) -> list[dict]:
 
 def write_outputs(out: Path, rows: list[dict], widths_run: str | None, final: bool = True) -> dict:
     from ..evaluation.plots import plot_sweep, plot_widths
+    from ..output import OwnedDir  # the one writer: each file atomic, never over a file fxprune did not write
+    owned = OwnedDir(out, kind="sweep", create=True)
     flat = table_rows(rows)
     cols = list(dict.fromkeys(k for r in flat for k in r))
-    with (out / "results.csv").open("w", newline="") as f:
+    with owned.file("results.csv") as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(flat)
-    (out / "results.json").write_text(json.dumps(flat, indent=1, default=str))
+    owned.write("results.json", json.dumps(flat, indent=1, default=str))
     dense = next((r for r in rows if r["recipe"] == "dense"), None)
     pruned = [r for r in rows if r["recipe"] != "dense"]
     plots = {}
     st = rows[0].get("settings", {}) if rows else {}
     if any(r.get("ppl") is not None for r in rows):
-        plots["ppl"] = str(plot_sweep(pruned, out / "sweep_ppl.png", metric="ppl", log_y=True,
-                                      label=f"perplexity ({st.get('ppl_set')}, L={st.get('seq_len')}, {st.get('windows')} windows)",
-                                      dense=dense.get("ppl") if dense else None))
+        with owned.file("sweep_ppl.png") as tmp:
+            plot_sweep(pruned, tmp, metric="ppl", log_y=True,
+                       label=f"perplexity ({st.get('ppl_set')}, L={st.get('seq_len')}, {st.get('windows')} windows)",
+                       dense=dense.get("ppl") if dense else None)
+        plots["ppl"] = str(out / "sweep_ppl.png")
     if any(r.get("zs_acc") is not None for r in rows):
         lim = st.get("limit")
-        plots["zeroshot"] = str(plot_sweep(pruned, out / "sweep_zeroshot.png", metric="zs_acc",
-                                           label="zero-shot average acc" + (f" (first {lim} items)" if lim else ""),
-                                           dense=dense.get("zs_acc") if dense else None))
+        with owned.file("sweep_zeroshot.png") as tmp:
+            plot_sweep(pruned, tmp, metric="zs_acc",
+                       label="zero-shot average acc" + (f" (first {lim} items)" if lim else ""),
+                       dense=dense.get("zs_acc") if dense else None)
+        plots["zeroshot"] = str(out / "sweep_zeroshot.png")
     if widths_run:  # the chosen run, once it is done
         chosen = next((r for r in pruned if _key(r["recipe"], r["target"]) == widths_run), None)
     else:  # default: the first recipe at its largest target, once the sweep is complete
         chosen = max(pruned, key=lambda r: (r["recipe"] == pruned[0]["recipe"], r["target"])) if final and pruned else None
     if chosen is not None:
         name = f"widths_{Path(chosen['recipe']).stem}_{chosen['target']:g}.png"
-        plots["widths"] = str(plot_widths(chosen["widths"], out / name, dense=dense.get("widths") if dense else None,
-                                          title=f"kept width per layer: {_key(chosen['recipe'], chosen['target'])}"))
+        with owned.file(name) as tmp:
+            plot_widths(chosen["widths"], tmp, dense=dense.get("widths") if dense else None,
+                        title=f"kept width per layer: {_key(chosen['recipe'], chosen['target'])}")
+        plots["widths"] = str(out / name)
     return plots
 
 
@@ -171,7 +176,8 @@ def run(args) -> int:
     for r in recipes:  # fail on a bad recipe name before any work
         recipe_at(r, targets[0], overrides)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..output import OwnedDir  # new/empty, or this sweep's own directory (resume); checked before work
+    OwnedDir(out, kind="sweep", create=True)
     settings = {"model": args.model, "ppl_set": args.eval_ppl or None, "seq_len": args.seq_len,
                 "windows": args.windows, "tasks": tasks, "limit": args.limit, "overrides": overrides}
     jsonl = out / "results.jsonl"
@@ -238,7 +244,7 @@ def run(args) -> int:
             row["peak_rss_mb"] = round(peak_rss_mb(), 1)
             if args.save_checkpoints:
                 from ..checkpoint import save_pruned
-                save_pruned(model, out / "ckpt" / f"{name}-{t:g}", tokenizer=loaded.tokenizer,
+                save_pruned(model, out / "ckpt" / f"{name}-{t:g}", tokenizer=loaded.tokenizer, overwrite=True,
                             extra={"model": args.model, "recipe": recipe, **{k: row[k] for k in
                                    ("params_before", "params_after", "prune_seconds")}})
             _append(jsonl, row)

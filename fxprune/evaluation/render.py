@@ -101,7 +101,8 @@ def write_prune_report(args: Any, report: dict, loaded: Any) -> Path | None:
                                "peak_rss_mb": round(peak_rss_mb(), 1)})
     data["widths"] = {"kept": widths_table(model)}
     data["widths"]["dense"], data["widths"]["dense_source"] = dense_widths_for(report.get("model"), model)
-    (out / REPORT_JSON).write_text(json.dumps(data, indent=1, default=str))
+    from ..output import OwnedDir  # the one writer: atomic, listed in the checkpoint's manifest
+    OwnedDir(out).write(REPORT_JSON, json.dumps(data, indent=1, default=str))
     return render_dir(out, model=model)
 
 
@@ -135,7 +136,10 @@ def render_dir(directory, model: Any = None) -> Path:
     params_before = saved.get("params_before")
     recipe = data.get("recipe") or recipe_entry(saved.get("recipe_file"))
     calib = data.get("calibration") or saved.get("calibration") or {}
-    plot_widths(kept, d / WIDTHS_PNG, dense=dense, title=f"kept width per layer: {d.name}")
+    from ..output import OwnedDir  # the one writer: atomic, never over a file fxprune did not write
+    owned = OwnedDir(d)
+    with owned.file(WIDTHS_PNG) as tmp:
+        plot_widths(kept, tmp, dense=dense, title=f"kept width per layer: {d.name}")
     md = [f"# fxprune report: {d.name}", "",
           f"- model: `{saved.get('model') or data.get('model')}`",
           f"- checkpoint: `{d}` ({disk_bytes(d):,} bytes of safetensors)",
@@ -198,9 +202,7 @@ def render_dir(directory, model: Any = None) -> Path:
         md += zeroshot_table(zs)
     else:
         md += ["(not asked: `--eval-tasks all`)", ""]
-    path = d / REPORT_MD
-    path.write_text("\n".join(md) + "\n")
-    return path
+    return owned.write(REPORT_MD, "\n".join(md) + "\n")
 
 
 def zeroshot_table(results: dict) -> list[str]:

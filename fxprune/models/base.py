@@ -1,6 +1,8 @@
 """Adapter base class and the attribute sync shared by standard torch/transformers layers."""
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
 def sync_standard_module(module: nn.Module) -> dict:
@@ -186,6 +188,27 @@ class FamilyAdapter:
     def patch_config(self, config, model) -> bool:
         """Write uniform widths into ``config``; True if the stock config now describes ``model``."""
         return patch_config_generic(config, model)
+
+    def patch_config_checked(self, config, model) -> bool:
+        """``patch_config``, undone (returns False) when transformers would refuse the patched config,
+        e.g. 24 q heads with hidden size 2048 ("hidden size is not a multiple of the number of
+        attention heads"): the model is then saved with the unchanged config plus recorded per-layer
+        structure (explicit ``head_dim``), which loads, instead of failing at the end."""
+        before = copy.deepcopy(config.__dict__)
+        try:
+            ok = self.patch_config(config, model)
+            if ok:
+                validate = getattr(config, "validate", None)
+                if callable(validate):
+                    validate()
+                config.to_json_string()
+        except Exception:  # transformers raises several kinds (ValueError, StrictDataclass...)
+            ok = False
+        if not ok:
+            config.__dict__.clear()
+            config.__dict__.update(before)
+        return ok
+
 
 class GenericAdapter(FamilyAdapter):
     """Any nn.Module or transformers model: nothing family-specific."""

@@ -14,6 +14,20 @@ ATTENTION_MODES = ("heads", "olica")
 KINDS = ("attention", "ffn", "ssm")
 
 
+def _type_ok(value, default) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    return True
+
+
 @dataclass(frozen=True)
 class Recipe:
     """What to prune and how.
@@ -91,9 +105,12 @@ class Recipe:
         unknown = sorted(set(d) - known)
         if unknown:
             raise RecipeError(f"recipe has unknown fields {unknown}; known: {sorted(known)}")
+        for f in fields(cls):  # YAML/JSON types at the boundary: a field keeps its default's type
+            if f.name in d and not _type_ok(d[f.name], f.default):
+                raise RecipeError(f"recipe field {f.name!r}: {d[f.name]!r} is not a {type(f.default).__name__}")
         try:
             return cls(**d)
-        except TypeError as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise RecipeError(f"recipe: {e}") from e
 
     @classmethod
@@ -101,8 +118,8 @@ class Recipe:
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist")
-        text = path.read_text()
         try:
+            text = path.read_text(encoding="utf-8")
             if path.suffix in (".yaml", ".yml"):
                 import yaml
                 d = yaml.safe_load(text)

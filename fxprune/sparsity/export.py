@@ -1,12 +1,8 @@
-"""Writing the sparse model: stock ``save_pretrained`` into a temporary sibling directory, then an atomic
-rename over the target, so a crash never leaves a half-written directory over a good one.
+"""Writing the sparse model through the one atomic writer (``fxprune.output``), in the stock
+``save_pretrained`` layout.
 Also the optional 2:4 semi-structured conversion on CUDA (``torch.sparse.to_sparse_semi_structured``)."""
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,55 +12,24 @@ from torch import nn
 from ..errors import CheckpointError
 
 
-@contextlib.contextmanager
-def _as_plain_float(model):
-    """A model loaded from GGUF keeps a GGUF ``hf_quantizer`` marker although its tensors were dequantized
-    to float at load; ``save_pretrained`` then refuses to write it. Hide the marker while saving (the
-    float tensors are what we computed on), restore it afterwards. Other quantizers are left alone."""
-    q = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(q, "quantization_config", None), "quant_method", None)
-    if q is None or str(getattr(method, "value", method)).lower() != "gguf":
-        yield
-        return
-    cfg_q = getattr(model.config, "quantization_config", None)
-    model.hf_quantizer = None
-    if cfg_q is not None:
-        del model.config.quantization_config
+def save_sparse_model(model, out_dir: str | Path, tokenizer=None, result=None, *, overwrite: bool = False) -> Path:
+    """Save ``model`` (dense tensors with zeros) + tokenizer + ``sparsity_report.{json,md}`` to ``out_dir``
+    through the one atomic writer (``fxprune.output.checkpoint_dir``: a new or empty directory, or an
+    fxprune checkpoint with ``overwrite``; files fxprune did not write are never removed). Stock
+    ``save_pretrained`` layout; a GGUF quantizer marker is hidden while saving."""
+    from ..checkpoint import run_environment, write_checkpoint
+    from ..output import checkpoint_dir
+    out = Path(out_dir)
     try:
-        yield
-    finally:
-        model.hf_quantizer = q
-        if cfg_q is not None:
-            model.config.quantization_config = cfg_q
-
-
-def save_sparse_model(model, out_dir: str | Path, tokenizer=None, result=None) -> Path:
-    """Save ``model`` (dense tensors with zeros) + tokenizer + ``sparsity_report.{json,md}`` to ``out_dir``.
-
-    The files are written to ``<parent>/.<name>.tmp-XXXX`` and renamed into place. If ``out_dir``
-    already exists it is first renamed aside and removed only after the new one is in place.
-    """
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        with _as_plain_float(model):
-            model.save_pretrained(str(tmp))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        if result is not None:
-            result.to_json(tmp / "sparsity_report.json")
-            (tmp / "sparsity_report.md").write_text(result.to_markdown() + "\n")
+        with checkpoint_dir(out, overwrite=overwrite, manifest={"environment": run_environment()}) as tmp:
+            write_checkpoint(model, tmp, tokenizer=tokenizer, structure=False)
+            if result is not None:
+                result.to_json(tmp / "sparsity_report.json")
+                (tmp / "sparsity_report.md").write_text(result.to_markdown() + "\n")
+    except CheckpointError:
+        raise
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"cannot save sparse model to {str(out)!r}: {type(e).__name__}: {e}") from e
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time())}"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return out
 
 

@@ -53,7 +53,15 @@ def _parse_pattern(spec: Any):
 
 
 def parse_recipe(d: dict, name: str = "") -> SparsityRecipe:
-    """Validate a recipe dict (as read from YAML/JSON) and build the typed recipe."""
+    """Validate a recipe dict (as read from YAML/JSON) and build the typed recipe; any malformed
+    value is a ``RecipeError`` naming the recipe."""
+    try:
+        return _parse_recipe(d, name)
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as e:
+        raise RecipeError(f"recipe {name!r}: malformed value ({type(e).__name__}: {e})") from e
+
+
+def _parse_recipe(d: dict, name: str = "") -> SparsityRecipe:
     if not isinstance(d, dict):
         raise RecipeError(f"recipe {name!r}: top level must be a mapping")
     extra = set(d) - _TOP_KEYS
@@ -102,8 +110,8 @@ def load_recipe(spec: str | Path | dict) -> SparsityRecipe:
         else:
             raise RecipeError(f"recipe {str(spec)!r}: no such file and no built-in recipe "
                               f"(built-in: {', '.join(builtin_recipes())})")
-    text = path.read_text()
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             d = json.loads(text)
         else:
