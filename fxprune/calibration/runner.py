@@ -22,6 +22,12 @@ Streams
 The run stops after the last block any op works on (``BlockOp.active``). If no op needs data
 (e.g. magnitude sparsity), no forward runs at all. Peak memory is one block's activations plus the
 calibration set's hidden states (n x L x d), independent of depth.
+
+Weights on disk: a model may carry a ``BlockSource`` (``block_source(model)``; ``fxprune.onload``
+attaches one to a meta-device skeleton). The runner then calls ``prologue()`` before capturing the
+block-0 inputs and ``end_prologue()`` after, ``load(i)`` before anything touches block ``i`` and
+``release(i, modified)`` once its outputs are computed (the source writes a modified block out and
+drops its weights). An in-memory model has no source: the hooks are no-ops and the run is unchanged.
 """
 from __future__ import annotations
 
@@ -43,6 +49,32 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 class Stream(enum.Enum):
     DENSE = "dense"
     PRUNED = "pruned"
+
+
+class BlockSource:
+    """Where the blocks' weights live when they are not all in memory (``fxprune.onload``): hooks the
+    runner calls around the capture of block-0 inputs and around each block. The base does nothing."""
+
+    def prologue(self) -> None:
+        """Before block-0 inputs are captured: what runs before block 0 (embeddings) in memory."""
+
+    def end_prologue(self) -> None:
+        """After the capture: what ``prologue`` read may go."""
+
+    def load(self, index: int) -> None:
+        """Block ``index``'s weights in memory (before any op or forward touches the block)."""
+
+    def release(self, index: int, modified: bool) -> None:
+        """Done with block ``index`` (its outputs are computed); ``modified``: an op changed it."""
+
+
+SOURCE_ATTR = "_fxprune_block_source"
+_NO_SOURCE = BlockSource()
+
+
+def block_source(model: torch.nn.Module) -> BlockSource:
+    """The ``BlockSource`` attached to ``model`` (attribute ``SOURCE_ATTR``), else the no-op one."""
+    return getattr(model, SOURCE_ATTR, None) or _NO_SOURCE
 
 
 @dataclass
@@ -176,14 +208,17 @@ def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[B
     if not active:
         return info
     last = active[-1]
+    source = block_source(model)
     uses_data = any(op.needs_data or op.needs_dense for op in ops)
     if not uses_data:  # data-free methods: no forward at all
         for i in progress_bar(active, desc, progress):
             t0 = time.perf_counter()
+            source.load(i)
             ctx = BlockContext(i, blocks.qualified(i), blocks.blocks[i], [], reduce)
-            for op in ops:
-                if op.active(i):
-                    op.apply(ctx, Statistics({}))
+            here = [op for op in ops if op.active(i)]
+            for op in here:
+                op.apply(ctx, Statistics({}))
+            source.release(i, any(op.modifies for op in here))
             info.seconds.append(time.perf_counter() - t0)
             info.blocks += 1
         return info
@@ -193,12 +228,17 @@ def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[B
     masks = [token_mask(b) for b in batches]
     shapes = [tuple(b["input_ids"].shape[:2]) for b in batches]
     info.tokens = int(sum(s[0] * s[1] for s in shapes))
-    inputs = [capture_block_inputs(model, blocks.blocks[0], forward_kwargs(model, b))
-              for b in progress_bar(batches, "capture block-0 inputs", progress)]
+    source.prologue()
+    try:
+        inputs = [capture_block_inputs(model, blocks.blocks[0], forward_kwargs(model, b))
+                  for b in progress_bar(batches, "capture block-0 inputs", progress)]
+    finally:
+        source.end_prologue()
     track_dense = stream is Stream.PRUNED and any(op.needs_dense for op in ops)
     dense_inputs = inputs
     for i in progress_bar(range(last + 1), desc, progress):
         t0 = time.perf_counter()
+        source.load(i)
         block = blocks.blocks[i]
         here = [op for op in ops if op.active(i)]
         ctx = BlockContext(i, blocks.qualified(i), block, inputs, reduce)
@@ -230,6 +270,7 @@ def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[B
             if track_dense:
                 dense_inputs = [d.with_hidden(o) for d, o in zip(dense_inputs, ctx.dense_targets)]
             inputs = [inp.with_hidden(o) for inp, o in zip(inputs, outs)]
+        source.release(i, modified)
         del stats, ctx, outs
         info.seconds.append(time.perf_counter() - t0)
         info.blocks += 1
