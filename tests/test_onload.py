@@ -141,3 +141,20 @@ def test_peak_rss_does_not_grow_with_depth(tmp_path):
     assert rss[2][1] == rss[8][1]  # bytes of weights read at once: the same
     grew = rss[8][0] - rss[2][0]
     assert grew < 0.25 * 6 * per_layer_fp32, (rss, per_layer_fp32)  # in memory it would grow by 6 layers' weights
+
+
+def test_cli_onload_prunes_and_saves_a_loadable_checkpoint(ckpt, tmp_path, capsys):
+    from fxprune.cli import main
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n\n".join(f"document {k}: " + "some words to calibrate on " * 8 for k in range(12)))
+    rc = main(["prune", str(ckpt), "--onload", "--recipe", "sparsegpt-2of4", "--calib", str(calib),
+               "--calib-samples", "4", "--calib-seq-len", "32", "--out", str(tmp_path / "o"), "--json"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "o" / "fxprune_report.json").read_text())
+    assert rep["onloaded"] and 0 < rep["peak_resident_weight_bytes"]
+    m = fxprune.load_pruned(tmp_path / "o")
+    w = m.model.layers[1].self_attn.q_proj.weight
+    assert (w.reshape(-1, 4) == 0).sum(1).min().item() >= 2
+    rc = main(["prune", str(ckpt), "--onload", "--recipe", "sparsegpt-2of4", "--calib", "generated",
+               "--out", str(tmp_path / "o2")])
+    assert rc == 2 and "generated" in capsys.readouterr().err and not (tmp_path / "o2").exists()
