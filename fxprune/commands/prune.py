@@ -29,6 +29,9 @@ def add_arguments(p):
     p.add_argument("--overwrite", action="store_true", help="replace an fxprune checkpoint at --out "
                                                             "(files fxprune did not write are kept)")
     p.add_argument("--dry-run", action="store_true", help="run the planning passes only: print the plan, change nothing")
+    p.add_argument("--resume", action="store_true", help="record progress after every block in "
+                   "<out>.fxprune-progress and, if a killed run of the same job left one, continue from it "
+                   "(bit-identical to an uninterrupted run; fxprune/progress.py)")
     p.add_argument("--onload", action="store_true", help="MODEL is a safetensors directory bigger than memory: "
                    "keep it on disk, read and prune one block at a time, stream the pruned blocks to --out "
                    "(fxprune/onload.py)")
@@ -70,6 +73,8 @@ def run(args) -> int:
     recipe = recipe_from_args(args)
     if not args.dry_run and not args.out:
         raise RecipeError("--out is required unless --dry-run")
+    if args.resume and (args.dry_run or args.onload):
+        raise RecipeError("--resume records a pruning run in memory; not with --dry-run or --onload")
     if args.onload:
         return run_onloaded(args, recipe)
     cal = recipe.calibration
@@ -93,9 +98,17 @@ def run(args) -> int:
         return 0
     if args.eval_ppl:
         report["ppl_dense"] = _ppl(model, tok, args)
+    progress = None
+    if args.resume:
+        from ..progress import Progress, job_key, progress_dir
+        progress = Progress.open(progress_dir(args.out), job_key(recipe, model, None if windows is None
+                                                                  else windows.ids)).attach(model)
     t0 = time.perf_counter()
     out = prune_model(model, recipe, windows)
     report.update(out.report)
+    if progress is not None:
+        progress.detach(model)
+        report["resumed_blocks"] = progress.resumed_blocks
     report["prune_seconds"] = round(time.perf_counter() - t0, 2)
     if args.eval_ppl:
         report["ppl_pruned"] = _ppl(model, tok, args)
@@ -107,6 +120,8 @@ def run(args) -> int:
         report["semi_structured"] = {k: v for k, v in convert_2to4_and_time(model, ids).items() if k != "converted"}
     save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan},
                 overwrite=args.overwrite)
+    if progress is not None:
+        progress.finish()  # the checkpoint is published: its progress record goes
     report["out"] = args.out
     report["report"] = str(_report.write_prune_report(args, report, loaded))  # report.md beside the weights
     _print(report, args)
