@@ -133,10 +133,8 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
 
 def supports_shared_context(model: torch.nn.Module) -> bool:
     """True for Hugging Face transformer LMs with a standard KV cache (not Mamba's state cache)."""
-    cfg = getattr(model, "config", None)
-    return (cfg is not None and getattr(cfg, "use_cache", None) is not None
-            and hasattr(model, "prepare_inputs_for_generation")
-            and getattr(cfg, "model_type", "") not in ("mamba", "mamba2", "falcon_mamba", "jamba"))
+    from ..models.runtime import has_kv_cache
+    return has_kv_cache(model) and hasattr(model, "prepare_inputs_for_generation")
 
 
 def _shared_context_lls(model: torch.nn.Module, ctx: list[int], conts: list[list[int]], device) -> list[float]:

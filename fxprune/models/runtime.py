@@ -17,9 +17,14 @@ import torch
 CACHE_KWARGS = ("past_key_value", "past_key_values", "cache_params", "layer_past")
 
 
+#: Model types whose ``use_cache`` state is an SSM state, not a key/value cache that a continuation can extend.
+STATE_CACHE_TYPES = ("mamba", "mamba2", "falcon_mamba", "jamba")
+
+
 def has_kv_cache(model: torch.nn.Module) -> bool:
+    """True for Hugging Face LMs whose ``use_cache=True`` returns a standard key/value cache."""
     cfg = getattr(model, "config", None)
-    return getattr(cfg, "use_cache", None) is not None and getattr(cfg, "model_type", "") != "mamba"
+    return getattr(cfg, "use_cache", None) is not None and getattr(cfg, "model_type", "") not in STATE_CACHE_TYPES
 
 
 def _mamba_dt_input(mixer, x_proj_out):

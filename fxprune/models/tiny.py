@@ -9,80 +9,33 @@ from typing import Callable
 
 import torch
 
-TINY_FAMILIES: dict[str, Callable[..., "object"]] = {}
+#: family -> (transformers config class, its tiny settings besides ``vocab_size=128``).
+_L2 = {"num_hidden_layers": 2, "max_position_embeddings": 256}
+_CONFIGS: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", dict(_L2, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)),
+    "qwen2": ("Qwen2Config", dict(_L2, hidden_size=64, intermediate_size=96, num_attention_heads=6,
+                                  num_key_value_heads=2, tie_word_embeddings=True)),
+    "mistral": ("MistralConfig", dict(_L2, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                      num_key_value_heads=1, head_dim=16, sliding_window=None)),
+    "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=256, n_inner=96, bos_token_id=0,
+                                eos_token_id=0)),
+    "opt": ("OPTConfig", dict(_L2, hidden_size=64, ffn_dim=96, num_attention_heads=4, word_embed_proj_dim=64)),
+    "bert": ("BertConfig", dict(_L2, hidden_size=64, intermediate_size=96, num_attention_heads=4)),
+    "mamba": ("MambaConfig", dict(num_hidden_layers=2, hidden_size=32, state_size=8, expand=2, conv_kernel=4,
+                                  time_step_rank=4, use_mambapy=False)),
+}
 
 
-def _register(name):
-    def deco(fn):
-        TINY_FAMILIES[name] = fn
-        return fn
-    return deco
+def _factory(cls_name: str, settings: dict) -> Callable[..., "object"]:
+    def make(**over):
+        import transformers
+        return getattr(transformers, cls_name)(**{"vocab_size": 128, **settings, **over})
+    return make
 
 
-@_register("llama")
-def _llama(**over):
-    from transformers import LlamaConfig
-    kw = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-              tie_word_embeddings=False)
-    kw.update(over)
-    return LlamaConfig(**kw)
-
-
-@_register("qwen2")
-def _qwen2(**over):
-    from transformers import Qwen2Config
-    kw = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
-              tie_word_embeddings=True)
-    kw.update(over)
-    return Qwen2Config(**kw)
-
-
-@_register("mistral")
-def _mistral(**over):
-    from transformers import MistralConfig
-    kw = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
-              sliding_window=None)
-    kw.update(over)
-    return MistralConfig(**kw)
-
-
-@_register("gpt2")
-def _gpt2(**over):
-    from transformers import GPT2Config
-    kw = dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=256, n_inner=96,
-              bos_token_id=0, eos_token_id=0)
-    kw.update(over)
-    return GPT2Config(**kw)
-
-
-@_register("opt")
-def _opt(**over):
-    from transformers import OPTConfig
-    kw = dict(vocab_size=128, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
-              max_position_embeddings=256, word_embed_proj_dim=64)
-    kw.update(over)
-    return OPTConfig(**kw)
-
-
-@_register("bert")
-def _bert(**over):
-    from transformers import BertConfig
-    kw = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, max_position_embeddings=256)
-    kw.update(over)
-    return BertConfig(**kw)
-
-
-@_register("mamba")
-def _mamba(**over):
-    from transformers import MambaConfig
-    kw = dict(vocab_size=128, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2,
-              conv_kernel=4, time_step_rank=4, use_mambapy=False)
-    kw.update(over)
-    return MambaConfig(**kw)
+#: family -> a function ``(**overrides) -> config``.
+TINY_FAMILIES: dict[str, Callable[..., "object"]] = {f: _factory(c, kw) for f, (c, kw) in _CONFIGS.items()}
 
 
 # Both attention forms are covered: the fused SDPA op and the explicit matmul-softmax-matmul.
