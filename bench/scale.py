@@ -7,7 +7,8 @@ real shapes (fxprune/models/synthetic.py), written to a scratch directory (never
 
 Each run is ``fxprune prune DIR --onload --recipe R --calib c4 --calib-samples N --calib-seq-len L``
 in its own process under ``/usr/bin/time -v`` (peak RSS = "Maximum resident set size"), one at a time,
-OMP_NUM_THREADS=1. Rows are appended to bench/results/scale.jsonl with the command line.
+OMP_NUM_THREADS=1. ``cpu_s`` (user + system) is the time figure to compare on a shared, loaded
+machine; ``wall_s`` depends on the load. Rows are appended to bench/results/scale.jsonl with the command line.
 BIG MODELS: a 7B-shaped checkpoint is 13.5 GB on disk (bf16); its output about as much.
 """
 from __future__ import annotations
@@ -53,7 +54,8 @@ def run_one(model_dir: Path, recipe: str, args, out: Path) -> dict:
     r = subprocess.run(pre + cmd, env=_env(), capture_output=True, text=True)
     wall = time.perf_counter() - t0
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
-    row = {"model": model_dir.name, "recipe": recipe, "rc": r.returncode, "wall_s": round(wall, 1),
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", r.stderr))
+    row = {"model": model_dir.name, "recipe": recipe, "rc": r.returncode, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
            "peak_rss_gb": round(int(m.group(1)) / 2 ** 20, 3) if m else None,
            "weights_gb": round(weight_bytes(model_dir) / 2 ** 30, 3), "limit_as_gb": args.limit_gb,
            "calib": f"c4 {args.samples} x {args.seq_len}", "command": " ".join(pre + cmd)}
