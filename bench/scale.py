@@ -4,6 +4,7 @@ real shapes (fxprune/models/synthetic.py), written to a scratch directory (never
     python bench/scale.py --preset 1.1b --layers 22 --recipes goa-liar-ffn-global-20,sparsegpt-2of4
     python bench/scale.py --preset 7b --layers 2,4 --recipes sparsegpt-2of4      # 7B-shaped, reduced depth
     python bench/scale.py ... --limit-gb 2                                        # under an address-space limit
+    python bench/scale.py ... --cgroup-gb 1.5                                     # in a memory cgroup (RSS limit)
 
 Each run is ``fxprune prune DIR --onload --recipe R --calib c4 --calib-samples N --calib-seq-len L``
 in its own process under ``/usr/bin/time -v`` (peak RSS = "Maximum resident set size"), one at a time,
@@ -50,14 +51,27 @@ def run_one(model_dir: Path, recipe: str, args, out: Path) -> dict:
     pre = ["/usr/bin/time", "-v"]
     if args.limit_gb:
         pre = ["prlimit", f"--as={int(args.limit_gb * 2 ** 30)}"] + pre
+    cg = None
+    if args.cgroup_gb:  # a memory cgroup (v1): RSS + page cache charged, reclaimed, OOM-killed beyond the limit
+        cg = Path(f"/sys/fs/cgroup/memory/fxprune-bench-{os.getpid()}")
+        cg.mkdir()
+        (cg / "memory.limit_in_bytes").write_text(str(int(args.cgroup_gb * 2 ** 30)))
+        pre = ["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh"] + pre
     t0 = time.perf_counter()
     r = subprocess.run(pre + cmd, env=_env(), capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    cgroup = None
+    if cg is not None:
+        cgroup = {"limit_gb": args.cgroup_gb,
+                  "max_usage_gb": round(int((cg / "memory.max_usage_in_bytes").read_text()) / 2 ** 30, 3),
+                  "failcnt": int((cg / "memory.failcnt").read_text()),
+                  "oom_kill": "oom_kill 1" in (cg / "memory.oom_control").read_text()}
+        cg.rmdir()
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
     cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", r.stderr))
     row = {"model": model_dir.name, "recipe": recipe, "rc": r.returncode, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
            "peak_rss_gb": round(int(m.group(1)) / 2 ** 20, 3) if m else None,
-           "weights_gb": round(weight_bytes(model_dir) / 2 ** 30, 3), "limit_as_gb": args.limit_gb,
+           "weights_gb": round(weight_bytes(model_dir) / 2 ** 30, 3), "limit_as_gb": args.limit_gb, "cgroup": cgroup,
            "calib": f"c4 {args.samples} x {args.seq_len}", "command": " ".join(pre + cmd)}
     if r.returncode == 0:
         rep = json.loads(r.stdout[r.stdout.index("{"):])
@@ -77,6 +91,7 @@ def main():
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--limit-gb", type=float, default=0, help="address-space limit (prlimit --as) per run")
+    p.add_argument("--cgroup-gb", type=float, default=0, help="run each prune in a memory cgroup with this limit")
     p.add_argument("--scratch", default="/tmp/fxprune-scale")
     p.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
     args = p.parse_args()
