@@ -29,7 +29,7 @@ def export(args):
     out = Path(args.out)
     from fxprune.sparsity import save_sparse_model
     save_sparse_model(lm.model, out, lm.tokenizer)  # handles the GGUF marker (tensors are dequantized floats)
-    calib = calibration_windows(resolve("c4"), lm.tokenizer, args.samples, args.seqlen, seed=0)
+    calib = calibration_windows(resolve("c4"), lm.tokenizer, args.samples, args.seqlen, seed=args.seed)
     torch.save(torch.cat(calib), out / "calib_ids.pt")
 
 
@@ -49,13 +49,22 @@ def prune(args):
     if ":" in args.pattern:
         kw["mask_structure"] = args.pattern
     mod = SparseGPTModifier(**kw) if args.method == "sparsegpt" else WandaPruningModifier(**kw)
-    t = time.time()
+    import resource
+    t, c = time.time(), time.process_time()
     oneshot(model=model, tokenizer=tok, dataset=ds, recipe=[mod], num_calibration_samples=len(ids),
             max_seq_length=ids.shape[1])
-    secs = time.time() - t
+    secs, cpu = time.time() - t, time.process_time() - c
     model.save_pretrained(args.out)
     (Path(args.out) / "llmc_seconds.txt").write_text(f"{secs}\n")
-    print(f"llmc {args.method} {args.pattern}: {secs:.0f}s")
+    import llmcompressor
+    import transformers
+    (Path(args.out) / "llmc_run.json").write_text(json.dumps({
+        "wall_s": secs, "cpu_s": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "llmcompressor": llmcompressor.__version__, "transformers": transformers.__version__,
+        "torch": torch.__version__, "modifier": repr(mod), "samples": len(ids), "seqlen": ids.shape[1],
+        "threads": args.threads}, indent=1))
+    print(f"llmc {args.method} {args.pattern}: {secs:.0f}s wall, {cpu:.0f}s CPU")
 
 
 def evaluate(args):
@@ -96,6 +105,7 @@ def main():
     ap.add_argument("--eval-windows", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", default="sparsity")
+    ap.add_argument("--seed", type=int, default=0, help="calibration window seed (export)")
     args = ap.parse_args()
     {"export": export, "prune": prune, "eval": evaluate}[args.step](args)
 

@@ -149,14 +149,14 @@ def main():
         recipe = fxprune.load_recipe({"name": f"{m}-{spec}", "calibration": {"samples": args.calib_samples,
                                       "seq_len": args.calib_seqlen, "batch_size": batch},
                                       "steps": [step_for(m, spec, mrp_extra if m.startswith("mrp") else None)]})
-        t = time.time()
+        t, c = time.time(), time.process_time()
         out = fxprune.prune(model, recipe, calib)
-        secs = time.time() - t
+        secs, cpu = time.time() - t, time.process_time() - c
         step = out.report["steps"][0]
         summary = step["passes"][-1]
         ppl = perplexity(model, ids, args.eval_L, args.eval_windows)
         label = recipe.steps[0].pattern.label
-        row = {"method": m, "pattern": label, "ppl": ppl, "seconds": secs,
+        row = {"method": m, "pattern": label, "ppl": ppl, "seconds": secs, "cpu_seconds": cpu,
                "sparsity": summary["sparsity_selected_linears"], "config": repr(recipe.steps[0].method),
                "granularity": getattr(recipe.steps[0].pattern, "granularity", None),
                "sum_output_error": sum(l["output_error"] or 0 for l in step["layers"])}

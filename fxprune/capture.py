@@ -5,6 +5,7 @@ maps every placeholder to the parameter/buffer it stands for and every node to i
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -68,9 +69,34 @@ def example_inputs(model: nn.Module, seq_len: int = 7, batch: int = 1) -> dict:
         sig = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         sig = {}
-    if "use_cache" in sig:
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in getattr(sig, "values", lambda: [])())
+    if "use_cache" in sig or (takes_kwargs and hasattr(cfg, "use_cache")):
         kwargs["use_cache"] = False
     return kwargs
+
+
+@contextlib.contextmanager
+def capture_mode(model: nn.Module):
+    """Run ``model`` the way it is captured: transformers mixture-of-experts layers on their
+    ``batched_mm`` path (each token's expert weights gathered by index, which the analysis can
+    follow) instead of ``grouped_mm`` (a custom op fed data-dependent offsets). Restored after."""
+    getter = getattr(model, "get_experts_implementation", None)
+    setter = getattr(model, "set_experts_implementation", None)
+    old = None
+    if callable(getter) and callable(setter):
+        try:
+            old = getter()
+            if any(v not in (None, "eager", "batched_mm") for v in old.values()):
+                setter({k: "batched_mm" for k in old})
+            else:
+                old = None
+        except Exception:  # a model that cannot switch keeps its own path
+            old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            setter(old)
 
 
 def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> CapturedGraph:
@@ -86,7 +112,7 @@ def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> C
     model.eval()
     t0 = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), capture_mode(model):
             ep = torch.export.export(model, tuple(args), kwargs, strict=False)
     except Exception as e:  # export raises many types; keep the cause, name the class
         raise CaptureError(type(model).__name__, e) from e

@@ -33,6 +33,17 @@ _AUTO_FOR = {"ForCausalLM": "AutoModelForCausalLM", "LMHeadModel": "AutoModelFor
              "ForMaskedLM": "AutoModelForMaskedLM", "Model": "AutoModel"}
 
 
+def _auto_names(cls_name: str) -> list[str]:
+    """Every Auto class whose transformers mapping lists ``cls_name`` (BertGenerationDecoder is a
+    causal LM, FlaubertWithLMHeadModel a masked LM), else the one its suffix suggests."""
+    from transformers.models.auto import modeling_auto as ma
+    out = [auto for auto, names in (("AutoModelForCausalLM", ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+                                    ("AutoModelForMaskedLM", ma.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+                                    ("AutoModel", ma.MODEL_MAPPING_NAMES))
+           if cls_name in {n for v in names.values() for n in ((v,) if isinstance(v, str) else v)}]
+    return out or [_auto_name(cls_name)]
+
+
 def _auto_name(cls_name: str) -> str:
     for suffix, auto in _AUTO_FOR.items():
         if cls_name.endswith(suffix):
@@ -142,7 +153,7 @@ def _saved_config(model: nn.Module, struct: dict):
         base = type(model).__name__
         setattr(saved_cfg, STRUCTURE_KEY, struct)
         saved_cfg.fxprune_base_class = base
-        saved_cfg.auto_map = {_auto_name(base): f"modeling_fxprune.FxPruned{base}"}
+        saved_cfg.auto_map = {auto: f"modeling_fxprune.FxPruned{base}" for auto in _auto_names(base)}
     return saved_cfg
 
 
@@ -164,8 +175,9 @@ def write_checkpoint(model: nn.Module, directory: Path, tokenizer=None, structur
     cfg = model.config
     model.config = _saved_config(model, struct)
     try:
-        with as_plain_float(model):
-            model.save_pretrained(directory, safe_serialization=True)
+        with as_plain_float(model):  # tensors under the model's own names (stacked experts stay stacked),
+            # which load_pruned reads directly and from_pretrained accepts as they are
+            model.save_pretrained(directory, safe_serialization=True, save_original_format=False)
     finally:
         model.config = cfg
     _write_extras(model, directory, struct, tokenizer)
@@ -249,7 +261,8 @@ def load_pruned(path, dtype: torch.dtype | None = None) -> nn.Module:
     except ModelLoadError as e:
         raise CheckpointError(str(e)) from e
     try:
-        config = cls.config_class.from_dict(raw)
+        decode = getattr(cls.config_class, "_decode_special_floats", None)  # {"__float__": "Infinity"}
+        config = cls.config_class.from_dict(decode(raw) if decode else raw)
         with torch.device("meta"):
             skeleton = cls(config)
             apply_structure(skeleton, struct)

@@ -28,3 +28,7 @@ ATTENTION_KINDS = (Kind.ATTN_HEADS, Kind.ATTN_KV_GROUPS, Kind.ATTN_Q_PER_KV)
 CHANNEL_KINDS = (Kind.FFN, Kind.SSM, Kind.MOE_FFN)
 DEPTH2_KINDS = frozenset({*ATTENTION_KINDS, Kind.FFN, Kind.SSM, Kind.SSM_HEADS, Kind.MOE_EXPERTS, Kind.MOE_FFN,
                           Kind.V_CHANNELS})
+
+# kind -> the recipe family that selects it (``kinds: [attention, ffn, ssm, experts]``)
+FAMILY = {**{k: "attention" for k in ATTENTION_KINDS}, Kind.FFN: "ffn", Kind.MOE_FFN: "ffn",
+          Kind.SSM: "ssm", Kind.SSM_HEADS: "ssm", Kind.MOE_EXPERTS: "experts"}

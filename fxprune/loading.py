@@ -1,4 +1,5 @@
-"""Model sources: a Hugging Face directory, a ``.gguf`` file, ``tiny:<family>``, or ``smollm2``.
+"""Model sources: a Hugging Face directory, a ``.gguf`` file, ``tiny:<family>``, ``zoo:<model_type>`` (any
+transformers architecture, built tiny), or ``smollm2``.
 
 ``load_model(spec)`` is the one entry point the CLI and the benchmarks use. Nothing here downloads:
 every source is a local file or a config built in memory.
@@ -159,6 +160,16 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
         if fam not in TINY_FAMILIES:
             raise ModelLoadError(spec, f"unknown tiny family; known: {sorted(TINY_FAMILIES)}")
         return LoadedModel(tiny_model(fam).to(dtype), None, spec)
+    if spec.startswith("zoo:"):
+        from .models.zoo import tiny_zoo_model, zoo_families
+        heads = dict(zoo_families())
+        fam = spec.split(":", 1)[1]
+        if fam not in heads:
+            raise ModelLoadError(spec, "not a causal or masked LM model type of the installed transformers")
+        try:
+            return LoadedModel(tiny_zoo_model(fam, heads[fam]).to(dtype), None, spec)
+        except Exception as e:  # the tiny config of some families cannot be built
+            raise ModelLoadError(spec, f"cannot build its tiny config: {type(e).__name__}: {e}") from e
     path = Path(os.path.expanduser(spec))
     if spec.endswith(".gguf"):
         return _load_gguf(path, dtype)

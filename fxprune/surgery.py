@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .analysis.analyser import Analysis, analyse
 from .analysis.groups import Group
+from .analysis.slicing import get_parameter, keep_masks, slice_parameters
 from .analysis.widths import apply_values, current_values, scope_of, stale_attributes, trace_widths
 from .errors import PlanError, SurgeryError, VerificationError
 from .kinds import ATTENTION_KINDS, Kind
@@ -61,6 +63,13 @@ def validate_plan(analysis: Analysis, plan: Plan) -> dict[str, list[int]]:
         if not keep:
             raise PlanError(gid, f"every unit of the group would be removed ({g.units} units); "
                                  "keep at least one")
+        lo = int(g.detail.get("min_keep", 1))
+        if len(keep) < lo:
+            raise PlanError(gid, f"keeps {len(keep)} units, at least {lo} are needed (the router picks {lo})")
+        mult = int(g.detail.get("multiple", 1))
+        if len(keep) % mult and len(keep) != g.units:
+            raise PlanError(gid, f"keeps {len(keep)} units; {g.kind} widths must be a multiple of {mult} "
+                                 "(transformers' grouped_mm kernels need 16-byte aligned rows)")
         out[gid] = sorted(keep)
     return out
 
@@ -93,21 +102,11 @@ def plan_from_q_heads(analysis: Analysis, attn_id: str, kept_q_heads) -> dict[st
 
 def _keep_masks(analysis: Analysis, plan: dict[str, list[int]]) -> dict:
     """(param, dim) -> boolean keep mask over the ORIGINAL size (intersection over groups)."""
-    masks = {}
-    for gid, keep in plan.items():
-        g = analysis.group(gid)
-        keep_t = torch.as_tensor(keep, dtype=torch.long)
-        for m in g.members:
-            k = torch.isin(m.unit_index(g.units), keep_t)
-            key = (m.param, m.dim)
-            masks[key] = masks[key] & k if key in masks else k
-    return masks
+    return keep_masks(analysis.by_id(), plan)
 
 
 def _get_param(model: nn.Module, name: str):
-    mod_name, _, attr = name.rpartition(".")
-    mod = model.get_submodule(mod_name) if mod_name else model
-    return mod, attr, getattr(mod, attr)
+    return get_parameter(model, name)
 
 
 def count_params(model: nn.Module) -> int:
@@ -115,7 +114,8 @@ def count_params(model: nn.Module) -> int:
 
 
 def apply_mask(model: nn.Module, analysis: Analysis, plan: Plan) -> nn.Module:
-    """Zero the removed units *where they are consumed* (consumer columns), in place.
+    """Zero the removed units *where they are consumed* (consumer columns), in place; removed experts
+    get a -inf router logit (hooks on the router module).
 
     This is the reference semantics of pruning: ``prune`` must equal it (up to float error)."""
     plan = validate_plan(analysis, plan)
@@ -123,13 +123,55 @@ def apply_mask(model: nn.Module, analysis: Analysis, plan: Plan) -> nn.Module:
         for gid, keep in plan.items():
             g = analysis.group(gid)
             keep_t = torch.as_tensor(keep, dtype=torch.long)
+            if g.kind == Kind.MOE_EXPERTS:
+                _mask_router(model, g, keep_t)
+                continue
             for m in g.members_by_role("consumer"):
                 _, _, p = _get_param(model, m.param)
-                drop = ~torch.isin(m.unit_index(g.units), keep_t)
+                ui = m.full_unit_index(g.units)
+                drop = (ui >= 0) & ~torch.isin(ui, keep_t)
                 idx = [slice(None)] * p.dim()
                 idx[m.dim] = drop
                 p[tuple(idx)] = 0
     return model
+
+
+class _RouterMask(TorchFunctionMode):
+    """Sets the logits of removed experts to -inf wherever ``weight`` (a router's) is applied."""
+
+    def __init__(self, weight, drop):
+        super().__init__()
+        self.weight, self.drop = weight, drop
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        n = self.drop.numel()
+        if getattr(func, "__name__", "") == "topk" and args and isinstance(args[0], torch.Tensor) \
+                and args[0].shape[-1] == n and kwargs.get("dim", args[2] if len(args) > 2 else -1) in (-1, args[0].dim() - 1):
+            # selection scores may add a per-expert bias after the logits: never select a removed expert
+            args = (args[0].masked_fill(self.drop.to(args[0].device), float("-inf")),) + tuple(args[1:])
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and any(a is self.weight for a in args) and out.shape[-1] == n:
+            out = out.masked_fill(self.drop.to(out.device), float("-inf"))
+        return out
+
+
+def _mask_router(model, g: Group, keep: torch.Tensor) -> None:
+    """Masking semantics of removing experts: the router never picks them (logit -inf), so top-k
+    and its normalisation run over the kept experts only, exactly as after slicing."""
+    router = next(m for m in g.members if m.role == "producer" and m.param.endswith("weight"))
+    _, _, weight = _get_param(model, router.param)
+    mod = model.get_submodule(g.module)  # the whole MoE block: the top-k may sit outside the router
+    drop = ~torch.isin(torch.arange(router.size), keep)
+    mode = _RouterMask(weight, drop)
+
+    def enter(*_):
+        mode.__enter__()
+
+    def leave(*_):
+        mode.__exit__(None, None, None)
+    mod.register_forward_pre_hook(enter)
+    mod.register_forward_hook(leave, always_call=True)
 
 
 def prune(model: nn.Module, plan: Plan, analysis: Analysis | None = None, verify: bool = True) -> SurgeryResult:
@@ -145,27 +187,7 @@ def prune(model: nn.Module, plan: Plan, analysis: Analysis | None = None, verify
     before = count_params(model)
     new_attrs = _solve_attributes(model, analysis, plan)
     widths_before = _value_widths(model)
-    masks = _keep_masks(analysis, plan)
-    per_param = defaultdict(dict)
-    for (pname, dim), keep in masks.items():
-        per_param[pname][dim] = keep
-    touched = set()
-    with torch.no_grad():
-        for pname, dims in per_param.items():
-            try:
-                mod, attr, p = _get_param(model, pname)
-            except AttributeError as e:
-                raise SurgeryError(f"parameter {pname} named by the analysis is not in the model") from e
-            new = p.data
-            for dim, keep in dims.items():
-                if keep.numel() != new.shape[dim]:
-                    raise SurgeryError(f"{pname} dim {dim} has size {new.shape[dim]}, the group expects "
-                                       f"{keep.numel()}: was the model changed after analysis?")
-                new = new.index_select(dim, torch.nonzero(keep).flatten().to(new.device))
-            setattr(mod, attr, nn.Parameter(new.contiguous(), requires_grad=p.requires_grad))
-            parts = pname.split(".")[:-1]
-            for i in range(len(parts), -1, -1):
-                touched.add(".".join(parts[:i]))
+    touched = slice_parameters(model, _keep_masks(analysis, plan))
     apply_values(model, new_attrs)
     _narrow_values(model, analysis, plan, widths_before)
     trusted = {(a.module, a.name) for a in analysis.widths.used() if not a.config} if analysis.widths else set()
@@ -245,32 +267,45 @@ def _patch_config(model, adapter) -> bool:
 
 
 def verify_pruned(model: nn.Module, before: Analysis, plan: dict[str, list[int]]) -> Analysis:
-    """Re-capture ``model`` and check every group has the expected unit count.
+    """Re-capture ``model`` (every reshape must hold) and check every planned group has its new unit
+    count.
 
-    Groups are matched by their members (parameter, dim), not by id: ids are derived from module
-    paths and can shift when a group disappears. A group pruned to one unit may disappear (a size-1
-    axis has nothing left to prune)."""
+    A group is found again by its id, or by its parameters (ids shift when a group disappears,
+    strides and segment offsets change with the widths), or by its consumer parameter (a value
+    projection wrapped in a padded linear renames its members); a group pruned to one unit may
+    disappear (a size-1 axis has nothing left to prune)."""
     after = analyse(model)
     got = after.by_id()
-    by_member = {}
+    by_member = defaultdict(list)
+    for h in after.groups:
+        for m in h.members:
+            by_member[(m.param, m.dim)].append(h)
+
+    def key(g):
+        return frozenset((m.param, m.dim) for m in g.members if m.role in ("producer", "consumer", "expert", "depthwise"))
+
+    def compatible(a, b):
+        return a == b or {a, b} <= set(ATTENTION_KINDS)
+    by_key = defaultdict(list)
     for g in after.groups:
-        for m in g.members:
-            by_member.setdefault((m.param, m.dim), []).append(g)
+        by_key[key(g)].append(g)
     problems = []
     for g in before.groups:
         if g.kind not in (*ATTENTION_KINDS, Kind.FFN, Kind.SSM, Kind.SSM_HEADS, Kind.MOE_EXPERTS, Kind.MOE_FFN):
             continue
         want = len(plan[g.id]) if g.id in plan else g.units
-        same = got.get(g.id)
-        if same is not None and (same.kind == g.kind or {same.kind, g.kind} <= set(ATTENTION_KINDS)):
-            have = same.units  # (kv groups become heads once one q head per group is left)
-        else:
-            key = next(((m.param, m.dim) for m in g.members if m.role == "consumer"),
-                       (g.members[0].param, g.members[0].dim))
-            cands = [h for h in by_member.get(key, []) if h.kind == g.kind]
-            have = cands[0].units if cands else 1
-        if have != want:
-            problems.append(f"{g.id}: expected {want} units, re-capture shows {have}")
+        if want == 1:
+            continue
+        cands = [h for h in by_key.get(key(g), []) if compatible(h.kind, g.kind)]
+        if g.id in got and compatible(got[g.id].kind, g.kind):
+            cands.append(got[g.id])
+        if not cands:
+            cons = next(((m.param, m.dim) for m in g.members if m.role == "consumer"),
+                        (g.members[0].param, g.members[0].dim))
+            cands = [h for h in by_member.get(cons, []) if compatible(h.kind, g.kind)]
+        if not any(h.units == want for h in cands):
+            problems.append(f"{g.id}: expected {want} units, re-capture shows "
+                            f"{sorted(h.units for h in cands) or 'no such group'}")
     if problems:
         raise VerificationError("pruned model does not match the plan: " + "; ".join(problems[:10]))
     return after

@@ -143,3 +143,29 @@ def test_analysis_does_not_import_models():
             if isinstance(node, ast.ImportFrom):
                 mod = ("." * node.level) + (node.module or "")
                 assert "models" not in mod.split("."), f"{f.name} imports {mod}"
+
+
+class OddFFN(nn.Module):
+    """The FFN activation goes through an op fxprune has no rule for (``logcumsumexp`` over channels)."""
+
+    def __init__(self, d=32):
+        super().__init__()
+        self.emb, self.up, self.down, self.head = nn.Embedding(50, d), nn.Linear(d, 48), nn.Linear(48, d), nn.Linear(d, 50)
+
+    def forward(self, input_ids):
+        h = self.emb(input_ids)
+        h = h + self.down(torch.logcumsumexp(self.up(h), dim=-1))
+        return self.head(h)
+
+
+def test_needs_names_the_missing_rule_and_the_missing_adapter():
+    """Issue 12 item 5: what a contributor would add (a rule for op X, an adapter for attribute Y),
+    with the module it is needed at and the groups it would free."""
+    from fxprune.analysis.needs import needs
+    rule = needs(analyse(OddFFN().eval()))
+    assert [(n["need"], n["groups"]) for n in rule] == [("rule", ["down:other", "up:other"])]
+    assert "aten.logcumsumexp" in rule[0]["what"] and rule[0]["where"] == ["<root>"]
+    adapter = needs(analyse(Toy(fixed=True).eval()))
+    assert [n["need"] for n in adapter] == ["adapter"] and adapter[0]["groups"] == ["blocks.0", "blocks.1"]
+    assert "width 4 hard-coded at view (test_widths.py:30)" in adapter[0]["what"]
+    assert adapter[0]["where"] == ["blocks.0", "blocks.1"]

@@ -1,6 +1,8 @@
 """The dependency analysis: run the op rules over a captured graph, solve, and build prune groups."""
 from __future__ import annotations
 
+import operator
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -15,9 +17,10 @@ from .context import RuleContext, op_name, packet_name, shapes_of
 from ..kinds import DEPTH2_KINDS, Kind
 from .groups import Group, Member
 from .rules import IGNORED, find_rule
+from .dryrun import DryRun, probe_plan
 from .widths import DYN, WidthTrace, trace_widths
 
-ROLE_ORDER = ("producer", "consumer", "depthwise", "embedding")
+ROLE_ORDER = ("expert", "producer", "consumer", "depthwise", "embedding")
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,34 @@ def _flat_nodes(a):
             yield from _flat_nodes(x)
 
 
+# ops whose output holds the same values as their first input (the index space of an index tensor
+# and the parameter a tensor is a view of survive them)
+VALUE_PRESERVING = {"aten.view", "aten.reshape", "aten._unsafe_view", "aten.clone", "aten.contiguous",
+                    "aten.to", "aten._to_copy", "aten.unsqueeze", "aten.squeeze", "aten.flatten",
+                    "aten.expand", "aten.permute", "aten.transpose", "aten.t", "aten.alias", "aten.detach",
+                    "aten.lift_fresh_copy", "aten.type_as", "aten.float"}
+
+
+def _track_values(node, pk, index_space: dict, from_param: set, params: dict) -> None:
+    """Carry index spaces and parameter provenance through value-preserving ops (and getitem)."""
+    src = node.args[0] if node.args else None
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(src, fx.Node):
+        key = (src.name, node.args[1])
+        if key in index_space:
+            index_space[node.name] = index_space[key]
+        return
+    if not isinstance(src, fx.Node):
+        return
+    if pk in VALUE_PRESERVING and src.name in index_space:
+        index_space[node.name] = index_space[src.name]
+    if (pk in VALUE_PRESERVING or pk == "aten.index") and (src.name in from_param or src.name in params):
+        from_param.add(node.name)
+
+
 def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
     """Apply every op rule to the graph. Returns the axis graph, tensor shapes, and blocking ops."""
     ag, shapes, blocking = AxisGraph(), {}, []
+    index_space, from_param = {}, set()
     for node in cg.graph.nodes:
         new = shapes_of(node)
         shapes.update(new)
@@ -91,7 +119,8 @@ def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
             op, pk = op_name(node.target), packet_name(node.target)
             if op in IGNORED or pk in IGNORED:
                 continue
-            ctx = RuleContext(ag, node, module, shapes)
+            _track_values(node, pk, index_space, from_param, cg.params)
+            ctx = RuleContext(ag, node, module, shapes, index_space, from_param)
             fn = find_rule(op, pk)
             if fn is None:
                 blocking.append({"op": op, "module": module, "node": node.name})
@@ -117,6 +146,12 @@ def _common_prefix(paths: list[str]) -> str:
     return ".".join(out)
 
 
+# elementwise nonlinearities that make a producer/consumer pair an FFN (else, with a norm between, it
+# is a normalised low-rank factorisation)
+_ACTIVATION = re.compile(r"aten\.(silu|gelu|relu|relu6|leaky_relu|tanh|sigmoid|softplus|elu|selu|celu|mish|"
+                         r"hardswish|hardsigmoid|hardtanh|erf|glu|exp|log_sigmoid|prelu)\b")
+
+
 def _role(tags: set) -> str:
     for r in ROLE_ORDER:
         if r in tags:
@@ -137,6 +172,9 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         cg, eager = capture(model), model
     t0 = time.perf_counter()
     ag, shapes, blocking = build_axis_graph(cg)
+    ag.segment()
+    for tid, (orig, _) in ag.segment_of.items():
+        shapes[tid] = (ag.sizes[(tid, 0)],)
     ag.refine()
     graph, comps = ag.components()
     comp_of = {f: i for i, c in enumerate(comps) for f in c}
@@ -144,11 +182,22 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
     def comp_tags(c):
         return set().union(*(ag.tags.get((f.tid, f.dim), set()) for f in c))
 
-    param_roles = _param_roles(cg, ag, comp_of)
+    param_roles = _param_roles(cg, ag, comp_of, shapes)
     tags_of = {}
     raw = []
+    def where(f):
+        """(param placeholder, dim, offset, full size) of a parameter factor (or of a segment of one)."""
+        if f.tid in cg.params:
+            return f.tid, f.dim, 0, shapes[f.tid][f.dim]
+        seg = ag.segment_of.get(f.tid)
+        if seg is not None and seg[0][0] in cg.params:
+            (ptid, pdim), start = seg
+            return ptid, pdim, start, shapes[ptid][pdim]
+        return None
+
     for i, comp in enumerate(comps):
-        pf = sorted((f for f in comp if f.tid in cg.params), key=lambda f: (cg.params[f.tid], f.dim, f.k))
+        pf = sorted((f for f in comp if where(f) is not None),
+                    key=lambda f: (cg.params[where(f)[0]], where(f)[1], where(f)[2], f.k))
         if not pf:
             continue
         tags_of[i] = comp_tags(comp)
@@ -158,28 +207,38 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
     for i, comp, pf in raw:
         units = pf[0].size
         blocked, seen, members = set(), set(), []
+        routes = "expert_index" in tags_of[i]
         for f in comp:
             blocked.update(ag.blocks.get((f.tid, f.dim), ()))
+            if not routes:
+                blocked.update(ag.soft_blocks.get((f.tid, f.dim), ()))
         for f in pf:
             key = (f.tid, f.dim)
+            ptid, pdim, offset, total = where(f)
             if key in seen:
-                blocked.add(f"{cg.params[f.tid]} dim {f.dim} couples to itself at two strides")
+                blocked.add(f"{cg.params[ptid]} dim {pdim} couples to itself at two strides")
                 continue
             seen.add(key)
             fs = ag.factors[key]
-            members.append(Member(cg.params[f.tid], f.dim, shapes[f.tid][f.dim], prod(fs[f.k + 1:]),
-                                  _role(param_roles.get(key, set()))))
+            members.append(Member(cg.params[ptid], pdim, shapes[f.tid][f.dim], prod(fs[f.k + 1:]),
+                                  _role(param_roles.get(key, set())), offset, total))
         roles = {m.role for m in members}
         tags = tags_of[i]
         kind = _classify(roles, tags, pf, ag, comp_of, tags_of)
+        if kind == Kind.FFN and any("expert" in ag.tags.get((where(f)[0], d), ()) for f in pf
+                                    for d in range(len(shapes[where(f)[0]]))):
+            kind = Kind.MOE_FFN  # the same channel of every expert of a stacked (E, ...) weight
         why = sorted({d["why"] for f in comp for _, _, d in graph.edges(f, data=True)})
         if kind == Kind.FFN and why and all(w.startswith("aten.linear") for w in why):
             kind = Kind.LOW_RANK  # two linear layers with nothing between: a factorisation's rank
-        mods = [m.param.rsplit(".", 1)[0] for m in members if m.role in ("producer", "consumer", "depthwise")]
+        elif kind == Kind.FFN and any(b.startswith(("reduced by", "normalised by")) for b in blocked) \
+                and not any(_ACTIVATION.search(w) for w in why):
+            kind = Kind.LOW_RANK  # a normalised latent rank (MLA's q_a/kv_a, Mamba's dt rank): no activation
+        mods = [m.param.rsplit(".", 1)[0] for m in members if m.role in ("producer", "consumer", "depthwise", "expert")]
         prefix = _common_prefix(mods or [m.param.rsplit(".", 1)[0] for m in members]) or "model"
         suffix = {Kind.ATTN_Q_PER_KV: ":q_per_kv", Kind.QK_CHANNELS: ":qk_channels",
                   Kind.V_CHANNELS: ":v_channels", Kind.OTHER: ":other", Kind.RESIDUAL: ":residual",
-                  Kind.LOW_RANK: ":rank"}.get(kind, "")
+                  Kind.LOW_RANK: ":rank", Kind.MOE_EXPERTS: ":experts"}.get(kind, "")
         gid = prefix + suffix
         used_ids[gid] += 1
         if used_ids[gid] > 1:
@@ -193,21 +252,41 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         elif supported_kinds is not None and kind not in supported_kinds:
             not_offered = f"{kind} groups were not asked for (supported_kinds={sorted(supported_kinds)})"
         cons = [m for m in members if m.role == "consumer"] or members
+        if kind == Kind.SSM and cons[0].stride > 1:
+            kind = Kind.SSM_HEADS  # Mamba-2: a unit is a group of heads (with its B/C state group)
         explanation = tuple(why[:12] + ([f"... and {len(why) - 12} more"] if len(why) > 12 else []))
         detail = {}
         if kind in (Kind.FFN,):
             detail["glu"] = len([m for m in members if m.role == "producer" and m.param.endswith("weight")]) > 1
+        if kind == Kind.MOE_FFN:
+            # transformers' grouped_mm kernels need 16-byte aligned rows: keep expert widths a multiple
+            # of 8 channels (bf16; 4 would do in fp32)
+            detail["multiple"] = 8
+        if kind == Kind.MOE_EXPERTS:
+            ks = [int(t.split("=", 1)[1]) for t in tags if t.startswith("topk=")]
+            if ks:
+                detail["top_k"] = detail["min_keep"] = max(ks)  # the router must still find k experts
         groups.append(Group(
             id=gid, kind=kind, units=units, unit_size=cons[0].size // units,
-            params_per_unit=sum(_numel(shapes[f.tid]) // units for f in pf
-                                if (f.tid, f.dim) in {(x.tid, x.dim) for x in pf}),
+            params_per_unit=sum(_numel(shapes[where(f)[0]]) * shapes[f.tid][f.dim] // (where(f)[3] * units)
+                                for f in pf),
             members=tuple(members), blocked_by=tuple(sorted(blocked)), not_offered=not_offered,
             explanation=explanation, detail=detail))
     dim_groups = {}
-    for key, fs in ag.factors.items():
-        row = tuple((size, comp_gid.get(comp_of.get(Factor(key[0], key[1], k, size)))) for k, size in enumerate(fs))
+
+    def row_of(key):
+        fs = ag.factors.get(key, [])
+        return tuple((size, comp_gid.get(comp_of.get(Factor(key[0], key[1], k, size)))) for k, size in enumerate(fs))
+    for key in ag.factors:
+        if key[0] in ag.segment_of:
+            continue
+        row = row_of(key)
         if any(gid is not None for _, gid in row):
-            dim_groups[key] = row
+            dim_groups[key] = ((0, ag.sizes[key], row),)
+    for key, segs in ag.segments.items():  # a cut dim: its segments, each with its own groups
+        rows = tuple((start, length, row_of(seg)) for seg, start, length in segs)
+        if any(gid is not None for _, _, row in rows for _, gid in row):
+            dim_groups[key] = rows
     trace = None
     if eager is not None:
         trace = trace_widths(eager, cg)
@@ -246,7 +325,34 @@ def _check_resizable(groups, trace: WidthTrace, dim_groups: dict, model) -> list
         if problems:
             g = replace(g, not_offered="cannot resize: " + "; ".join(problems[:3]))
         out.append(g)
-    return out
+    return _dry_run(out, trace, dim_groups, model)
+
+
+def _dry_run(groups, trace, dim_groups, model, per_kind_limit: int = 64) -> list:
+    """Confirm the traced widths by pruning a meta copy (every offered group loses one unit) and
+    running it; on failure, find the groups (per kind, then one by one) whose removal breaks it."""
+    runner = DryRun(model, {g.id: g for g in groups}, dim_groups, trace)
+    probes = {g.id: probe_plan(g) for g in groups if g.prunable and g.kind in DEPTH2_KINDS and g.kind != Kind.V_CHANNELS}
+    probes = {k: v for k, v in probes.items() if v is not None}
+    if not runner.error(probes):
+        return groups
+    by_kind = defaultdict(list)
+    for g in groups:
+        if g.id in probes:
+            by_kind[g.kind].append(g)
+    bad = {}
+    for kind, gs in by_kind.items():
+        err = runner.error({g.id: probes[g.id] for g in gs})
+        if not err:
+            continue
+        for g in gs[:per_kind_limit]:
+            e = runner.error({g.id: probes[g.id]})
+            if e:
+                bad[g.id] = e
+        for g in gs[per_kind_limit:]:
+            bad[g.id] = err
+    return [replace(g, not_offered=f"surgery dry run (meta device) fails: {bad[g.id]}") if g.id in bad else g
+            for g in groups]
 
 
 def value_width_problem(g: Group, model) -> str:
@@ -254,10 +360,18 @@ def value_width_problem(g: Group, model) -> str:
     back to the head width (``structure.PaddedOutLinear``), which needs separate linear layers."""
     from torch import nn as _nn
     from ..structure import PaddedOutLinear, SlicedInLinear
+    mods = {r: {m.param.rsplit(".", 1)[0] for m in g.members if m.role == r} for r in ("producer", "consumer")}
+    if len(mods["producer"]) != 1 or len(mods["consumer"]) != 1 or any(
+            m.role not in ("producer", "consumer") for m in g.members):
+        return (f"value channels: they meet {sorted(mods['producer'] | mods['consumer'])} (an output gate or "
+                "norm besides the value and output projections); narrowing pads one value projection only")
     for m in g.members:
         if not m.param.endswith("weight") or m.role not in ("producer", "consumer"):
             continue
         path = m.param.rsplit(".", 1)[0]
+        if m.size != m.total:
+            return (f"value channels: {path} is a fused projection (rows {m.offset}..{m.offset + m.size}); "
+                    "narrowing values needs separate value and output projections")
         mod = model.get_submodule(path)
         want = (PaddedOutLinear, _nn.Linear) if m.role == "producer" else (SlicedInLinear, _nn.Linear)
         if type(mod) not in want and not isinstance(mod, (PaddedOutLinear, SlicedInLinear)):
@@ -280,7 +394,7 @@ def _natural(s: str):
 PASSTHROUGH = {"aten.unsqueeze", "aten.squeeze", "aten.view", "aten.reshape", "aten._unsafe_view",
                "aten.t", "aten.transpose", "aten.permute", "aten.to", "aten._to_copy", "aten.alias",
                "aten.clone", "aten.contiguous", "aten.detach", "aten.expand", "aten.float", "aten.type_as",
-               "aten.lift_fresh_copy"}
+               "aten.lift_fresh_copy", "aten.index"}
 
 
 def _source_param(cg, node):
@@ -294,33 +408,39 @@ def _source_param(cg, node):
     return None
 
 
-def _param_roles(cg, ag, comp_of) -> dict:
+def _param_roles(cg, ag, comp_of, shapes) -> dict:
     """Role tags of parameter dims. A rule tags the *operand* of an op; when that operand is a view
     or cast of a parameter (Mamba's conv weight is ``weight.squeeze(1).unsqueeze(1)``), the tag is
     carried to the parameter dim whose factors lie in the same components."""
     nodes = {n.name: n for n in cg.graph.nodes}
     roles = defaultdict(set)
+
+    def cg_shapes(t):
+        return shapes.get(t, ())
     for (tid, d), tags in ag.tags.items():
         rt = tags & set(ROLE_ORDER)
-        if not rt or not isinstance(tid, str):
+        if not rt:
             continue
-        if tid in cg.params:
+        seg = ag.segment_of.get(tid)
+        base = seg[0][0] if seg is not None else tid
+        if base in cg.params:
             roles[(tid, d)] |= rt
             continue
-        src = _source_param(cg, nodes.get(tid))
+        src = _source_param(cg, nodes.get(base)) if isinstance(base, str) else None
         if src is None:
             continue
         want = {comp_of.get(f) for f in ag.dim_factors((tid, d))}
-        d2 = -1
-        while (src, d2 + 1) in ag.sizes:
-            d2 += 1
-            if {comp_of.get(f) for f in ag.dim_factors((src, d2))} == want:
-                roles[(src, d2)] |= rt
+        for d2 in range(len(cg_shapes(src))):
+            for dim in ag._parts((src, d2)):
+                if {comp_of.get(f) for f in ag.dim_factors(dim)} == want:
+                    roles[dim] |= rt
     return roles
 
 
 def _classify(roles, tags, pf, ag, comp_of, tags_of) -> str:
     prod_cons = "producer" in roles and "consumer" in roles
+    if "expert_index" in tags and "producer" in roles:
+        return Kind.MOE_EXPERTS  # router rows + the experts' stacked weights
     if "embedding" in tags:
         return Kind.RESIDUAL
     if "depthwise" in roles and prod_cons:

@@ -5,7 +5,8 @@ Op rules (``fxprune/analysis/rules``) only make *local* statements about one nod
 * ``link(a, b)``: the row-major flattening of dims ``a`` equals the flattening of dims ``b``, index
   for index (a view merging two dims, a linear layer's feature dim and its weight's dim, ...);
 * ``block(dim, why)``: this dim may not lose channels (a reduction over it, a buffer, the model output);
-* ``tag(dim, tag)``: a fact used to classify groups (``producer``, ``attn_head``, ``broadcast``...).
+* ``tag(dim, tag)``: a fact used to classify groups (``producer``, ``attn_head``, ``broadcast``...);
+* ``soft_block(dim, why)``: a block lifted when the dim's group indexes experts (router softmax/top-k).
 
 The solve is global and has two phases. (1) *Refinement*: every dim carries a list of factor sizes
 (576 -> [9, 64] once a view splits it into heads); a link forces both sides onto their common
@@ -69,9 +70,13 @@ class AxisGraph:
         self.sizes: dict = {}                 # Dim -> size
         self.links: list[Link] = []
         self.blocks: dict = defaultdict(list)  # Dim -> [reason]
+        self.soft_blocks: dict = defaultdict(list)  # Dim -> [reason]: blocks unless the group routes experts
         self.tags: dict = defaultdict(set)     # Dim -> {tag}
         self.factors: dict = {}                # Dim -> [sizes]
         self.conflicts: list[Link] = []
+        self.cuts: list = []                   # (whole Dim, part Dim, offset, why)
+        self.segments: dict = {}               # segmented Dim -> [(segment Dim, start, length)]
+        self.segment_of: dict = {}             # segment tensor id -> (original Dim, start)
 
     # ---- statements made by rules -------------------------------------------------------------
     def add_tensor(self, tid, shape) -> None:
@@ -89,9 +94,143 @@ class AxisGraph:
         if self.sizes.get(dim, 1) > 1:
             self.blocks[dim].append(why)
 
+    def soft_block(self, dim: Dim, why: str) -> None:
+        """A block that is lifted when the dim turns out to index experts (a router's softmax/top-k:
+        removing an expert is masking its logit with -inf, which both ops respect)."""
+        if self.sizes.get(dim, 1) > 1:
+            self.soft_blocks[dim].append(why)
+
     def tag(self, dim: Dim, tag: str) -> None:
         if self.sizes.get(dim, 1) > 1:
             self.tags[dim].add(tag)
+
+    def cut(self, whole: Dim, part: Dim, offset: int, why: str) -> None:
+        """``part`` is the slice ``[offset, offset + size(part))`` of ``whole`` (unequal split, slice
+        or concatenation: a fused projection's q/k/v, Mamba-2's z/xBC/dt)."""
+        self.cuts.append((whole, part, int(offset), why))
+
+    # ---- phase 0: segments --------------------------------------------------------------------
+    def segment(self) -> None:
+        """Replace every dim that is cut into unequal pieces by its segments.
+
+        Dims joined by one-to-one links share an index space (a class); every cut of a class member
+        (and, shifted, of the pieces cut from it) splits all of them at the same points. Each
+        segment becomes a 1-D virtual tensor ``(tid, "seg", dim, j)``; one-to-one links and blocks,
+        tags and cuts are rewritten segment by segment. A segmented dim inside a many-to-one link (a
+        reshape) cannot be expressed: that link is dropped and its dims blocked."""
+        if not self.cuts:
+            return
+        parent = {}
+
+        def find(x):
+            parent.setdefault(x, x)
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        simple = [lk for lk in self.links if len(lk.a) == 1 and len(lk.b) == 1
+                  and self.sizes.get(lk.a[0]) == self.sizes.get(lk.b[0])]
+        for lk in simple:
+            parent[find(lk.a[0])] = find(lk.b[0])
+        points = defaultdict(set)  # class root -> cut points
+        cuts = [(w, p, o, why) for w, p, o, why in self.cuts if self.sizes.get(w, 1) > 1 and self.sizes.get(p, 0) > 0]
+        for w, p, o, _ in cuts:
+            points[find(w)] |= {o, o + self.sizes.get(p, 1)}
+        changed = True
+        while changed:  # carry cut points between a whole and the pieces cut from it
+            changed = False
+            for w, p, o, _ in cuts:
+                n = self.sizes.get(p, 1)
+                rw, rp = find(w), find(p)
+                inner = {x - o for x in points[rw] if o < x < o + n}
+                outer = {x + o for x in points[rp] if 0 < x < n}
+                if not inner <= points[rp]:
+                    points[rp] |= inner
+                    changed = True
+                if not outer <= points[rw]:
+                    points[rw] |= outer
+                    changed = True
+        by_class = defaultdict(list)
+        for w, p, o, why in cuts:
+            by_class[find(w)].append((w, p, o, why))
+        for root, cs in list(by_class.items()):
+            n = self.sizes[cs[0][0]]
+            lens = {self.sizes[p] for _, p, _, _ in cs}
+            if len(lens) == 1 and all(o % next(iter(lens)) == 0 for _, _, o, _ in cs) and n % next(iter(lens)) == 0 \
+                    and not any(points[find(p)] - {0, self.sizes[p]} for _, p, _, _ in cs):
+                # equal aligned pieces (RoPE halves, an MHA qkv): channels couple across pieces
+                length = next(iter(lens))
+                for w, p, o, why in cs:
+                    sel = (("piece", len(self.sizes)), 0)
+                    self.sizes[sel] = n // length
+                    self.block(sel, f"pieces selected by {why}")
+                    self.links.append(Link([w], [sel, p], why))
+                points.pop(root, None)
+                cuts = [c for c in cuts if find(c[0]) != root]
+        members = defaultdict(list)
+        for d in list(self.sizes):
+            if find(d) in points:
+                members[find(d)].append(d)
+        simple_ids = {id(lk) for lk in simple}
+        reshaped = {find(d) for lk in self.links if id(lk) not in simple_ids for d in lk.a + lk.b}
+        refused = set()
+        for root, dims in members.items():
+            n = self.sizes[dims[0]]
+            pts = sorted({0, n} | {x for x in points[root] if 0 < x < n})
+            if len(pts) <= 2:
+                continue
+            if root in reshaped:  # cut pieces of a dim that is also reshaped: not expressible
+                refused.add(root)
+                continue
+            for d in dims:
+                segs = []
+                for j, (a, b) in enumerate(zip(pts, pts[1:])):
+                    tid = (d[0], "seg", d[1], j)
+                    self.sizes[(tid, 0)] = b - a
+                    self.segment_of[tid] = (d, a)
+                    segs.append(((tid, 0), a, b - a))
+                self.segments[d] = segs
+        for w, p, o, why in cuts:
+            if find(w) in refused or find(p) in refused or (w not in self.segments and p not in self.segments
+                                                             and self.sizes.get(p) != self.sizes.get(w)):
+                self.block(w, f"unaligned piece ({why})")
+                self.block(p, f"unaligned piece ({why})")
+        if not self.segments:
+            return
+        new_links = []
+        for lk in self.links:
+            seg_dims = [d for d in lk.a + lk.b if d in self.segments]
+            if not seg_dims:
+                new_links.append(lk)
+            elif len(lk.a) == 1 and len(lk.b) == 1 and lk.a[0] in self.segments and lk.b[0] in self.segments:
+                for (x, _, _), (y, _, _) in zip(self.segments[lk.a[0]], self.segments[lk.b[0]]):
+                    new_links.append(Link([x], [y], lk.why))
+            else:
+                for d in lk.a + lk.b:
+                    for x in self._parts(d):
+                        self.block(x, f"cut into unequal pieces and reshaped ({lk.why})")
+        for w, p, o, why in cuts:
+            if w not in self.segments:
+                continue
+            n = self.sizes.get(p, 1)
+            whole = [(x, a) for x, a, _ in self.segments[w]]
+            part = [(x, a + o) for x, a, _ in self.segments.get(p, [(p, 0, n)])]
+            for x, a in part:
+                hit = [y for y, b in whole if b == a]
+                if hit:
+                    new_links.append(Link([hit[0]], [x], why))
+        self.links = new_links
+        for d, segs in self.segments.items():
+            for table in (self.blocks, self.soft_blocks, self.tags):
+                if d in table:
+                    v = table.pop(d)
+                    for x, _, _ in segs:
+                        table[x] = type(v)(v)
+            del self.sizes[d]
+
+    def _parts(self, d):
+        return [x for x, _, _ in self.segments[d]] if d in self.segments else [d]
 
     # ---- phase 1: refinement ------------------------------------------------------------------
     def _side(self, dims):

@@ -28,8 +28,11 @@ def packet_name(target) -> str:
 class RuleContext:
     """Facts about ``node`` for a rule; ``why`` names the op and module for every statement."""
 
-    def __init__(self, ag: AxisGraph, node: fx.Node, module: str, shapes: dict):
+    def __init__(self, ag: AxisGraph, node: fx.Node, module: str, shapes: dict, index_space: dict | None = None,
+                 from_param: set | None = None):
         self.ag, self.node, self.module, self._shapes = ag, node, module, shapes
+        self.index_space = {} if index_space is None else index_space  # tid -> Dim its values index
+        self.from_param = set() if from_param is None else from_param  # tids that are (rows of) parameters
         self.op = op_name(node.target)
         self.why = f"{self.op} @ {module or '<root>'}"
 
@@ -86,6 +89,9 @@ class RuleContext:
 
     def block(self, tid, d, reason: str):
         self.ag.block((tid, d % self.rank(tid)), f"{reason} by {self.why}")
+
+    def soft_block(self, tid, d, reason: str):
+        self.ag.soft_block((tid, d % self.rank(tid)), f"{reason} by {self.why}")
 
     def block_all(self, tid, reason: str):
         for d in range(self.rank(tid)):

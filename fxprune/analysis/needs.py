@@ -2,7 +2,9 @@
 
 ``needs(analysis)`` turns the reasons of non-prunable depth-2 groups into a short worklist:
 
-* ``rule``: an ATen op with no rule (``fxprune/analysis/rules/``) blocks the groups' channels;
+* ``rule``: an ATen op with no rule (``fxprune/analysis/rules/``) blocks the groups' channels (also
+  the channels it hides from classification: an FFN whose activation goes through an unknown op is
+  reported as ``other``);
 * ``rule-limit``: a rule exists but refuses this use (an unequal split, a grouped convolution...);
 * ``adapter``: the analysis found the group but surgery could not re-derive a width (a constant
   size, an attribute it cannot tell apart): a family adapter (``fxprune/models/``) must set it;
@@ -13,9 +15,10 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from ..kinds import DEPTH2_KINDS
+from ..kinds import DEPTH2_KINDS, Kind
 
 _NO_RULE = re.compile(r"no rule for (\S+) @ (\S+)")
+_CONSTANT = re.compile(r"size (\S+) at (\S+) @ (\S+) \((.+?)\) is a constant")
 _BY_OP = re.compile(r"^(.*?) by (\S+) @ (\S+)$")
 
 
@@ -23,10 +26,12 @@ def needs(analysis) -> list[dict]:
     """``[{"need", "what", "where", "groups"}]``, most-blocking first."""
     found = defaultdict(lambda: {"where": set(), "groups": set()})
     for g in analysis.groups:
-        if g.prunable or g.kind not in DEPTH2_KINDS:
+        if g.prunable or g.kind not in DEPTH2_KINDS | {Kind.OTHER}:
             continue
         for b in g.blocked_by:
             m = _NO_RULE.search(b)
+            if g.kind == Kind.OTHER and not m:
+                continue
             if m:
                 key = ("rule", f"a rule for {m.group(1)} (fxprune/analysis/rules/)")
                 found[key]["where"].add(m.group(2))
@@ -38,12 +43,19 @@ def needs(analysis) -> list[dict]:
                 else:
                     continue
             found[key]["groups"].add(g.id)
-        if g.not_offered:
+        if g.not_offered and g.kind != Kind.OTHER:
             text = g.not_offered
             if text.startswith("cannot resize: "):
                 for part in text[len("cannot resize: "):].split("; "):
-                    key = ("adapter", "an adapter (fxprune/models/, sync_module) that sets " + _subject(part))
-                    found[key]["where"].add(part)
+                    m3 = _CONSTANT.match(part)  # one entry per source line, listing the modules
+                    if m3:
+                        key = ("adapter", f"an adapter (fxprune/models/) that replaces the width {m3.group(1)} "
+                                          f"hard-coded at {m3.group(2)} ({m3.group(4)}), or the model reading it "
+                                          "from an attribute")
+                        found[key]["where"].add(m3.group(3))
+                    else:
+                        key = ("adapter", "an adapter (fxprune/models/, sync_module) that sets " + _subject(part))
+                        found[key]["where"].add(part)
                     found[key]["groups"].add(g.id)
             elif text.startswith("value channels:") or text.startswith("fxprune could not trace"):
                 key = ("capability", text)

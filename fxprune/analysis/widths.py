@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..capture import capture_mode
 from .context import packet_name
 
 DYN = sp.Symbol("_dyn")  # any tensor size: recomputed by the pruned model itself
@@ -148,32 +149,59 @@ class WidthTrace:
         return {self.attrs[s] for s in syms if s in self.attrs}
 
     # ---- new sizes from a plan ------------------------------------------------------------------
-    def _ratio(self, dim_groups, tid, d, plan):
-        r = sp.Integer(1)
-        for size, gid in dim_groups.get((tid, d), ()):
-            if gid is not None and gid in plan:
-                r *= sp.Rational(len(plan[gid]), size)
-        return r
+    # ``dim_groups[(tid, dim)]`` = ((start, size, ((factor size, group id or None), ...)), ...): the
+    # segments of a dim (one for an ordinary dim) and the groups their factors belong to.
+    @staticmethod
+    def _seg_new(row, plan) -> int:
+        n = 1
+        for size, gid in row:
+            n *= len(plan[gid]) if gid is not None and gid in plan else size
+        return n
 
-    def _goal(self, use, dim_groups, plan, shapes):
-        """(ratio, old) for ``use``: its new value is ``old_current * ratio`` (None: unmatched)."""
+    def _sizes(self, dim_groups, tid, d, plan):
+        """(old, new, segmented) size of a dim under ``plan`` (None if the dim is unknown)."""
+        segs = dim_groups.get((tid, d))
+        if segs is None:
+            return None
+        old = sum(size for _, size, _ in segs)
+        new = sum(self._seg_new(row, plan) for _, _, row in segs)
+        return old, new, len(segs) > 1
+
+    def _goal(self, use, dim_groups, plan):
+        """How ``use``'s value changes under ``plan``: ("mul", r) or ("add", delta) applied to its
+        current value; ("same",) when it does not change; None when it cannot be said."""
         if use.node is None:
             return None
-        kind = use.target[0]
+        kind, dim = use.target[0], use.target[-1]
         if kind == "out":
-            _, k, dim = use.target
+            k = use.target[1]
             if k >= len(use.out_tids):
                 return None
-            return self._ratio(dim_groups, use.out_tids[k], dim, plan)
+            got = self._sizes(dim_groups, use.out_tids[k], dim, plan)
+            if got is None:
+                return ("same",)
+            old, new, segmented = got
+            if old == new:
+                return ("same",)
+            return ("add", new - old) if segmented else ("mul", sp.Rational(new, old))
+        if kind == "start":
+            segs = dim_groups.get((use.in_tid, dim))
+            if segs is None:
+                return ("same",)
+            starts = [st for st, _, _ in segs]
+            if use.value not in starts and use.value != sum(sz for _, sz, _ in segs):
+                touched = any(gid in plan for _, _, row in segs for _, gid in row if gid is not None)
+                return None if touched else ("same",)
+            delta = sum(self._seg_new(row, plan) - size for st, size, row in segs if st < use.value)
+            return ("same",) if delta == 0 else ("add", delta)
         if kind in ("mul", "pad") and use.in_tid is not None and use.out_tids:
-            dim = use.target[1]
-            ro = self._ratio(dim_groups, use.out_tids[0], dim, plan)
-            ri = self._ratio(dim_groups, use.in_tid, dim, plan)
+            go = self._sizes(dim_groups, use.out_tids[0], dim, plan)
+            gi = self._sizes(dim_groups, use.in_tid, dim, plan)
+            ro = sp.Integer(1) if go is None else sp.Rational(go[1], go[0])
+            ri = sp.Integer(1) if gi is None else sp.Rational(gi[1], gi[0])
             if kind == "mul":
-                return ro / ri
-            if ro == ri == 1:
-                return sp.Integer(1)
-            return None  # a pad whose sides change with the width: not solvable by a ratio
+                return ("same",) if ro == ri else ("mul", ro / ri)
+            return ("same",) if ro == ri == 1 else None
         return None
 
     def affected(self, dim_groups) -> dict:
@@ -181,10 +209,9 @@ class WidthTrace:
         out = defaultdict(set)
         for i, u in enumerate(self.uses):
             tids = list(u.out_tids) + ([u.in_tid] if u.in_tid is not None else [])
-            dims = [u.target[2]] if u.target[0] == "out" else [u.target[1]]
             for tid in tids:
-                for d in dims:
-                    for _, gid in dim_groups.get((tid, d), ()):
+                for _, _, row in dim_groups.get((tid, u.target[-1]), ()):
+                    for _, gid in row:
                         if gid is not None:
                             out[gid].add(i)
         return out
@@ -208,31 +235,30 @@ class WidthTrace:
         idx = range(len(self.uses)) if uses is None else sorted(uses)
         for i in idx:
             u = self.uses[i]
-            ratio = self._goal(u, dim_groups, plan, None)
-            if ratio is None:
+            if u.expr is not None and DYN in u.expr.free_symbols:
+                continue  # recomputed from tensor sizes (checked by re-capture)
+            goal = self._goal(u, dim_groups, plan)
+            where = f"{u.op} @ {u.module or '<root>'} ({u.where})"
+            if goal is None:
                 if u.node is None:
                     continue
-                problems.append(f"size {u.value} at {u.op} @ {u.module or '<root>'} ({u.where}) changes in a way "
-                                "fxprune cannot express")
+                problems.append(f"size {u.value} at {where} changes in a way fxprune cannot express")
                 continue
-            if ratio == 1:
-                if u.expr is not None and not (u.expr.free_symbols & set(self.attrs)):
-                    continue
-                if u.expr is None:
+            if goal[0] == "same":
+                if u.expr is None or not (u.expr.free_symbols & set(self.attrs)):
                     continue
             if u.expr is None:
                 if u.value == -1:
                     continue
-                problems.append(f"size {u.value} at {u.op} @ {u.module or '<root>'} ({u.where}) is a constant: "
-                                "no module attribute or tensor size produces it")
+                problems.append(f"size {u.value} at {where} is a constant: no module attribute or tensor "
+                                "size produces it")
                 continue
             if DYN in u.expr.free_symbols:
                 continue  # recomputed from tensor sizes (checked by re-capture)
             old = at_current(u.expr)
-            target = old * ratio
+            target = old if goal[0] == "same" else old * goal[1] if goal[0] == "mul" else old + goal[1]
             if not target.is_integer:
-                problems.append(f"size {u.value} at {u.op} @ {u.module or '<root>'} ({u.where}) would become "
-                                f"{target} (not an integer)")
+                problems.append(f"size {u.value} at {where} would become {target} (not an integer)")
                 continue
             eqs.append((u, u.expr, int(target)))
         known = {}
@@ -352,6 +378,13 @@ def _has_tag(x) -> bool:
     return False
 
 
+def _int_slices(idx) -> bool:
+    """An index with a slice bound given as a number (a fixed piece of a dim)."""
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    return any(isinstance(i, slice) and any(isinstance(b, int) and not isinstance(b, bool) and b != 0
+                                            for b in (i.start, i.stop)) for i in idx)
+
+
 def _ex(v):
     """(value, expr or None) of an int argument."""
     if isinstance(v, Tagged):
@@ -388,7 +421,10 @@ def _size_args(name, args, kwargs, result):
             out.append((*_ex(v), ("out", 0, dim + j)))
     elif name == "narrow":
         dim, length = args[1], args[3] if len(args) > 3 else kwargs.get("length")
+        start = args[2] if len(args) > 2 else kwargs.get("start", 0)
         out.append((*_ex(length), ("out", 0, dim % rank)))
+        if isinstance(start, int) and int(start) > 0:
+            out.append((*_ex(start), ("start", dim % rank)))
     elif name in ("split", "split_with_sizes"):
         s = args[1] if len(args) > 1 else kwargs.get("split_size", kwargs.get("split_size_or_sections",
                                                                            kwargs.get("split_sizes")))
@@ -429,7 +465,8 @@ def _size_args(name, args, kwargs, result):
     elif name == "pad":
         pads = args[1] if len(args) > 1 else kwargs.get("pad")
         for j, v in enumerate(pads):
-            out.append((*_ex(v), ("pad", rank - 1 - j // 2)))
+            if int(v) != 0 or isinstance(v, Tagged) and DYN not in v.expr.free_symbols:
+                out.append((*_ex(v), ("pad", rank - 1 - j // 2)))
     elif name == "__getitem__":
         idx = args[1]
         idx = idx if isinstance(idx, tuple) else (idx,)
@@ -444,14 +481,15 @@ def _size_args(name, args, kwargs, result):
                 d_out += 1
                 continue
             if isinstance(i, slice):
-                if _has_tag(i) and (i.step is None or int(i.step) == 1):
-                    n = src.shape[d_in]
+                if (i.start is not None or i.stop is not None) and (i.step is None or int(i.step) == 1):
+                    n = _tag(src.shape[d_in], DYN)  # the end of the dim: whatever width it has then
                     start = 0 if i.start is None else i.start
                     stop = n if i.stop is None else i.stop
                     if isinstance(start, int) and isinstance(stop, int) and int(start) >= 0 and int(stop) >= 0:
-                        length = min(stop, n) - start if isinstance(stop, Tagged) or isinstance(start, Tagged) else None
-                        if length is not None:
-                            out.append((*_ex(length), ("out", 0, d_out)))
+                        stop = stop if int(stop) <= int(n) else n
+                        out.append((*_ex(stop - start), ("out", 0, d_out)))
+                        if int(start) > 0:
+                            out.append((*_ex(start), ("start", d_in)))
                 d_in += 1
                 d_out += 1
             elif isinstance(i, int):
@@ -462,10 +500,19 @@ def _size_args(name, args, kwargs, result):
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, trace, stack, skip_files):
+    def __init__(self, trace, stack, skip_files, installed=None, modules=None):
         super().__init__()
         self.trace, self.stack, self.skip = trace, stack, skip_files
+        self.installed, self.modules = installed, modules or {}
         self.call = 0
+
+    def _localize(self, expr):
+        if expr is None or self.installed is None or not self.installed.config_of:
+            return expr
+        subs = {x: self.installed.local(x, self.stack, self.modules) for x in expr.free_symbols
+                if x in self.installed.config_of}
+        subs = {k: v for k, v in subs.items() if k != v}
+        return expr.subs(subs) if subs else expr
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -477,7 +524,8 @@ class _Recorder(TorchFunctionMode):
             return _tag(r, DYN) if isinstance(r, int) else _dyn_size(r)
         result = func(*args, **kwargs)
         self.call += 1
-        if name in _PACKETS and (_has_tag(args) or _has_tag(kwargs) or name in ("view", "reshape", "expand")):
+        if name in _PACKETS and (_has_tag(args) or _has_tag(kwargs) or name in ("view", "reshape", "expand")
+                                 or (name == "__getitem__" and _int_slices(args[1]))):
             try:
                 found = _size_args(name, args, kwargs, result)
             except Exception:
@@ -486,7 +534,8 @@ class _Recorder(TorchFunctionMode):
                 where = self._where()
                 module = self.stack[-1] if self.stack else ""
                 for value, expr, target in found:
-                    self.trace.uses.append(SizeUse(name, module, where, value, expr, target, self.call))
+                    self.trace.uses.append(SizeUse(name, module, where, value, self._localize(expr), target,
+                                                   self.call))
                 self.trace._shapes[self.call] = [tuple(r.shape) for r in
                                                  (result if isinstance(result, (list, tuple)) else [result])
                                                  if isinstance(r, torch.Tensor)]
@@ -530,6 +579,7 @@ class _Installed:
 
     def __init__(self, model):
         self.saved, self.attrs, self.values = [], {}, {}
+        self.config_of = {}  # config symbol -> the config object it was read from
         configs = {}
         for path, mod in model.named_modules():
             for k, kind, v in _module_fields(mod):
@@ -547,18 +597,41 @@ class _Installed:
             seqs = defaultdict(dict)
             for k, i, v in _config_fields(cfg):
                 if i is None:
-                    self._set(cfg, k, self._sym(Attr(path, k, config=True), v), v)
+                    self._set(cfg, k, self._sym(Attr(path, k, config=True), v, cfg), v)
                 else:
-                    seqs[k][i] = self._sym(Attr(path, k, i, config=True), v)
+                    seqs[k][i] = self._sym(Attr(path, k, i, config=True), v, cfg)
             for k, items in seqs.items():
                 old = getattr(cfg, k)
                 self._set(cfg, k, type(old)(items[i] for i in range(len(old))), old)
 
-    def _sym(self, attr, value):
+    def _sym(self, attr, value, cfg=None):
         s = sp.Symbol(f"a{len(self.attrs)}", integer=True)
         self.attrs[s] = attr
         self.values[attr] = int(value)
+        if cfg is not None:
+            self.config_of[s] = cfg
         return _tag(value, s)
+
+    def local(self, s, stack, modules):
+        """The symbol of config field ``s`` as read by the innermost module on ``stack`` that holds
+        that config (so per-layer widths read from a shared config get per-layer attributes)."""
+        cfg = self.config_of.get(s)
+        if cfg is None:
+            return s
+        for path in reversed(stack):
+            if vars(modules[path]).get("config") is cfg:
+                a = self.attrs[s]
+                key = Attr(path, a.name, a.index, config=True)
+                if key == a:
+                    return s
+                for t, b in self.attrs.items():  # (few config fields are read per module)
+                    if b == key:
+                        return t
+                t = sp.Symbol(f"a{len(self.attrs)}", integer=True)
+                self.attrs[t] = key
+                self.values[key] = self.values[a]
+                return t
+        return s
 
     def _set(self, obj, k, new, old):
         try:
@@ -613,9 +686,9 @@ def trace_widths(model: nn.Module, captured, args=(), kwargs=None) -> WidthTrace
     trace.attrs, trace.values = inst.attrs, inst.values
     h1 = nn.modules.module.register_module_forward_pre_hook(pre)
     h2 = nn.modules.module.register_module_forward_hook(post, always_call=True)
-    rec = _Recorder(trace, stack, _SKIP)
+    rec = _Recorder(trace, stack, _SKIP, inst, dict(model.named_modules()))
     try:
-        with torch.no_grad(), _export_flags(), rec:
+        with torch.no_grad(), capture_mode(model), _export_flags(), rec:
             model(*args, **(kwargs or {}))
     except Exception as e:
         trace.error = f"{type(e).__name__}: {e}"

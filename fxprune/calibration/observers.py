@@ -38,6 +38,8 @@ class Stat(enum.Enum):
     INPUT_SQ = "input_sq"            # Σ_t x_t², [d_in] → per-channel second moment / variance
     OUTPUT_SQ = "output_sq"          # Σ_t y_t², [d_out] (output second moments)
     HEAD_GRAM = "head_gram"          # per-head output-contribution Gram, [H, H]
+    ROUTED = "routed"                # router modules: times each expert was chosen, [E] (or [8, E]: top-k
+                                     # of the logits for k = 1..8 when the router returns logits only)
 
 
 class Accumulation(enum.Enum):
@@ -103,6 +105,7 @@ class ModuleStats:
     input_sq: torch.Tensor | None = None
     output_sq: torch.Tensor | None = None
     head_gram: torch.Tensor | None = None
+    routed: torch.Tensor | None = None
 
     @property
     def mean(self) -> torch.Tensor:
@@ -225,7 +228,7 @@ class Observer:
             self._handles.append(src.register_forward_hook(lambda m, a, out: self._pre_hook(module, (fn(out),))))
             return
         self._handles.append(module.register_forward_pre_hook(self._pre_hook))
-        if Stat.OUTPUT_SQ in self.stats:
+        if Stat.OUTPUT_SQ in self.stats or Stat.ROUTED in self.stats:
             self._handles.append(module.register_forward_hook(self._post_hook))
 
     def detach(self) -> None:
@@ -280,9 +283,32 @@ class Observer:
 
     @torch.no_grad()
     def _post_hook(self, module, args, output):
+        if Stat.ROUTED in self.stats:
+            self._routed(module, output)
+        if Stat.OUTPUT_SQ not in self.stats:
+            return
         y = output[0] if isinstance(output, tuple) else output
         ys = self._cast(_select_tokens(y, self.masks.mask))
         self._add("output_sq", (ys * ys).sum(0))
+
+    def _routed(self, module, output) -> None:
+        """Count expert choices: the router's integer output (transformers routers return
+        ``(logits, weights, indices)``), or the top-k of its logits for every k <= 8."""
+        outs = output if isinstance(output, (tuple, list)) else (output,)
+        idx = [o for o in outs if isinstance(o, torch.Tensor) and not o.is_floating_point()]
+        w = getattr(module, "weight", None)
+        n = int(w.shape[0]) if isinstance(w, torch.Tensor) else None
+        if idx and n:
+            chosen = _select_tokens(idx[-1], self.masks.mask).reshape(-1).long()
+            self._add("routed", torch.bincount(chosen, minlength=n)[:n].double())
+        elif outs and isinstance(outs[0], torch.Tensor) and outs[0].is_floating_point():
+            logits = _select_tokens(outs[0], self.masks.mask)
+            e = logits.shape[-1]
+            ranks = torch.argsort(logits, dim=-1, descending=True)[:, :8]
+            counts = torch.zeros(8, e, dtype=torch.float64)
+            for k in range(ranks.shape[1]):
+                counts[k:] += torch.bincount(ranks[:, k], minlength=e)[:e].double()
+            self._add("routed", counts)
 
     def result(self) -> ModuleStats:
         if "count" not in self.sums:
@@ -291,7 +317,7 @@ class Observer:
         count = int(round(float(self.sums.get("count", torch.tensor(0.0)))))
         return ModuleStats(count=count, gram=self.sums.get("gram"), input_sum=self.sums.get("input_sum"),
                            input_sq=self.sums.get("input_sq"), output_sq=self.sums.get("output_sq"),
-                           head_gram=self.sums.get("head_gram"))
+                           head_gram=self.sums.get("head_gram"), routed=self.sums.get("routed"))
 
 
 class StatsCollector:

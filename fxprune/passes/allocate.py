@@ -11,12 +11,18 @@ exactly by the sympy cost model and reported.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..analysis.groups import ATTENTION_KINDS as ATTN
+from ..analysis.groups import Kind
+from ..kinds import ATTENTION_KINDS
 from .cost import CostModel
+
+ATTN = ATTENTION_KINDS
+# kinds allocated by unit count (no channel rounding; at least ``detail["min_keep"]`` units)
+COUNTED = (*ATTENTION_KINDS, Kind.MOE_EXPERTS, Kind.SSM_HEADS)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,12 @@ def top_units(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(torch.argsort(scores, descending=True, stable=True)[:k].tolist())
 
 
+def _multiple(g, mult: int) -> int:
+    """The channel multiple of ``g``: the recipe's, and a multiple of the group's own (expert widths)."""
+    own = int(g.detail.get("multiple", 1))
+    return mult * own // math.gcd(mult, own)
+
+
 def _round(k: int, units: int, multiple: int) -> int:
     if units <= multiple:
         return max(1, k)
@@ -51,17 +63,21 @@ def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, 
     units are chosen later, block by block, from pruned-stream scores."""
     total = cost.evaluate(expr, {})
     budget = int(round(target * total))
-    attn = [g for g in groups if g.kind in ATTN]
-    chan = [g for g in groups if g.kind not in ATTN]
+    attn = [g for g in groups if g.kind in COUNTED]
+    chan = [g for g in groups if g.kind not in COUNTED]
     removed = lambda kept: total - cost.evaluate(expr, kept)  # noqa: E731
     if allocation == "uniform":
-        kept = _uniform(attn, chan, removed, budget, total, target, channel_multiple)
+        kept = {}
+        for part in _by_units(attn):  # heads, experts, SSM head groups: one count per kind and size
+            kept.update(_uniform(part, [], removed, budget, total, target, channel_multiple))
+        kept.update(_uniform([], chan, removed, budget, total, target, channel_multiple, kept))
     elif allocation == "pooled":  # one cost currency across kinds and layers (allocate_pooled.py)
         if scores is None:
             raise ValueError("pooled allocation needs scores")
         from .allocate_pooled import pooled
-        kept = _finish(pooled(attn + chan, scores, removed, budget, ATTN, channel_multiple, cumulative),
-                       attn + chan, scores, removed, budget, channel_multiple)
+        got = pooled(attn + chan, scores, removed, budget, COUNTED, channel_multiple, cumulative)
+        got = {g.id: max(got[g.id], _least(g)) for g in attn + chan}  # at least top_k experts stay
+        kept = _finish(got, attn + chan, scores, removed, budget, channel_multiple)
     else:
         if scores is None:
             raise ValueError("global allocation needs scores")
@@ -71,18 +87,29 @@ def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, 
     return Allocation(plan, kept, removed(kept), budget, total)
 
 
-def _uniform(attn, chan, removed, budget, total, target, mult):
-    kept = {}
+def _by_units(groups) -> list[list]:
+    parts = {}
+    for g in groups:
+        parts.setdefault((g.kind, g.units), []).append(g)
+    return list(parts.values())
+
+
+def _least(g) -> int:
+    return int(g.detail.get("min_keep", 1))
+
+
+def _uniform(attn, chan, removed, budget, total, target, mult, fixed=None):
+    kept = dict(fixed or {})
     if attn:
-        units = attn[0].units
+        units, lo = attn[0].units, max(_least(g) for g in attn)
         attn_total = removed({g.id: 1 for g in attn}) * units / max(1, units - 1)
-        best = min(range(1, units + 1),
+        best = min(range(lo, units + 1),
                    key=lambda k: abs(removed({g.id: k for g in attn}) / max(attn_total, 1) - target))
         kept.update({g.id: best for g in attn})
     if chan:
         lo, hi = 1, max(g.units for g in chan)
         def at(frac_k):
-            return {**kept, **{g.id: _round(min(g.units, frac_k), g.units, mult) for g in chan}}
+            return {**kept, **{g.id: _round(min(g.units, frac_k), g.units, _multiple(g, mult)) for g in chan}}
         while lo < hi:  # largest width whose removal still reaches the budget
             mid = (lo + hi + 1) // 2
             if removed(at(mid)) >= budget:
@@ -91,7 +118,8 @@ def _uniform(attn, chan, removed, budget, total, target, mult):
                 hi = mid - 1
         cands = [lo, min(hi + 1, max(g.units for g in chan))]
         kept = min((at(c) for c in cands), key=lambda k: abs(removed(k) - budget))
-    return {**{g.id: g.units for g in attn + chan}, **kept}
+    return {**{g.id: g.units for g in attn + chan}, **{k: v for k, v in kept.items()
+                                                      if k in {g.id for g in attn + chan}}}
 
 
 def _global(groups, scores, removed, budget, mult):
@@ -104,7 +132,7 @@ def _global(groups, scores, removed, budget, mult):
     pool.sort()
     by_id = {g.id: g for g in groups}
     kept = {g.id: g.units for g in groups}
-    minimum = {g.id: (1 if g.kind in ATTN else min(mult, g.units)) for g in groups}
+    minimum = {g.id: (_least(g) if g.kind in COUNTED else min(_multiple(g, mult), g.units)) for g in groups}
     for z, gid, u in pool:
         if removed(kept) >= budget:
             break
@@ -119,8 +147,8 @@ def _finish(kept, groups, scores, removed, budget, mult):
     by_id = {g.id: g for g in groups}
     for gid, k in kept.items():
         g = by_id[gid]
-        if g.kind not in ATTN:
-            kept[gid] = _round(k, g.units, mult)
+        if g.kind not in COUNTED:
+            kept[gid] = _round(k, g.units, _multiple(g, mult))
     return _correct(kept, by_id, scores, removed, budget, mult)
 
 
@@ -128,7 +156,7 @@ def _correct(kept, by_id, scores, removed, budget, mult):
     """Rounding moved the removal off target: step channel groups by ``mult`` units (the group whose
     next unit scores lowest loses, the one whose last removed unit scores highest gains) while that
     brings the removal closer to the budget."""
-    chan = [gid for gid in kept if by_id[gid].kind not in ATTN and by_id[gid].units > mult]
+    chan = [gid for gid in kept if by_id[gid].kind not in COUNTED and by_id[gid].units > mult]
     z = {gid: torch.sort((scores[gid] - scores[gid].mean()) / (scores[gid].std() + 1e-12), descending=True)[0]
          for gid in chan}
     for _ in range(10 * len(chan) + 10):

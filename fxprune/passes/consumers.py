@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..analysis.groups import Group, Member
+from ..analysis.groups import Group, Kind, Member
 from ..calibration.observers import Stat
 
 
@@ -42,6 +42,8 @@ def consumers(group: Group) -> list[Consumer]:
 def per_unit(values: torch.Tensor, member: Member, units: int) -> torch.Tensor:
     """Sum per-channel ``values`` (along ``member.dim``) into per-unit totals."""
     out = torch.zeros(units, dtype=torch.float64)
+    if member.total != member.size:  # a segment of a fused projection: its range only
+        values = values.narrow(0, member.offset, member.size)
     return out.index_add_(0, member.unit_index(units), values.to(torch.float64))
 
 
@@ -58,6 +60,8 @@ def stats_request(groups, stats, heads: bool = False, producer_stats=frozenset()
     from ..calibration import Accumulation, HeadLayout, StatsRequest
     mods, layouts = defaultdict(set), {}
     for g in groups:
+        if g.kind == Kind.MOE_EXPERTS:  # routing counts on the router (criteria/experts.py)
+            mods[g.members_by_role("producer")[0].param.rsplit(".", 1)[0]].add(Stat.ROUTED)
         if producer_stats:
             for m in g.members:
                 if m.role == "producer" and m.param.endswith("weight"):

@@ -2,7 +2,9 @@
 
 Every prunable group ``g`` gets a symbol ``k_g`` (kept units, ``0 < k_g <= units``). A parameter
 touched by groups ``G_p`` (q_proj rows are in both a KV-group and a q-per-KV group) has
-``numel * prod_{g in G_p} k_g / units_g`` entries, so the parameter count is an exact polynomial.
+``numel * prod_{g in G_p} k_g / units_g`` entries, so the parameter count is an exact polynomial;
+a group touching only a segment of a dim (the q rows of a fused qkv) scales that segment only.
+Stacked expert weights count ``2 * numel / kept experts * top_k`` FLOPs per token.
 ``linear_params`` counts the 2-D weights the prunable groups touch (the decoder's linear layers: no
 embeddings, no LM head). FLOPs per token: 2 per matmul weight entry (linear layers and the LM head,
 not input embedding tables), plus attention ``4 * L * (q width)`` per layer with the
@@ -62,13 +64,23 @@ def build_cost_model(model, analysis: Analysis, kv_bytes: int = 2) -> CostModel:
     """Cost expressions for ``model`` (eager, dense) given its ``analysis``."""
     groups = analysis.prunable()
     symbols = {g.id: sp.Symbol(f"k[{g.id}]", positive=True, integer=True) for g in groups}
-    scale = defaultdict(lambda: sp.Integer(1))  # param -> product of k_g/units_g
-    head_scale = defaultdict(lambda: sp.Integer(1))  # the same without value-channel groups
+    scale = defaultdict(lambda: sp.Integer(1))  # param -> fraction of its entries kept
+    head_scale = defaultdict(lambda: sp.Integer(1))  # product of k_g/units_g without value-channel groups
+    segs = defaultdict(lambda: defaultdict(lambda: sp.Integer(1)))  # (param, dim) -> (offset, size) -> fraction
+    totals, experts = {}, {}
     for g in groups:
+        for m in g.members:
+            segs[(m.param, m.dim)][(m.offset, m.size)] *= symbols[g.id] / g.units
+            totals[(m.param, m.dim)] = m.total
+            if g.kind == Kind.MOE_EXPERTS and m.role == "expert":
+                experts[m.param] = (symbols[g.id], int(g.detail.get("top_k", 1)))
         for m in {m.param for m in g.members}:
-            scale[m] *= symbols[g.id] / g.units
             if g.kind != Kind.V_CHANNELS:
                 head_scale[m] *= symbols[g.id] / g.units
+    for (param, dim), parts in segs.items():  # a dim keeps its untouched entries + each segment's share
+        n = totals[(param, dim)]
+        kept = (n - sum(size for _, size in parts)) + sum(size * f for (_, size), f in parts.items())
+        scale[param] *= kept / n
     total = sp.Integer(0)
     linear = sp.Integer(0)
     flops = sp.Integer(0)
@@ -84,9 +96,12 @@ def build_cost_model(model, analysis: Analysis, kv_bytes: int = 2) -> CostModel:
         touched = name in scale  # test before indexing: ``scale`` is a defaultdict
         term = p.numel() * scale[name]
         total += term
-        if p.dim() == 2 and touched:
+        if (p.dim() == 2 or name in experts) and touched:
             linear += term
-        if p.dim() == 2 and (name not in embeddings or name in outputs):
+        if name in experts:  # stacked expert weights: each token runs top_k of the kept experts
+            kept_experts, top_k = experts[name]
+            flops += 2 * term * top_k / kept_experts
+        elif p.dim() == 2 and (name not in embeddings or name in outputs):
             flops += 2 * term  # every matmul weight (not an input embedding table; a tied LM head is one)
     # Attention: scores and context cost 4 * L * (q width) FLOPs per token; the KV cache holds k and
     # v, each (q width / q heads per KV head) wide.

@@ -16,6 +16,7 @@ from ..analysis.groups import ATTENTION_KINDS, Kind
 from ..calibration import find_blocks
 from ..calibration.runner import Stream
 from ..errors import AnalysisError, RecipeError
+from ..kinds import FAMILY
 from ..surgery import prune, verify_pruned
 from .allocate import allocate
 from .base import Pass, StepPass
@@ -30,8 +31,7 @@ from .ops import (CaptureForLinCal, CaptureRefitTargets, FitLinCal, OlicaAttenti
                   ScoreBlocks)
 from .reconstruct import get_reconstructor
 
-_FAMILY = {Kind.ATTN_HEADS: "attention", Kind.ATTN_KV_GROUPS: "attention", Kind.ATTN_Q_PER_KV: "attention",
-           Kind.FFN: "ffn", Kind.SSM: "ssm"}
+_FAMILY = FAMILY  # kind -> recipe family (kinds.py: moe_experts -> experts, moe_ffn -> ffn, ssm_heads -> ssm)
 
 
 def scores_in_block(step) -> bool:

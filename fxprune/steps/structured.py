@@ -17,7 +17,7 @@ SCOPES = ("decoder_linear", "all")
 ALLOCATIONS = ("uniform", "global", "pooled")
 ATTENTION_UNITS = ("q_per_kv", "kv_groups")
 ATTENTION_MODES = ("heads", "olica")
-KINDS = ("attention", "ffn", "ssm")
+KINDS = ("attention", "ffn", "ssm", "experts")
 
 
 @register_step("structured")

@@ -13,10 +13,18 @@ BINARY = ["add", "sub", "rsub", "mul", "div", "pow", "where", "maximum", "minimu
           "floor_divide", "copy", "fill", "zero", "clamp_min_", "mul_", "add_", "copy_", "fill_"]
 
 
-@rule(*[f"aten.{n}" for n in UNARY + BINARY])
+INPLACE = [n + "_" for n in UNARY + BINARY if not n.endswith("_") and not n.startswith("_")]
+
+
+@rule(*[f"aten.{n}" for n in UNARY + BINARY + INPLACE])
 def elementwise(ctx):
     out = ctx.out
     if out not in ctx._shapes:
         return
     for t in ctx.tensor_args():
         ctx.link_broadcast(t, out)
+
+
+# binary overloads of ops whose other overloads reduce (``torch.max(a, b)``)
+rule("aten.max.other", "aten.min.other", "aten.fmax.default", "aten.fmin.default",
+     "aten.polar.default", "aten.complex.default")(elementwise)

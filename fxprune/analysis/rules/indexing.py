@@ -1,8 +1,10 @@
-"""Slicing and joining: slice, select, cat, stack, split/chunk/unbind, getitem.
+"""Slicing and joining: slice, select, cat, stack, split/chunk/unbind, getitem, index.
 
 Aligned pieces (a slice of length n/k at a multiple of n/k, an equal split, a cat of equal parts)
 refine the dim into [k pieces, n/k channels]: channels couple across pieces, the piece factor is
-blocked. Anything unaligned blocks the dim.
+blocked. Unequal pieces are *cuts* (``AxisGraph.cut``): the dim becomes segments, each its own
+index space (a GQA qkv projection's q, k and v rows; Mamba-2's z, xBC and dt). A strided slice
+blocks the dim.
 """
 from . import rule
 
@@ -30,11 +32,13 @@ def slice_(ctx):
             ctx.link1(src, d, out, d)
     if step == 1 and start == 0 and length == n:
         ctx.link1(src, dim, out, dim)
-    elif step == 1 and length > 0 and n % length == 0 and start % length == 0:
-        _piece(ctx, src, dim, out, dim, n // length, "slice")
+    elif step == 1 and length > 0:
+        # a piece: equal aligned pieces become [pieces, channels] factors, unequal ones segments
+        # (decided once every slice of the dim is known: AxisGraph.segment)
+        ctx.ag.cut((src, dim), (out, dim), start, ctx.why)
     else:
-        ctx.block(src, dim, "unaligned slice")
-        ctx.block(out, dim, "unaligned slice")
+        ctx.block(src, dim, "strided slice")
+        ctx.block(out, dim, "strided slice")
 
 
 @rule("aten.select")
@@ -64,9 +68,10 @@ def cat(ctx):
         for p in parts:
             _piece(ctx, out, dim, p, dim, len(parts), "cat")
     else:
-        ctx.block(out, dim, "unequal concatenation")
+        off = 0
         for p in parts:
-            ctx.block(p, dim, "unequal concatenation")
+            ctx.ag.cut((out, dim), (p, dim), off, ctx.why)
+            off += ctx.shape(p)[dim]
 
 
 @rule("aten.stack")
@@ -108,10 +113,15 @@ def split(ctx):
     if len(sizes) == 1 and sum(ctx.shape(o)[dim] for o in outs) == ctx.shape(src)[dim]:
         for o in outs:
             _piece(ctx, src, dim, o, dim, len(outs), "split")
+    elif sum(ctx.shape(o)[dim] for o in outs) == ctx.shape(src)[dim]:
+        off = 0
+        for o in outs:  # unequal pieces (Mamba-2's z/xBC/dt, a GQA qkv): segments of the dim
+            ctx.ag.cut((src, dim), (o, dim), off, ctx.why)
+            off += ctx.shape(o)[dim]
     else:
-        ctx.block(src, dim, "unequal split")
+        ctx.block(src, dim, "split with a remainder")
         for o in outs:
-            ctx.block(o, dim, "unequal split")
+            ctx.block(o, dim, "split with a remainder")
 
 
 @rule("getitem")
@@ -135,7 +145,15 @@ def index(ctx):
     pos = [i for i, t in enumerate(idx) if t is not None]
     r, ro = ctx.rank(src), ctx.rank(out)
     for i in pos:
-        ctx.block(src, i, "indexed")
+        space = ctx.index_space.get(ctx.tid(idx[i]))
+        if space is not None and ctx.shape(space[0])[space[1]] == ctx.shape(src)[i]:
+            # the index values are positions of ``space`` (a router's top-k over experts): row u of
+            # ``src`` is used exactly when position u is chosen, so the two dims are one group
+            ctx.link([(src, i)], [space], f"routed by {ctx.why}")
+            ctx.tag(src, i, "expert_index")
+            ctx.tag(src, i, "expert")
+        else:
+            ctx.block(src, i, "indexed")
     if not pos or pos != list(range(pos[0], pos[-1] + 1)):
         ctx.block_all(src, "indexed")
         ctx.block_all(out, "indexed")
@@ -147,3 +165,34 @@ def index(ctx):
         ctx.link1(src, d, out, pos[0] + n_idx + k)
     for j in range(pos[0], pos[0] + n_idx):
         ctx.block(out, j, "indexed")
+
+
+@rule("aten.gather", "aten.take_along_dim")
+def gather(ctx):
+    """``x.gather(dim, index)``: out[..., j, ...] = x[..., index[..., j, ...], ...]. Other dims pass
+    through; ``dim`` of ``x`` is selected by value: soft-blocked when the index comes from a top-k
+    over that same dim (a router reading its chosen experts' scores), blocked otherwise."""
+    src, idx, out = ctx.tid(ctx.arg(0)), ctx.tid(ctx.arg(2, "index")), ctx.out
+    dim = ctx.arg(1, "dim")
+    if src is None or idx is None or not isinstance(dim, int):
+        for t in ctx.tensor_args() + [out]:
+            ctx.block_all(t, "gathered")
+        return
+    r = ctx.rank(src)
+    dim %= r
+    for d in range(r):
+        if d == dim:
+            continue
+        for t in (idx, out):
+            if ctx.rank(t) == r and ctx.shape(t)[d] == ctx.shape(src)[d]:
+                ctx.link1(src, d, t, d)
+        if ctx.rank(idx) == ctx.rank(out) == r:
+            ctx.link1(idx, d, out, d)
+    if ctx.rank(idx) == ctx.rank(out):
+        ctx.link1(idx, dim, out, dim)
+    space = ctx.index_space.get(idx)
+    if space is not None and ctx.shape(space[0])[space[1]] == ctx.shape(src)[dim]:
+        ctx.link([(src, dim)], [space], ctx.why)
+        ctx.soft_block(src, dim, "gathered by value")
+    else:
+        ctx.block(src, dim, "gathered")

@@ -67,6 +67,14 @@ def matmul(ctx):
                 ctx.link1(t, i, out, j)
     for j in range(ro - 2):
         ctx.tag(out, j, "matmul_batch")
+    if a in ctx.from_param:  # W @ x with W (rows of) a parameter, e.g. experts gathered per token
+        ctx.tag(a, -2, "producer")
+        ctx.tag(a, -1, "consumer")
+        return
+    if b in ctx.from_param:  # x @ W
+        ctx.tag(b, -2, "consumer")
+        ctx.tag(b, -1, "producer")
+        return
     if ra >= 3 and rb >= 3:  # activation x activation: attention scores / context
         ctx.tag(a, -1, "matmul_inner")
         ctx.tag(b, -1, "matmul_cols")
@@ -77,3 +85,25 @@ def matmul(ctx):
     elif ra == 2:  # W @ x (Mamba's dt_proj on the slow path)
         ctx.tag(a, 0, "producer")
         ctx.tag(a, 1, "consumer")
+
+
+@rule("aten.baddbmm", "aten.addbmm")
+def baddbmm(ctx):
+    """``beta * input + alpha * (a @ b)``: a batched product plus a broadcast term (ALiBi biases)."""
+    bias, a, b, out = ctx.tid(ctx.arg(0)), ctx.tid(ctx.arg(1)), ctx.tid(ctx.arg(2)), ctx.out
+    if bias is not None:
+        ctx.link_broadcast(bias, out)
+    ra, rb = ctx.rank(a), ctx.rank(b)
+    ctx.link1(a, -1, b, -2)
+    ctx.link1(a, -2, out, -2)
+    ctx.link1(b, -1, out, -1)
+    if ctx.op.startswith("aten.baddbmm"):
+        ctx.link1(a, 0, out, 0)
+        ctx.link1(b, 0, out, 0)
+        ctx.tag(out, 0, "matmul_batch")
+        ctx.tag(a, -1, "matmul_inner")
+        ctx.tag(b, -1, "matmul_cols")
+        ctx.tag(out, -1, "matmul_cols")
+    else:
+        ctx.block(a, 0, "summed over the batch")
+        ctx.block(b, 0, "summed over the batch")

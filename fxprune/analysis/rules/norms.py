@@ -46,7 +46,7 @@ def reduction(ctx):
         j += 1
 
 
-@rule("aten.cumsum", "aten.cumprod", "aten.diff", "aten.sort", "aten.topk", "aten.flip", "aten.roll")
+@rule("aten.cumsum", "aten.cumprod", "aten.diff", "aten.flip", "aten.roll")
 def scan(ctx):
     src = ctx.tid(ctx.arg(0))
     out = ctx.out if ctx.out in ctx._shapes else (ctx.node.name, 0)
@@ -60,3 +60,14 @@ def scan(ctx):
             if d != dim:
                 ctx.link1(src, d, out, d)
         ctx.block(out, dim, "scanned")
+
+
+@rule("aten.tril", "aten.triu")
+def triangle(ctx):
+    """A triangular mask over the last two dims (positions): those block, leading dims pass through."""
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    r = ctx.rank(src)
+    for d in range(r):
+        ctx.link1(src, d, out, d)
+    for d in (r - 2, r - 1):
+        ctx.block(src, d, "triangular mask")

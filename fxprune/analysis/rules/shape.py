@@ -79,3 +79,69 @@ def expand(ctx):
             ctx.link1(src, i, out, j)
         else:
             ctx.tag(out, j, "broadcast")
+
+
+@rule("aten.repeat_interleave")
+def repeat_interleave(ctx):
+    """``repeat_interleave(x, r, dim)``: output index ``i * r + j`` is input ``i``, so the output dim
+    refines into [input dim, r repeats] (a broadcast, like GQA's key/value repeat)."""
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    reps, dim = ctx.arg(1, "repeats"), ctx.arg(2, "dim")
+    if src is None or out not in ctx._shapes:
+        return
+    if not isinstance(reps, int) or dim is None:
+        for t in (src, out):
+            ctx.block_all(t, "repeated by a tensor of counts" if dim is not None else "flattened and repeated")
+        return
+    r = ctx.rank(src)
+    dim %= r
+    for d in range(r):
+        if d != dim:
+            ctx.link1(src, d, out, d)
+    if reps > 1:
+        rep = ctx.virtual("rep", reps, tag="broadcast")
+        ctx.link([(out, dim)], [(src, dim), (rep, 0)])
+    else:
+        ctx.link1(src, dim, out, dim)
+
+
+@rule("aten.repeat", "aten.tile")
+def repeat(ctx):
+    """``x.repeat(r0, r1, ...)``: output dim i is [r_i copies, input dim i] (row-major); new leading
+    dims are copies. Copies are broadcasts (like a GQA repeat)."""
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    reps = list(ctx.arg(1, "repeats") or ctx.arg(1, "dims") or [])
+    if src is None or out not in ctx._shapes:
+        return
+    ro, rs = ctx.rank(out), ctx.rank(src)
+    reps = [1] * (ro - len(reps)) + reps
+    for j in range(ro):
+        i = j - (ro - rs)
+        r = int(reps[j])
+        if i < 0:
+            ctx.tag(out, j, "broadcast")
+            continue
+        if r == 1:
+            ctx.link1(src, i, out, j)
+        else:
+            rep = ctx.virtual(f"rep{j}", r, tag="broadcast")
+            ctx.link([(out, j)], [(rep, 0), (src, i)])
+
+
+@rule("aten.view_as_complex")
+def view_as_complex(ctx):
+    """(..., n, 2) real -> (..., n) complex: the pair dim is consumed."""
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    r = ctx.rank(src)
+    for d in range(r - 1):
+        ctx.link1(src, d, out, d)
+    ctx.block(src, r - 1, "real/imaginary pair")
+
+
+@rule("aten.view_as_real")
+def view_as_real(ctx):
+    src, out = ctx.tid(ctx.arg(0)), ctx.out
+    r = ctx.rank(src)
+    for d in range(r):
+        ctx.link1(src, d, out, d)
+    ctx.block(out, r, "real/imaginary pair")
