@@ -329,6 +329,10 @@ class OnloadedModel(BlockSource):
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir = None
 
+    def __deepcopy__(self, memo):
+        """A copy of the model (e.g. the analysis' meta-device dry runs) shares the checkpoint on disk."""
+        return self
+
     def __enter__(self):
         return self
 

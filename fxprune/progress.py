@@ -240,6 +240,10 @@ class Progress:
         p._save_index()
         return p
 
+    def __deepcopy__(self, memo):
+        """A copy of the model (e.g. the analysis' meta-device dry runs) shares the record."""
+        return self
+
     def attach(self, model: torch.nn.Module) -> "Progress":
         setattr(model, ATTR, self)
         return self
