@@ -19,7 +19,7 @@ import sys
 
 from .errors import FxPruneError
 
-COMMANDS = ["inspect", "eval", "prune", "sparsify", "sweep", "report"]
+COMMANDS = ["inspect", "eval", "prune", "sparsify", "sweep", "report", "export"]
 
 EXIT_ERROR = 2
 EXIT_BUG = 1

@@ -65,3 +65,28 @@ class ResourceError(FxPruneError):
 
 class ArgumentError(FxPruneError):
     """A command-line argument is invalid (names the argument)."""
+
+
+class ExportError(FxPruneError):
+    """A model cannot be written to a deployment format (names the module, tensor or file at fault)."""
+
+
+class UnsupportedFamilyError(ExportError):
+    """The export target has no architecture for this model family. ``family`` names it."""
+
+    def __init__(self, family: str, reason: str):
+        self.family = family
+        super().__init__(f"cannot export model family {family!r}: {reason}")
+
+
+class UnsupportedModuleError(ExportError):
+    """A module has no exact equivalent in the export target. ``module`` is its path."""
+
+    def __init__(self, module: str, kind: str, reason: str):
+        self.module = module
+        self.kind = kind
+        super().__init__(f"cannot export {kind} at {module!r}: {reason}")
+
+
+class EngineError(FxPruneError):
+    """An inference engine (llama.cpp) is missing or failed on a file (names the engine and file)."""

@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", default="1", type=devices, help="number of devices (several: DDP) or auto")
     p.add_argument("--precision", default="32-true", choices=PRECISIONS,
                    help="Lightning precision, e.g. bf16-mixed on GPU")
+    p.add_argument("--engine", default="torch", choices=["torch", "llamacpp"],
+                   help="llamacpp: perplexity of a .gguf file in llama.cpp on the PyTorch path's windows")
+    p.add_argument("--tokenizer", default=None, help="llamacpp engine: cut windows with this model's "
+                   "tokenizer (default: the model the GGUF was exported from)")
+    p.add_argument("--threads", type=positive_int, default=1, help="llamacpp engine: CPU threads")
 
 
 def _versions() -> dict:
@@ -46,6 +51,9 @@ def _versions() -> dict:
 
 
 def run(args) -> int:
+    if getattr(args, "engine", "torch") == "llamacpp":
+        from ..export.evaluate import run as run_llamacpp
+        return run_llamacpp(args)
     import torch
     from ..calibration.engine import Engine, EngineConfig
     from ..data import evaluation_windows, tokenizer_for

@@ -36,6 +36,8 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--semi-structured", action="store_true",
                    help="CUDA only: convert 2:4 layers to semi-structured sparse tensors and time them")
+    p.add_argument("--deploy-dtype", default=None, help="GGUF type the result will be deployed as (q8_0, q4_0, "
+                   "q4_k_m...): FFN widths are rounded to the row multiple it needs (fxprune.export.types)")
     _report.add_report_arguments(p)  # --eval-tasks, --limit (fxprune/evaluation/render.py)
 
 
@@ -65,6 +67,11 @@ def run(args) -> int:
     from ..preflight import JobSizes, check_job
 
     recipe = recipe_from_args(args)
+    deploy = None
+    if getattr(args, "deploy_dtype", None):  # export's hook (issue 10): widths that suit a GGUF type
+        from ..export.types import for_deployment
+        recipe, multiple = for_deployment(recipe, args.deploy_dtype)
+        deploy = {"dtype": args.deploy_dtype, "channel_multiple": multiple}
     if not args.dry_run and not args.out:
         raise RecipeError("--out is required unless --dry-run")
     cal = recipe.calibration
@@ -80,6 +87,8 @@ def run(args) -> int:
     windows = (calibration_windows(tok, recipe.calibration, model=model, root=args.data_root)
                if recipe.needs_calibration else None)
     report = {"model": args.model, "recipe_name": recipe.name, "recipe_file": str(resolve_recipe_path(args.recipe))}
+    if deploy:
+        report["deploy"] = deploy
     if args.dry_run:
         ctxs = plan_model(model, recipe, windows)
         report["steps"] = [describe_plan(step, ctx, recipe.calibration.seq_len)
@@ -152,6 +161,10 @@ def _print(report, args, dry=False):
             f = st["flops_per_token_L"]
             print(f"  parameters {b:,} -> {a:,} ({100 * (1 - a / b):.1f}% fewer); FLOPs/token at L={f['L']}: "
                   f"{f['before']:,} -> {f['after']:,}")
+        if report.get("deploy", {}).get("channel_multiple"):
+            d = report["deploy"]
+            print(f"FFN widths rounded to multiples of {d['channel_multiple']} for GGUF {d['dtype']} "
+                  f"(row length of ffn_down).")
         print("Dry run: nothing was changed." + (" Steps after the first are planned on the input model."
                                                  if len(report["steps"]) > 1 else ""))
         return
