@@ -1,6 +1,10 @@
-"""Benchmark: seven zero-shot tasks, full sets, dense SmolLM2 vs the README recipe's pruned model.
+"""Benchmark: seven zero-shot tasks, full sets, dense SmolLM2 vs pruned models (default: the README recipe).
 
     OMP_NUM_THREADS=1 nohup .venv/bin/python bench/zeroshot_full.py > bench/results/zeroshot_full.log 2>&1 &
+    .venv/bin/python bench/zeroshot_full.py --recipes goa-liar-ffn-global-20 olica-goa-liar-global-20
+
+With ``--recipes`` every recipe's checkpoint is ``out/bench/smollm2-RECIPE`` (pruned when missing);
+chunks already in the jsonl are skipped, so adding a recipe scores only its chunks.
 
 1. Prunes SmolLM2 with the README job (``fxprune prune smollm2 --recipe goa-liar-ffn-global-20 --out
    out/bench/smollm2-goa-liar-ffn-global-20``, skipped when that checkpoint exists).
@@ -83,29 +87,34 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--chunk", type=int, default=500)
     ap.add_argument("--tasks", nargs="*", default=ORDER)
-    ap.add_argument("--out", default=str(ROOT / "out" / "bench" / f"smollm2-{RECIPE}"))
+    ap.add_argument("--recipes", nargs="+", default=[RECIPE], help="pruned models to score beside dense")
+    ap.add_argument("--out", default=None, help="checkpoint of the single recipe (default out/bench/smollm2-RECIPE)")
     ap.add_argument("--tag", default="zeroshot_full")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
     jsonl = RESULTS / f"{args.tag}.jsonl"
-    models = ["dense", RECIPE]
+    models = ["dense", *args.recipes]
     if not args.table_only:
-        ckpt = Path(args.out)
-        if not (ckpt / "config.json").is_file():
-            cmd = [str(ROOT / ".venv" / "bin" / "fxprune"), "prune", "smollm2", "--recipe", RECIPE,
-                   "--out", str(ckpt), "--json"]
-            print("running:", " ".join(cmd), flush=True)
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True)
-            (RESULTS / f"{args.tag}_prune.json").write_text(json.dumps(
-                {"command": " ".join(cmd), "seconds": time.perf_counter() - t0}, indent=1))
+        ckpts = {}
+        for recipe in args.recipes:
+            ckpt = ckpts[recipe] = Path(args.out if args.out and len(args.recipes) == 1
+                                        else ROOT / "out" / "bench" / f"smollm2-{recipe}")
+            if not (ckpt / "config.json").is_file():
+                cmd = [str(ROOT / ".venv" / "bin" / "fxprune"), "prune", "smollm2", "--recipe", recipe,
+                       "--out", str(ckpt), "--json"]
+                print("running:", " ".join(cmd), flush=True)
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True)
+                name = f"{args.tag}_prune.json" if recipe == RECIPE else f"{args.tag}_prune_{recipe}.json"
+                (RESULTS / name).write_text(json.dumps(
+                    {"command": " ".join(cmd), "seconds": time.perf_counter() - t0}, indent=1))
         from fxprune.calibration import Engine
         from fxprune.data import tokenizer_for
         from fxprune.evaluation.tasks import load_task
         from fxprune.loading import load_model
-        loaded = {"dense": load_model("smollm2"), RECIPE: load_model(str(ckpt))}
+        loaded = {"dense": load_model("smollm2"), **{r: load_model(str(ckpts[r])) for r in args.recipes}}
         engine = Engine()
         done = _done(jsonl)
         for task in args.tasks:
@@ -121,7 +130,7 @@ def main(argv=None) -> int:
                            "acc_count": round(r.acc * r.items), "acc_norm_count": round(r.acc_norm * r.items),
                            "seconds": round(time.perf_counter() - t0, 2), "sha256": proto["sha256"],
                            "file": proto["file"], "scorer": "fxprune own (shared context)",
-                           "source": "smollm2" if m == "dense" else str(ckpt), "threads": 1}
+                           "source": "smollm2" if m == "dense" else str(ckpts[m]), "threads": 1}
                     with jsonl.open("a") as f:
                         f.write(json.dumps(rec) + "\n")
                     print(json.dumps(rec), flush=True)
@@ -132,9 +141,11 @@ def main(argv=None) -> int:
 
 
 def _md(jsonl, models, args) -> str:
-    return ("# Zero-shot, seven tasks, full sets: dense SmolLM2-135M-Instruct vs " + RECIPE + "\n\n"
-            "Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/zeroshot_full.py` (resumable; prune: "
-            f"`fxprune prune smollm2 --recipe {RECIPE} --out out/bench/smollm2-{RECIPE}`).\n"
+    pruned = models[1:]
+    return ("# Zero-shot, seven tasks, full sets: dense SmolLM2-135M-Instruct vs " + ", ".join(pruned) + "\n\n"
+            "Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/zeroshot_full.py"
+            + ("" if pruned == [RECIPE] else " --recipes " + " ".join(pruned)) + "` (resumable; prune: "
+            + "; ".join(f"`fxprune prune smollm2 --recipe {r} --out out/bench/smollm2-{r}`" for r in pruned) + ").\n"
             "Scorer: fxprune's own (lm-eval log-likelihood protocol; tested equal to lm-eval 0.4.x item by item, "
             "tests/test_lmeval_parity.py), shared-context scoring, fp32, one CPU thread on a shared 2-core machine "
             "(seconds are wall time under contention). Data: the local files of shared/data (SOURCES.md), every item. "

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import inspect
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -108,7 +109,7 @@ def save_pruned(model: nn.Module, out_dir, tokenizer=None, extra: dict | None = 
     ``overwrite``); returns the path.
 
     ``extra`` is stored as ``fxprune_report.json`` beside the weights (plan, sizes, recipe);
-    ``files`` (name -> text) are written beside them too; ``structure=False`` writes no per-layer
+    ``files`` (name -> text, or name -> a ``Path`` this run wrote, moved in) go beside them too; ``structure=False`` writes no per-layer
     structure (stock ``save_pretrained`` layout, e.g. a sparse model of unchanged shapes)."""
     from .output import checkpoint_dir
     out_dir = Path(out_dir)
@@ -117,8 +118,11 @@ def save_pruned(model: nn.Module, out_dir, tokenizer=None, extra: dict | None = 
             write_checkpoint(model, tmp, tokenizer=tokenizer, structure=structure)
             if extra is not None:
                 (tmp / "fxprune_report.json").write_text(json.dumps(extra, indent=2, default=str))
-            for name, text in (files or {}).items():
-                (tmp / name).write_text(text)
+            for name, content in (files or {}).items():  # text, or a file of this run to move in
+                if isinstance(content, Path):
+                    shutil.move(str(content), str(tmp / name))
+                else:
+                    (tmp / name).write_text(content)
     except CheckpointError:
         raise
     except Exception as e:

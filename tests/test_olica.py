@@ -164,9 +164,9 @@ def test_linear_calibration_composes_with_flap_and_liar():
     assert count_params(m) < count_params(dense)
 
 
-def test_olica_rejects_global_allocation():
+def test_olica_rejects_pooled_allocation():
     with pytest.raises(RecipeError, match="allocation"):
-        StructuredStep(attention="olica", allocation="global")
+        StructuredStep(attention="olica", allocation="pooled")
 
 
 @pytest.mark.parametrize("attention", ["olica", "heads"])

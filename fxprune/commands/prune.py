@@ -5,8 +5,11 @@ recipe's planning passes and prints what would be removed.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from ..arguments import positive_int, seq_len
 from ..evaluation import render as _report
@@ -57,7 +60,6 @@ def _ppl(model, tok, args):
 
 
 def run(args) -> int:
-    from ..checkpoint import save_pruned
     from ..data import calibration_windows, tokenizer_for
     from ..errors import RecipeError
     from ..loading import load_model
@@ -98,7 +100,27 @@ def run(args) -> int:
     if args.eval_ppl:
         report["ppl_dense"] = _ppl(model, tok, args)
     t0 = time.perf_counter()
-    out = prune_model(model, recipe, windows)
+    artifacts = _artifacts_dir(recipe)  # files of export steps, moved into --out with the checkpoint
+    try:
+        out = prune_model(model, recipe, windows, tokenizer=loaded.tokenizer, artifacts=artifacts,
+                          source=args.model)
+        _finish(args, report, out, model, tok, loaded, windows, t0, artifacts)
+    finally:
+        if artifacts is not None:
+            shutil.rmtree(artifacts, ignore_errors=True)
+    _print(report, args)
+    return 0
+
+
+def _artifacts_dir(recipe):
+    """A private temporary directory when a step writes files (export), else None."""
+    if not any(s.kind == "export" for s in recipe.steps):
+        return None
+    return Path(tempfile.mkdtemp(prefix="fxprune-artifacts-"))
+
+
+def _finish(args, report, out, model, tok, loaded, windows, t0, artifacts) -> None:
+    from ..checkpoint import save_pruned
     report.update(out.report)
     report["prune_seconds"] = round(time.perf_counter() - t0, 2)
     if args.eval_ppl:
@@ -109,12 +131,11 @@ def run(args) -> int:
         from ..sparsity import convert_2to4_and_time
         ids = windows.ids[:1] if windows is not None else torch.randint(0, model.config.vocab_size, (1, 128))
         report["semi_structured"] = {k: v for k, v in convert_2to4_and_time(model, ids).items() if k != "converted"}
+    files = {p.name: p for p in sorted(artifacts.iterdir())} if artifacts is not None else None
     save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan},
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, files=files)
     report["out"] = args.out
     report["report"] = str(_report.write_prune_report(args, report, loaded))  # report.md beside the weights
-    _print(report, args)
-    return 0
 
 
 def describe_plan(step, ctx, seq_len: int) -> dict:
@@ -122,6 +143,9 @@ def describe_plan(step, ctx, seq_len: int) -> dict:
     parameters and FLOPs before -> after) or sparsity (layers and their patterns)."""
     facts = ctx.facts
     out = {"kind": step.kind, "passes": [{"name": r.name, **r.report} for r in ctx.results]}
+    if step.kind == "export":
+        out["export"] = {"file": step.filename, "dtype": step.dtype, "format": step.format}
+        return out
     if "linears" in facts:
         out["layers"] = {n: (p if isinstance(p, str) else p.label) for n, (_, p) in facts["linears"].items()}
         return out
@@ -151,6 +175,10 @@ def _print(report, args, dry=False):
     if dry:
         for i, st in enumerate(report["steps"]):
             print(f"step {i + 1}: {st['kind']}")
+            if "export" in st:
+                e = st["export"]
+                print(f"  writes {e['file']} ({e['format']} {e['dtype']}) into --out")
+                continue
             if "layers" in st:
                 for name, pat in st["layers"].items():
                     print(f"  {name:48s} {pat}")

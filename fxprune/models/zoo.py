@@ -59,6 +59,9 @@ OVERRIDES: dict[str, dict] = {
     "nemotron_h": dict(layers_block_type=["mamba", "attention", "mlp", "moe"], expand=2, n_groups=2),
     "zamba2": dict(num_hidden_layers=2, layers_block_type=["linear_attention", "hybrid"], mamba_expand=2,
                    mamba_ngroups=2),
+    # two layers must include one full-attention layer (else transformers' cache has no attention layer)
+    "qwen3_5_text": dict(full_attention_interval=2), "qwen3_5_moe_text": dict(full_attention_interval=2),
+    "recurrent_gemma": dict(block_types=["recurrent", "attention"]),
     # the config leaves num_key_value_heads None and the attention divides by it
     "nemotron": dict(num_key_value_heads=2),
     "qwen3_next": dict(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"]),
@@ -208,11 +211,12 @@ def _close(a, b, rel=1e-5) -> tuple[bool, float]:
     return err <= rel * scale + 1e-7, err / scale
 
 
-def check_family(model_type: str, head: str = "causal", seed: int = 0, tmp_dir=None) -> dict:
+def check_family(model_type: str, head: str = "causal", seed: int = 0, tmp_dir=None, verify: bool = True) -> dict:
     """Run the zoo contract on the tiny ``model_type``: capture, analyse, prune a random plan of
     every prunable kind, then slicing == masking (1e-5 relative), generate with cache == without,
     save -> ``load_pruned`` ==, and stock ``from_pretrained`` == (``trust_remote_code`` when the
-    checkpoint records per-layer structure). Returns a JSON-able record."""
+    checkpoint records per-layer structure). ``verify``: surgery re-captures the pruned model and
+    checks every group's new size (twice the capture time). Returns a JSON-able record."""
     import copy
     import tempfile
     import time
@@ -223,7 +227,7 @@ def check_family(model_type: str, head: str = "causal", seed: int = 0, tmp_dir=N
     from ..kinds import DEPTH2_KINDS, Kind
     from ..surgery import apply_mask, prune
 
-    rec = {"family": model_type, "head": head, "stage": "build", "checks": {}, "kinds": {}}
+    rec = {"family": model_type, "head": head, "stage": "build", "checks": {}, "kinds": {}, "verified": verify}
     t0 = time.perf_counter()
     try:
         model = tiny_zoo_model(model_type, head, seed=seed)
@@ -259,7 +263,7 @@ def check_family(model_type: str, head: str = "causal", seed: int = 0, tmp_dir=N
         dense_copy = copy.deepcopy(model)
         ref = apply_mask(copy.deepcopy(model), a, plan)
         masked = _logits(ref, ids)
-        r = prune(model, plan, a, verify=True)
+        r = prune(model, plan, a, verify=verify)
         rec["params_after"] = r.params_after
         rec["stock_config"] = r.stock_config
         ok, err = _close(_logits(model, ids), masked)
@@ -326,19 +330,33 @@ def _all_prunable(kinds: dict, names) -> bool:
     return all(kinds[k]["prunable"] == kinds[k]["groups"] for k in names if k in kinds)
 
 
+def _ssm_ok(kinds: dict) -> bool:
+    """Every group of at least one SSM kind prunable (Mamba-2's channels inside a head group are not
+    a unit: its head groups are); true without SSM groups."""
+    ssm = [k for k in ("ssm_channels", "ssm_heads") if k in kinds]
+    if not ssm or any(_all_prunable(kinds, (k,)) for k in ssm):
+        return True
+    # Mamba-2: the head groups are prunable; heads and channels inside a group are not units (the
+    # gated norm normalises each group), which is the only reason allowed for the rest
+    return sum(kinds[k]["prunable"] for k in ssm) > 0 and all(
+        "norm" in r for k in ssm for r in kinds[k]["reasons"])
+
+
 def fully_supported(rec: dict) -> bool:
-    """All four checks pass and every attention and FFN group the analysis found is prunable."""
+    """All four checks pass and every attention and FFN group the analysis found is prunable (a
+    state-space model without either: its SSM groups)."""
     kinds = rec.get("kinds", {})
-    return checks_ok(rec) and any(k in kinds for k in CORE) and _all_prunable(kinds, CORE)
+    if not checks_ok(rec):
+        return False
+    if any(k in kinds for k in CORE):
+        return _all_prunable(kinds, CORE)
+    return any(k in kinds for k in ("ssm_channels", "ssm_heads")) and _ssm_ok(kinds)
 
 
 def every_kind_supported(rec: dict) -> bool:
-    """``fully_supported`` and also every expert group, and the SSM groups of at least one SSM kind
-    (Mamba-2's channels inside a head group are not a unit: its head groups are)."""
+    """``fully_supported`` and also every expert group and the SSM groups."""
     kinds = rec.get("kinds", {})
-    ssm = [k for k in ("ssm_channels", "ssm_heads") if k in kinds]
-    return fully_supported(rec) and _all_prunable(kinds, ("moe_experts",)) and \
-        (not ssm or any(_all_prunable(kinds, (k,)) for k in ssm))
+    return fully_supported(rec) and _all_prunable(kinds, ("moe_experts",)) and _ssm_ok(kinds)
 
 
 def _short(reason: str, n: int = 70) -> str:
@@ -381,10 +399,12 @@ def render_table(records: dict, families=None) -> str:
     every = [k for k, r in built.items() if every_kind_supported(r)]
     pct = lambda n: f"{100 * n / max(1, len(built)):.0f}%"  # noqa: E731
     lines = [f"{len(built)} families built tiny and tried (of {len(records)} in transformers' auto mappings); "
-             f"{len(full)} ({pct(len(full))}) fully supported: every attention and FFN group prunable and all "
+             f"{len(full)} ({pct(len(full))}) fully supported: every attention and FFN group (state-space "
+             "models: SSM group) prunable and all "
              "four checks passing (slicing = masking at 1e-5 relative, generate with cache = without, save -> "
              f"reload, stock `from_pretrained`); {len(every)} ({pct(len(every))}) with every expert and SSM "
-             "group too.", "",
+             "group too." + (f" Surgery's re-capture check (every group has its new size) ran on "
+                             f"{sum(r.get('verified', True) for r in built.values())} of them." ), "",
              "| family | " + " | ".join(c for c, _ in COLUMNS) + " | checks |",
              "|---|" + "---|" * (len(COLUMNS) + 1)]
     for fam in sorted(built):

@@ -165,18 +165,19 @@ class OlicaSplit(StepPass):
     """Olica's ratio split between Q/K ranks, rotated value channels and FFN widths (``olica/split.py``)."""
 
     name, requires, ensures = "olica_split", ("cost", "groups", "attention_parts"), ("allocation",)
+    optional = ("scores",)  # global FFN allocation: the FFN groups' scores
 
     def run(self, ctx):
         r, cost = self.step, ctx["cost"]
         ffn = [g for g in ctx["groups"] if g.kind not in ATTENTION_KINDS]
         sp = olica_solve(ctx.model, ctx["attention_parts"], ffn, cost, _in_scope(r, cost), r.target, r.olica_k,
-                         r.channel_multiple)
+                         r.channel_multiple, r.allocation, ctx.facts.get("scores"))
         ctx.facts["allocation"] = sp
         return {"scope": r.scope, "target": r.target, "achieved": round(sp.achieved, 6),
                 "removed_params": sp.removed, "in_scope_params": sp.total, "split": "olica",
                 "s_qk": round(sp.s_qk, 4), "s_vo": round(sp.s_vo, 4),
                 "v_kept": sorted(set(sp.v_kept.values())), "qk_ranks": sorted(set(sp.ranks.values())),
-                "ffn_kept": sorted(set(sp.ffn_kept.values()))}
+                "ffn_kept": sorted(set(sp.ffn_kept.values())), "ffn_allocation": r.allocation}
 
 
 class RemovePlanned(Pass):

@@ -34,7 +34,8 @@ class StructuredStep(Step):
 
     ``attention``: ``heads`` removes whole heads; ``olica`` keeps every head and instead rotates V/O
     (orthogonal decomposition, removing rotated value channels) and factorises Q/K to low rank, with
-    Olica's ratio split (``olica_k``) between Q/K, V/O and the FFN; ``olica_qk``: ``diag`` (the paper's
+    Olica's ratio split (``olica_k``) between Q/K, V/O and the FFN (the FFN share spread ``uniform`` or
+    ``global``, by ``allocation``); ``olica_qk``: ``diag`` (the paper's
     activation-weighted SVD) or ``whitened`` (SVD whitened by the input Gram: least output error).
     ``lincal_layers`` > 0 inserts a low-rank linear calibration (rank ``lincal_rank_ratio * hidden``,
     ridge ``lincal_damping``) beside the pruned FFN of that many layers, chosen by how linearly
@@ -91,8 +92,9 @@ class StructuredStep(Step):
                 raise RecipeError(f"field {name!r}: {getattr(self, name)!r} is not one of {list(allowed)}")
         if not 0.0 <= self.target < 1.0:
             raise RecipeError(f"field 'target': {self.target} must be in [0, 1)")
-        if self.attention == "olica" and self.allocation != "uniform":
-            raise RecipeError("field 'allocation': attention 'olica' uses its own ratio split; set allocation: uniform")
+        if self.attention == "olica" and self.allocation not in ("uniform", "global"):
+            raise RecipeError("field 'allocation': attention 'olica' splits the budget by Olica's ratios; its FFN "
+                              "share is allocated 'uniform' or 'global' (set one of them)")
         if self.lincal_layers < 0 or not 0 < self.lincal_rank_ratio <= 1:
             raise RecipeError("fields 'lincal_layers' must be >= 0 and 'lincal_rank_ratio' in (0, 1]")
         if self.channel_multiple < 1 or self.protect_first < 0 or self.protect_last < 0 or self.damping < 0:
@@ -110,7 +112,7 @@ class StructuredStep(Step):
     def planning(self, env) -> list:
         from ..passes import structured as P
         alloc = P.OlicaSplit(self) if self.attention == "olica" else P.Allocate(self)
-        score = [] if self.attention == "olica" else [P.Score(self, env)]
+        score = [] if self.attention == "olica" and self.allocation == "uniform" else [P.Score(self, env)]
         return [P.Analyse(), P.SelectGroups(self), *score, alloc]
 
     def applying(self, env) -> list:

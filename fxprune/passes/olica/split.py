@@ -6,12 +6,16 @@ factorised to the rank that removes ``s_qk`` of their weights (only where that s
 every KV group keeps ``round(head_dim (1 - s_vo))`` rotated value channels, and the FFN width is
 solved (bisection on the kept fraction, widths rounded to ``channel_multiple``) so the total removal
 is closest to the target. The achieved count is exact: cost-model polynomial + factorisation sizes.
+
+``allocation="global"``: the attention share is the same (Olica's ``s_qk``/``s_vo``), but the FFN's
+share of the budget is spread over the layers by the criterion's scores, standardised per group and
+pooled (``allocate._global``, FLAP's reading) instead of one width for every layer.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..allocate import _round
+from ..allocate import _global, _round
 from .lowrank import saving_rank
 
 
@@ -50,7 +54,7 @@ class OlicaSplit:
 
 
 def solve(model, parts, ffn_groups, cost, expr, target: float, k: float = 3.0,
-          channel_multiple: int = 8) -> OlicaSplit:
+          channel_multiple: int = 8, allocation: str = "uniform", scores: dict | None = None) -> OlicaSplit:
     s_qk, s_vo = ratios(target, k) if target > 0 else (0.0, 0.0)
     total = cost.evaluate(expr, {})
     budget = int(round(target * total))
@@ -69,6 +73,15 @@ def solve(model, parts, ffn_groups, cost, expr, target: float, k: float = 3.0,
         kept.update({g.id: _round(int(round(g.units * frac)), g.units, channel_multiple) for g in ffn_groups})
         return qk_removed + total - cost.evaluate(expr, kept), kept
 
+    if allocation == "global":
+        if scores is None:
+            raise ValueError("olica split with global FFN allocation needs the FFN groups' scores")
+        kept = _global_ffn(ffn_groups, scores, v_kept, lambda kk: qk_removed + total - cost.evaluate(expr, kk),
+                           budget, channel_multiple)
+        rem = qk_removed + total - cost.evaluate(expr, kept)
+        ffn_kept = {g.id: kept[g.id] for g in ffn_groups if kept[g.id] < g.units}
+        return OlicaSplit(s_qk, s_vo, v_kept, ranks, ffn_kept, qk_removed, rem, budget, total)
+
     lo, hi = 0.0, 1.0   # kept fraction of FFN channels; removal decreases with it
     best = removed(1.0)
     for _ in range(20):
@@ -83,3 +96,14 @@ def solve(model, parts, ffn_groups, cost, expr, target: float, k: float = 3.0,
     rem, kept = best
     ffn_kept = {g.id: kept[g.id] for g in ffn_groups if kept[g.id] < g.units}
     return OlicaSplit(s_qk, s_vo, v_kept, ranks, ffn_kept, qk_removed, rem, budget, total)
+
+
+def _global_ffn(ffn_groups, scores, v_kept, removed, budget, channel_multiple) -> dict:
+    """FFN widths from pooled standardised scores, with the attention's value widths fixed: the FFN
+    groups lose their lowest-scored units until the total removal (attention included) meets the budget."""
+    def with_v(kept):
+        return removed({**v_kept, **kept})
+    if with_v({}) >= budget or not ffn_groups:  # the attention share alone meets the target
+        return {**v_kept, **{g.id: g.units for g in ffn_groups}}
+    kept = _global(ffn_groups, {g.id: scores[g.id] for g in ffn_groups}, with_v, budget, channel_multiple)
+    return {**v_kept, **kept}

@@ -1,0 +1,63 @@
+"""The zoo contract (``fxprune.models.zoo.check_family``) on transformers' architectures, built tiny.
+
+``tests/zoo_supported.json`` records, from the last full run of ``bench/zoo.py``, every family that
+was fully supported and the kinds it offered. A family listed there that stops being fully
+supported fails the test. The default suite runs a fast subset (one family per construct);
+the whole list runs with ``FXPRUNE_ZOO=1 pytest -m zoo tests/test_zoo.py`` (about 15 minutes).
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fxprune.models.zoo import check_family, fully_supported, render_table, zoo_families
+
+SUPPORTED = json.loads((Path(__file__).parent / "zoo_supported.json").read_text())
+
+# one family per construct the analysis had to learn, not covered elsewhere in the suite
+FAST = ["qwen2_moe",   # MoE with a shared expert and its gate
+        "phi3",        # fused qkv with GQA: segments of one weight
+        "jamba",       # hybrid: attention, Mamba and MoE layers in one stack
+        "gpt_bigcode"]  # fused multi-query c_attn (Conv1D-free linear) and GELU MLP
+
+
+def _check(family):
+    want = SUPPORTED[family]
+    rec = check_family(family, want["head"])
+    assert rec["stage"] == "done", rec.get("error")
+    bad = {c: v for c, v in rec["checks"].items() if not v["ok"]}
+    assert not bad, bad
+    for kind in want["kinds"]:
+        k = rec["kinds"].get(kind)
+        assert k and k["prunable"] == k["groups"] > 0, (kind, k)
+    assert all(k["unexplained"] == 0 for k in rec["kinds"].values())  # never an empty reason
+    assert fully_supported(rec)
+    return rec
+
+
+@pytest.mark.parametrize("family", FAST)
+def test_zoo_fast_subset(family):
+    assert family in SUPPORTED
+    _check(family)
+
+
+@pytest.mark.zoo
+@pytest.mark.skipif(not os.environ.get("FXPRUNE_ZOO"), reason="full zoo: FXPRUNE_ZOO=1 pytest -m zoo tests/test_zoo.py")
+@pytest.mark.parametrize("family", sorted(SUPPORTED))
+def test_zoo_supported_family_stays_supported(family):
+    _check(family)
+
+
+def test_discovery_and_the_recorded_table():
+    """The families come from transformers' auto mappings (>= 25 supported), and the README shows
+    the table rendered from the recorded run."""
+    fams = dict(zoo_families())
+    assert len(fams) >= 150 and {"llama", "mixtral", "mamba2", "jamba", "gpt2", "bert"} <= set(fams)
+    assert len(SUPPORTED) >= 25 and set(SUPPORTED) <= set(fams)
+    root = Path(__file__).resolve().parents[1]
+    records = json.loads((root / "bench" / "results" / "zoo.json").read_text())
+    assert {f for f, r in records.items() if fully_supported(r)} == set(SUPPORTED)
+    assert render_table(records, fams) in (root / "README.md").read_text()
+    # issue 12 item 2: over the whole zoo, every group that is not prunable says why
+    assert not [f for f, r in records.items() if any(k.get("unexplained") for k in r["kinds"].values())]
