@@ -147,7 +147,8 @@ def cli_kill(rng, k):
     subprocess.run(cmd, env=env, capture_output=True, check=True)
     full = time.perf_counter() - t0
     sig = rng.choice([signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     delay = rng.uniform(0, full * 1.1)
     time.sleep(delay)
     p.send_signal(sig)

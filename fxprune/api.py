@@ -24,12 +24,14 @@ def load_pruned(path, dtype: torch.dtype | None = None) -> torch.nn.Module:
 
 
 def prune(model: torch.nn.Module, recipe: Any, calibration: Any = None, engine: Any = None, *,
-          tokenizer: Any = None, data_root: str | None = None):
+          tokenizer: Any = None, data_root: str | None = None, artifacts: Any = None, source: str = ""):
     """Prune ``model`` in place by ``recipe`` (a ``Recipe``, a dict, a YAML/JSON file or a shipped
     recipe name) with ``calibration`` windows (token ids [n, L]; drawn from the recipe's calibration
-    block with ``tokenizer`` when None). Returns a ``PruneOutcome`` (model, plan, report)."""
+    block with ``tokenizer`` when None). Returns a ``PruneOutcome`` (model, plan, report).
+    A recipe with an ``export`` step writes its file into the directory ``artifacts``."""
     from .pipeline import prune_model
-    return prune_model(model, recipe, calibration, engine, tokenizer=tokenizer, data_root=data_root)
+    return prune_model(model, recipe, calibration, engine, tokenizer=tokenizer, data_root=data_root,
+                       artifacts=artifacts, source=source)
 
 
 def sparsify(model: torch.nn.Module, method: str, sparsity: Any, calibration: Any = None, *,

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import inspect
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -108,7 +109,7 @@ def save_pruned(model: nn.Module, out_dir, tokenizer=None, extra: dict | None = 
     ``overwrite``); returns the path.
 
     ``extra`` is stored as ``fxprune_report.json`` beside the weights (plan, sizes, recipe);
-    ``files`` (name -> text) are written beside them too; ``structure=False`` writes no per-layer
+    ``files`` (name -> text, or name -> a ``Path`` this run wrote, moved in) go beside them too; ``structure=False`` writes no per-layer
     structure (stock ``save_pretrained`` layout, e.g. a sparse model of unchanged shapes)."""
     from .output import checkpoint_dir
     out_dir = Path(out_dir)
@@ -117,8 +118,11 @@ def save_pruned(model: nn.Module, out_dir, tokenizer=None, extra: dict | None = 
             write_checkpoint(model, tmp, tokenizer=tokenizer, structure=structure)
             if extra is not None:
                 (tmp / "fxprune_report.json").write_text(json.dumps(extra, indent=2, default=str))
-            for name, text in (files or {}).items():
-                (tmp / name).write_text(text)
+            for name, content in (files or {}).items():  # text, or a file of this run to move in
+                if isinstance(content, Path):
+                    shutil.move(str(content), str(tmp / name))
+                else:
+                    (tmp / name).write_text(content)
     except CheckpointError:
         raise
     except Exception as e:
@@ -145,6 +149,27 @@ def run_environment() -> dict:
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
 
 
+def _saved_config(model: nn.Module, struct: dict):
+    """A copy of ``model.config`` recording ``struct`` (``fxprune_structure`` and the ``auto_map`` to
+    ``modeling_fxprune.py``) when it is not empty."""
+    saved_cfg = copy.deepcopy(model.config)
+    if struct:
+        base = type(model).__name__
+        setattr(saved_cfg, STRUCTURE_KEY, struct)
+        saved_cfg.fxprune_base_class = base
+        saved_cfg.auto_map = {auto: f"modeling_fxprune.FxPruned{base}" for auto in _auto_names(base)}
+    return saved_cfg
+
+
+def _write_extras(model: nn.Module, directory: Path, struct: dict, tokenizer=None) -> None:
+    """``modeling_fxprune.py`` (when ``struct`` is not empty) and the tokenizer, beside the weights."""
+    if struct:
+        (directory / REMOTE_FILE).write_text(_REMOTE_TEMPLATE.format(
+            base=type(model).__name__, structure_source=inspect.getsource(_structure), key=STRUCTURE_KEY))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
 def write_checkpoint(model: nn.Module, directory: Path, tokenizer=None, structure: bool = True) -> None:
     """Write ``model`` (+ tokenizer) into the existing directory ``directory`` (no atomicity: callers
     pass the writer's temporary). With ``structure``, widths the stock config cannot express are
@@ -152,25 +177,14 @@ def write_checkpoint(model: nn.Module, directory: Path, tokenizer=None, structur
     are floats)."""
     struct = compute_structure(model) if structure else {}
     cfg = model.config
-    saved_cfg = copy.deepcopy(cfg)
-    base = type(model).__name__
-    if struct:
-        setattr(saved_cfg, STRUCTURE_KEY, struct)
-        saved_cfg.fxprune_base_class = base
-        saved_cfg.auto_map = {auto: f"modeling_fxprune.FxPruned{base}" for auto in _auto_names(base)}
-    model.config = saved_cfg
+    model.config = _saved_config(model, struct)
     try:
         with as_plain_float(model):  # tensors under the model's own names (stacked experts stay stacked),
             # which load_pruned reads directly and from_pretrained accepts as they are
             model.save_pretrained(directory, safe_serialization=True, save_original_format=False)
     finally:
         model.config = cfg
-    if struct:
-        src = inspect.getsource(_structure)
-        (directory / REMOTE_FILE).write_text(_REMOTE_TEMPLATE.format(
-            base=base, structure_source=src, key=STRUCTURE_KEY))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
+    _write_extras(model, directory, struct, tokenizer)
 
 
 @contextlib.contextmanager
@@ -287,3 +301,20 @@ def load_pruned(path, dtype: torch.dtype | None = None) -> nn.Module:
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
+
+
+def write_config_files(model: nn.Module, directory, tokenizer=None, dtype: torch.dtype | None = None) -> dict:
+    """Write what ``write_checkpoint`` writes besides the weights (``config.json`` with
+    ``fxprune_structure`` when the stock config cannot describe the widths, ``modeling_fxprune.py``, the
+    tokenizer) into the existing directory ``directory``; the weights are written by the caller (the
+    onloaded writer, ``fxprune.onload``, streams them block by block). ``model`` may be on the meta
+    device: only shapes and attributes are read. Returns the structure recorded ({} if stock)."""
+    directory = Path(directory)
+    struct = compute_structure(model)
+    saved_cfg = _saved_config(model, struct)
+    saved_cfg.architectures = [type(model).__name__]
+    if dtype is not None:
+        saved_cfg.dtype = dtype
+    saved_cfg.save_pretrained(directory)
+    _write_extras(model, directory, struct, tokenizer)
+    return struct

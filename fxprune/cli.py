@@ -19,7 +19,7 @@ import sys
 
 from .errors import FxPruneError
 
-COMMANDS = ["inspect", "eval", "prune", "sparsify", "sweep", "report", "export"]
+COMMANDS = ["inspect", "eval", "prune", "sparsify", "sweep", "report", "export", "synth"]
 
 EXIT_ERROR = 2
 EXIT_BUG = 1

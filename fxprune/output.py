@@ -39,6 +39,7 @@ import re
 import secrets
 import shutil
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -209,18 +210,39 @@ def _locked_dir(path: Path, blocking: bool = True):
 
 @contextlib.contextmanager
 def deferred_signals():
-    """Hold SIGINT/SIGTERM until the block ends (then they are delivered): a swap or a clean-up is
-    never cut in half by Ctrl-C."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, ValueError, OSError):  # pragma: no cover - platforms without sigmask
+    """Hold SIGINT/SIGTERM until the block ends (then they take effect): a swap or a clean-up is
+    never cut in half by Ctrl-C.
+
+    Done with Python-level handlers, not the thread signal mask: the OS may deliver a signal to any
+    thread (tqdm's monitor, OpenMP workers), but Python runs handlers in the main thread, so a handler
+    that only records the signal defers it whichever thread received it. Nested blocks pass the
+    signal outwards; an ignored signal stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    pending: list[int] = []
+
+    def hold(signum, frame):
+        pending.append(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler in (signal.SIG_IGN, None):
+            continue
+        previous[sig] = handler
+        signal.signal(sig, hold)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):
+            handler = previous[sig]
+            if callable(handler):
+                handler(sig, None)  # raises KeyboardInterrupt / Terminated, or records it (nested)
+            else:  # SIG_DFL: the default action, now
+                os.kill(os.getpid(), sig)
 
 
 def _rmtree(path: Path) -> None:

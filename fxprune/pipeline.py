@@ -8,7 +8,7 @@ block with the model's tokenizer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -46,18 +46,24 @@ def calibration_for(model, recipe: Recipe, windows=None, tokenizer=None, data_ro
     return windows, {"windows": int(windows.shape[0]), "seq_len": int(windows.shape[1]), "source": "given"}
 
 
-def _env(recipe: Recipe, ids, engine) -> StepEnv:
+def _env(recipe: Recipe, ids, engine, **more) -> StepEnv:
     from .calibration import Engine
-    return StepEnv(ids, engine or Engine(), recipe.calibration.batch_size)
+    return StepEnv(ids, engine or Engine(), recipe.calibration.batch_size, **more)
 
 
 def prune_model(model: torch.nn.Module, recipe: Any, windows: Any = None, engine: Any = None, *,
-                tokenizer: Any = None, data_root: str | None = None) -> PruneOutcome:
+                tokenizer: Any = None, data_root: str | None = None, artifacts: Any = None,
+                source: str = "") -> PruneOutcome:
     """Prune ``model`` in place by ``recipe`` (anything ``load_recipe`` takes) on calibration
-    ``windows`` (token ids [n, L] or ``data.Windows``; drawn from the recipe when None)."""
+    ``windows`` (token ids [n, L] or ``data.Windows``; drawn from the recipe when None).
+    ``artifacts``: the directory files of export steps are written to; ``source``: the model spec the
+    model was loaded from (an export copies a GGUF source's vocabulary)."""
     recipe = load_recipe(recipe)
+    env = _env(recipe, None, engine, artifacts=artifacts, tokenizer=tokenizer, source=source)
+    for step in recipe.steps:  # before any work: a step that could not finish refuses now
+        step.check(env)
     ids, protocol = calibration_for(model, recipe, windows, tokenizer, data_root)
-    env = _env(recipe, ids, engine)
+    env = replace(env, windows=ids)
     t0 = time.perf_counter()
     before = count_params(model)
     steps, plan = [], {}

@@ -44,6 +44,9 @@ class Recipe:
 
     def __post_init__(self):
         object.__setattr__(self, "steps", tuple(self.steps))
+        if any(s.kind == "export" for s in self.steps if isinstance(s, Step)):
+            from .steps.export import round_for_export  # widths that suit the exported type
+            object.__setattr__(self, "steps", round_for_export(self.steps))
         if not self.steps:
             raise RecipeError(f"recipe {self.name!r}: no steps")
         for s in self.steps:

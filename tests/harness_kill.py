@@ -32,6 +32,7 @@ def _child(out: Path, ref: Path) -> int:
     from fxprune.cli import _on_sigterm
     from fxprune.models.tiny import tiny_model
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started from a background job
     torch.set_num_threads(1)
     models = []
     for seed in (0, 1):

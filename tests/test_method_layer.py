@@ -211,8 +211,11 @@ def test_sparsify_step_equals_the_kernel_on_the_blocks_inputs():
 
 # ---------------------------------------------------------------------------------------- public API
 def test_public_api_names():
-    for name in ("load", "load_pruned", "prune", "sparsify", "plan", "evaluate", "save", "load_recipe"):
+    for name in ("load", "load_pruned", "prune", "sparsify", "plan", "evaluate", "save", "load_recipe", "export"):
         assert callable(getattr(fxprune, name)), name
+    from importlib import import_module
+    assert import_module("fxprune.export.types").row_multiple("q8_0") == 32
+    assert callable(fxprune.export)  # importing a submodule keeps the verb callable
 
 
 def test_sparsify_verb_equals_its_recipe():
@@ -222,3 +225,51 @@ def test_sparsify_verb_equals_its_recipe():
     fxprune.prune(m2, {"steps": [{"wanda": {"sparsity": 0.5}}]}, w)
     s1, s2 = _state(m1), _state(m2)
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+# ---------------------------------------------------------------------------------------- export step
+def _gguf_tensors(path):
+    gguf = pytest.importorskip("gguf")
+    r = gguf.GGUFReader(str(path))
+    return {t.name: (t.tensor_type, bytes(t.data.tobytes())) for t in r.tensors}
+
+
+def test_export_step_writes_the_gguf_of_the_model_the_earlier_steps_left(tmp_path):
+    pytest.importorskip("gguf")
+    m = tiny_model("llama")
+    recipe = {"calibration": {"batch_size": 4}, "steps": [STRUCTURED, SPARSE, {"export": {"dtype": "f32"}}]}
+    with pytest.raises(RecipeError, match="export"):  # nowhere to write: refused before any work
+        prune_model(m, recipe, _windows())
+    assert torch.equal(m.model.layers[0].mlp.down_proj.weight, tiny_model("llama").model.layers[0].mlp.down_proj.weight)
+    out = fxprune.prune(m, recipe, _windows(), artifacts=tmp_path / "a")
+    written = tmp_path / "a" / "model.f32.gguf"
+    assert written.is_file() and fxprune.report.find_pass(out.report, "write_export")["arch"] in ("llama", "deci")
+    fxprune.export(m, tmp_path / "direct.gguf", "f32", log=lambda *a: None)  # the same model, exported by the verb
+    a, b = _gguf_tensors(written), _gguf_tensors(tmp_path / "direct.gguf")
+    assert a.keys() == b.keys() and len(a) > 10 and all(a[k] == b[k] for k in a)
+    down = m.model.layers[0].mlp.down_proj.weight
+    assert down.shape[1] < 96 and bool((down == 0).any())  # structured and 2:4 both reached the file
+
+
+def test_export_type_rounds_the_structured_widths_it_needs():
+    r = load_recipe({"steps": [STRUCTURED, {"export": {"dtype": "q8_0"}}]})
+    assert r.steps[0].channel_multiple == 32  # a Q8_0 row is blocks of 32: FFN widths kept to multiples of 32
+    assert load_recipe({"steps": [STRUCTURED, {"export": {"dtype": "f16"}}]}).steps[0].channel_multiple == 8
+    with pytest.raises(fxprune.FxPruneError, match="q3_x"):
+        load_recipe({"steps": [{"export": {"dtype": "q3_x"}}]})
+    with pytest.raises(RecipeError, match="file"):
+        load_recipe({"steps": [{"export": {"file": "../x.gguf"}}]})
+
+
+def test_cli_export_step_writes_inside_the_checkpoint(tmp_path):
+    pytest.importorskip("gguf")
+    import yaml
+
+    from fxprune.cli import main
+    rec = tmp_path / "r.yaml"
+    rec.write_text(yaml.safe_dump({"calibration": {"source": "generated", "samples": 4, "seq_len": 16,
+                                                   "batch_size": 2},
+                                   "steps": [STRUCTURED, {"export": {"dtype": "f16", "file": "small.gguf"}}]}))
+    assert main(["prune", "tiny:llama", "--recipe", str(rec), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "small.gguf").is_file() and (tmp_path / "o" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "r.yaml"]

@@ -250,3 +250,23 @@ def test_sweep_into_a_users_folder_is_refused_before_any_work(tmp_path, capsys):
                "--out", str(user)])
     assert rc == 2 and "OutputError" in capsys.readouterr().err
     assert [p.name for p in user.iterdir()] == ["results.csv"]
+
+
+def test_signals_are_deferred_whichever_thread_the_os_delivers_them_to():
+    import signal
+    import threading
+    import time
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)  # another thread that may receive the signal
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with output.deferred_signals():
+                with output.deferred_signals():  # nested: passed outwards
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.2)
+                reached = True  # not interrupted inside the block
+        assert reached
+    finally:
+        stop.set()
+        t.join()

@@ -22,6 +22,18 @@ Streams
 The run stops after the last block any op works on (``BlockOp.active``). If no op needs data
 (e.g. magnitude sparsity), no forward runs at all. Peak memory is one block's activations plus the
 calibration set's hidden states (n x L x d), independent of depth.
+
+Weights on disk: a model may carry a ``BlockSource`` (``block_source(model)``; ``fxprune.onload``
+attaches one to a meta-device skeleton). The runner then calls ``prologue()`` before capturing the
+block-0 inputs and ``end_prologue()`` after, ``load(i)`` before anything touches block ``i`` and
+``release(i, modified)`` once its outputs are computed (the source writes a modified block out and
+drops its weights). An in-memory model has no source: the hooks are no-ops and the run is unchanged.
+
+Resume: a model may carry a ``fxprune.progress.Progress`` (``progress_of(model)``). The runner then
+records each block of a modifying run whose ops are all ``resumable`` (the block's tensors and
+structure, the ops' ``record(i)``, the stream entering the next block) and, when the record says
+blocks ``0 .. k-1`` are done, restores them (``replay`` gives each op its records back) and continues
+at block ``k`` on the saved stream. Without a progress the run is unchanged.
 """
 from __future__ import annotations
 
@@ -43,6 +55,32 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 class Stream(enum.Enum):
     DENSE = "dense"
     PRUNED = "pruned"
+
+
+class BlockSource:
+    """Where the blocks' weights live when they are not all in memory (``fxprune.onload``): hooks the
+    runner calls around the capture of block-0 inputs and around each block. The base does nothing."""
+
+    def prologue(self) -> None:
+        """Before block-0 inputs are captured: what runs before block 0 (embeddings) in memory."""
+
+    def end_prologue(self) -> None:
+        """After the capture: what ``prologue`` read may go."""
+
+    def load(self, index: int) -> None:
+        """Block ``index``'s weights in memory (before any op or forward touches the block)."""
+
+    def release(self, index: int, modified: bool) -> None:
+        """Done with block ``index`` (its outputs are computed); ``modified``: an op changed it."""
+
+
+SOURCE_ATTR = "_fxprune_block_source"
+_NO_SOURCE = BlockSource()
+
+
+def block_source(model: torch.nn.Module) -> BlockSource:
+    """The ``BlockSource`` attached to ``model`` (attribute ``SOURCE_ATTR``), else the no-op one."""
+    return getattr(model, SOURCE_ATTR, None) or _NO_SOURCE
 
 
 @dataclass
@@ -68,12 +106,24 @@ class BlockOp:
     block). Flags: ``modifies`` (the block changes: its outputs are recomputed for the pruned stream),
     ``needs_data`` (the op requests statistics or reads ``ctx.inputs``; False: data-free), ``needs_dense``
     (the op reads ``ctx.dense_inputs``/``ctx.dense_targets``).
+
+    Resume (``fxprune.progress``): ``resumable`` says that everything the op keeps across blocks is
+    given by ``record(i)`` (JSON-able, after ``apply`` on block ``i``; ``None`` if nothing) and put back
+    by ``replay(i, record)`` when block ``i`` is restored instead of run. The block itself is restored
+    by the runner. An op that is not ``resumable`` makes its run run again in full on resume.
     """
 
     name: ClassVar[str] = "op"
     modifies: ClassVar[bool] = True
     needs_data: ClassVar[bool] = True
     needs_dense: ClassVar[bool] = False
+    resumable: ClassVar[bool] = False
+
+    def record(self, index: int):
+        return None
+
+    def replay(self, index: int, record) -> None:
+        pass
 
     def active(self, index: int) -> bool:
         return True
@@ -156,11 +206,24 @@ def _run(block: torch.nn.Module, inputs: Sequence[BlockInput]) -> list[torch.Ten
 
 @dataclass
 class RunInfo:
-    """What a run did: blocks visited, seconds per block, calibration tokens."""
+    """What a run did: blocks visited, seconds per block, calibration tokens; ``resumed``: blocks
+    restored from a progress record instead of run (they have no entry in ``seconds``)."""
 
     blocks: int = 0
     seconds: list = field(default_factory=list)
     tokens: int = 0
+    resumed: int = 0
+
+
+def _progress_run(model, source, desc, n_blocks, ops):
+    """This run's record in the model's progress (``fxprune.progress``), or None."""
+    progress = getattr(model, "_fxprune_progress", None)
+    if progress is None:
+        return None
+    if source is not _NO_SOURCE:
+        from ..errors import RecipeError
+        raise RecipeError("resume is not supported on an onloaded model (its pruned blocks are streamed to disk)")
+    return progress.run(desc, n_blocks, ops)
 
 
 @torch.no_grad()
@@ -176,16 +239,29 @@ def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[B
     if not active:
         return info
     last = active[-1]
+    source = block_source(model)
+    record = _progress_run(model, source, desc, len(blocks), ops)
+    start = 0
+    if record is not None and record.blocks_done:
+        record.restore(blocks, ops, model)
+        start = info.resumed = info.blocks = record.blocks_done
+        record.progress.resumed_blocks += start
     uses_data = any(op.needs_data or op.needs_dense for op in ops)
     if not uses_data:  # data-free methods: no forward at all
-        for i in progress_bar(active, desc, progress):
+        for i in progress_bar([a for a in active if a >= start], desc, progress):
             t0 = time.perf_counter()
+            source.load(i)
             ctx = BlockContext(i, blocks.qualified(i), blocks.blocks[i], [], reduce)
-            for op in ops:
-                if op.active(i):
-                    op.apply(ctx, Statistics({}))
+            here = [op for op in ops if op.active(i)]
+            for op in here:
+                op.apply(ctx, Statistics({}))
+            source.release(i, any(op.modifies for op in here))
+            if record is not None:
+                record.commit(i, blocks.blocks[i], ops, model, None, None)
             info.seconds.append(time.perf_counter() - t0)
             info.blocks += 1
+        return info
+    if start > last:
         return info
     if not batches:
         needy = sorted({op.name for op in ops if op.needs_data or op.needs_dense})
@@ -193,12 +269,22 @@ def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[B
     masks = [token_mask(b) for b in batches]
     shapes = [tuple(b["input_ids"].shape[:2]) for b in batches]
     info.tokens = int(sum(s[0] * s[1] for s in shapes))
-    inputs = [capture_block_inputs(model, blocks.blocks[0], forward_kwargs(model, b))
-              for b in progress_bar(batches, "capture block-0 inputs", progress)]
+    source.prologue()
+    try:
+        inputs = [capture_block_inputs(model, blocks.blocks[0], forward_kwargs(model, b))
+                  for b in progress_bar(batches, "capture block-0 inputs", progress)]
+    finally:
+        source.end_prologue()
     track_dense = stream is Stream.PRUNED and any(op.needs_dense for op in ops)
     dense_inputs = inputs
-    for i in progress_bar(range(last + 1), desc, progress):
+    if start:  # resumed: the saved stream entering block ``start``
+        hidden, dense = record.stream()
+        inputs = [inp.with_hidden(h.to(inp.hidden.device)) for inp, h in zip(inputs, hidden)]
+        dense_inputs = inputs if dense is None else [inp.with_hidden(h.to(inp.hidden.device))
+                                                     for inp, h in zip(inputs, dense)]
+    for i in progress_bar(range(start, last + 1), desc, progress):
         t0 = time.perf_counter()
+        source.load(i)
         block = blocks.blocks[i]
         here = [op for op in ops if op.active(i)]
         ctx = BlockContext(i, blocks.qualified(i), block, inputs, reduce)
@@ -230,6 +316,10 @@ def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[B
             if track_dense:
                 dense_inputs = [d.with_hidden(o) for d, o in zip(dense_inputs, ctx.dense_targets)]
             inputs = [inp.with_hidden(o) for inp, o in zip(inputs, outs)]
+        source.release(i, modified)
+        if record is not None:
+            record.commit(i, block, ops, model, [inp.hidden for inp in inputs] if i < last else None,
+                          [d.hidden for d in dense_inputs] if i < last and track_dense else None)
         del stats, ctx, outs
         info.seconds.append(time.perf_counter() - t0)
         info.blocks += 1

@@ -5,8 +5,11 @@ recipe's planning passes and prints what would be removed.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from ..arguments import positive_int, seq_len
 from ..evaluation import render as _report
@@ -29,6 +32,12 @@ def add_arguments(p):
     p.add_argument("--overwrite", action="store_true", help="replace an fxprune checkpoint at --out "
                                                             "(files fxprune did not write are kept)")
     p.add_argument("--dry-run", action="store_true", help="run the planning passes only: print the plan, change nothing")
+    p.add_argument("--resume", action="store_true", help="record progress after every block in "
+                   "<out>.fxprune-progress and, if a killed run of the same job left one, continue from it "
+                   "(bit-identical to an uninterrupted run; fxprune/progress.py)")
+    p.add_argument("--onload", action="store_true", help="MODEL is a safetensors directory bigger than memory: "
+                   "keep it on disk, read and prune one block at a time, stream the pruned blocks to --out "
+                   "(fxprune/onload.py)")
     p.add_argument("--eval-ppl", default="", help="also report perplexity before/after on this set (wikitext2)")
     p.add_argument("--seq-len", type=seq_len, default=128, help="perplexity window length")
     p.add_argument("--windows", type=positive_int, default=64, help="perplexity windows")
@@ -57,7 +66,6 @@ def _ppl(model, tok, args):
 
 
 def run(args) -> int:
-    from ..checkpoint import save_pruned
     from ..data import calibration_windows, tokenizer_for
     from ..errors import RecipeError
     from ..loading import load_model
@@ -74,6 +82,10 @@ def run(args) -> int:
         deploy = {"dtype": args.deploy_dtype, "channel_multiple": multiple}
     if not args.dry_run and not args.out:
         raise RecipeError("--out is required unless --dry-run")
+    if args.resume and (args.dry_run or args.onload):
+        raise RecipeError("--resume records a pruning run in memory; not with --dry-run or --onload")
+    if args.onload:
+        return run_onloaded(args, recipe)
     cal = recipe.calibration
     structured = any(s.kind == "structured" for s in recipe.steps)
     job = check_job(args.model, out=None if args.dry_run else args.out, overwrite=args.overwrite,
@@ -97,8 +109,38 @@ def run(args) -> int:
         return 0
     if args.eval_ppl:
         report["ppl_dense"] = _ppl(model, tok, args)
+    progress = None
+    if args.resume:
+        from ..progress import Progress, job_key, progress_dir
+        progress = Progress.open(progress_dir(args.out), job_key(recipe, model, None if windows is None
+                                                                  else windows.ids)).attach(model)
     t0 = time.perf_counter()
-    out = prune_model(model, recipe, windows)
+    artifacts = _artifacts_dir(recipe)  # files of export steps, moved into --out with the checkpoint
+    try:
+        out = prune_model(model, recipe, windows, tokenizer=loaded.tokenizer, artifacts=artifacts,
+                          source=args.model)
+        if progress is not None:
+            progress.detach(model)
+            report["resumed_blocks"] = progress.resumed_blocks
+        _finish(args, report, out, model, tok, loaded, windows, t0, artifacts)
+        if progress is not None:
+            progress.finish()  # the checkpoint is published: its progress record goes
+    finally:
+        if artifacts is not None:
+            shutil.rmtree(artifacts, ignore_errors=True)
+    _print(report, args)
+    return 0
+
+
+def _artifacts_dir(recipe):
+    """A private temporary directory when a step writes files (export), else None."""
+    if not any(s.kind == "export" for s in recipe.steps):
+        return None
+    return Path(tempfile.mkdtemp(prefix="fxprune-artifacts-"))
+
+
+def _finish(args, report, out, model, tok, loaded, windows, t0, artifacts) -> None:
+    from ..checkpoint import save_pruned
     report.update(out.report)
     report["prune_seconds"] = round(time.perf_counter() - t0, 2)
     if args.eval_ppl:
@@ -109,10 +151,45 @@ def run(args) -> int:
         from ..sparsity import convert_2to4_and_time
         ids = windows.ids[:1] if windows is not None else torch.randint(0, model.config.vocab_size, (1, 128))
         report["semi_structured"] = {k: v for k, v in convert_2to4_and_time(model, ids).items() if k != "converted"}
+    files = {p.name: p for p in sorted(artifacts.iterdir())} if artifacts is not None else None
     save_pruned(model, args.out, tokenizer=loaded.tokenizer, extra={**report, "plan": out.plan},
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, files=files)
     report["out"] = args.out
     report["report"] = str(_report.write_prune_report(args, report, loaded))  # report.md beside the weights
+
+
+def run_onloaded(args, recipe) -> int:
+    """``--onload``: the model stays on disk (a meta-device skeleton, ``fxprune.onload``); no preflight
+    of the whole model's memory (one block is resident), the output is checked before any work."""
+    from pathlib import Path
+
+    from ..data import ByteTokenizer, calibration_windows
+    from ..errors import RecipeError
+    from ..onload import check_onloadable, open_onloaded
+    from ..pipeline import prune_model
+    if args.dry_run or args.eval_ppl or args.semi_structured or getattr(args, "eval_tasks", None):
+        raise RecipeError("--onload runs the prune and saves it; --dry-run, --eval-ppl, --eval-tasks and "
+                          "--semi-structured need the whole model in memory")
+    if recipe.calibration.source == "generated" and recipe.needs_calibration:
+        raise RecipeError("--onload: generated calibration samples from the whole model; give --calib DATA")
+    for step in recipe.steps:
+        check_onloadable(step)
+    om = open_onloaded(args.model, out=args.out, overwrite=args.overwrite)
+    with om:
+        tok = None
+        if (Path(args.model) / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(args.model)
+        cfg = om.model.config
+        windows = (calibration_windows(tok or ByteTokenizer(cfg.vocab_size, getattr(cfg, "bos_token_id", None)),
+                                       recipe.calibration, root=args.data_root) if recipe.needs_calibration else None)
+        t0 = time.perf_counter()
+        out = prune_model(om.model, recipe, windows)
+        report = {"model": args.model, "recipe_name": recipe.name, "onloaded": True, **out.report,
+                  "prune_seconds": round(time.perf_counter() - t0, 2),
+                  "peak_resident_weight_bytes": om.peak_resident_bytes}
+        om.save(tokenizer=tok, extra={**report, "plan": out.plan})
+    report["out"] = args.out
     _print(report, args)
     return 0
 
@@ -122,6 +199,9 @@ def describe_plan(step, ctx, seq_len: int) -> dict:
     parameters and FLOPs before -> after) or sparsity (layers and their patterns)."""
     facts = ctx.facts
     out = {"kind": step.kind, "passes": [{"name": r.name, **r.report} for r in ctx.results]}
+    if step.kind == "export":
+        out["export"] = {"file": step.filename, "dtype": step.dtype, "format": step.format}
+        return out
     if "linears" in facts:
         out["layers"] = {n: (p if isinstance(p, str) else p.label) for n, (_, p) in facts["linears"].items()}
         return out
@@ -151,6 +231,10 @@ def _print(report, args, dry=False):
     if dry:
         for i, st in enumerate(report["steps"]):
             print(f"step {i + 1}: {st['kind']}")
+            if "export" in st:
+                e = st["export"]
+                print(f"  writes {e['file']} ({e['format']} {e['dtype']}) into --out")
+                continue
             if "layers" in st:
                 for name, pat in st["layers"].items():
                     print(f"  {name:48s} {pat}")

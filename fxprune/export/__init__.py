@@ -3,6 +3,7 @@
     from fxprune.export import export_gguf, export_model
     report = export_model("out/smollm2-pruned", "smollm2-pruned.q8_0.gguf", dtype="q8_0")
     report = export_gguf(model, "m.gguf", dtype="f32", tokenizer=tok)      # any in-memory model
+    report = fxprune.export(model_or_spec, "m.gguf", dtype="q8_0")         # the package is the verb too
 
 Pieces (one job each): ``types`` (GGUF types and the row multiples they need; what pruning rounds
 widths to), ``fold`` (fxprune modules -> dense weights, exactly, with a cost note), ``llama_family``
@@ -18,6 +19,8 @@ assert relative 1e-4); anything that cannot be written exactly raises a typed er
 from __future__ import annotations
 
 import json
+import sys
+from types import ModuleType
 from pathlib import Path
 
 from .gguf_writer import ExportReport, choose_arch, write_gguf
@@ -84,3 +87,17 @@ def export_model(spec: str, out, dtype: str = "f32", *, vocab_from=None, pad: bo
     return export_gguf(loaded.model, out, dtype, tokenizer=loaded.tokenizer, vocab_from=vocab, pad=pad,
                        name=Path(str(spec)).name, source=str(spec), tokenizer_pre=tokenizer_pre,
                        overwrite=overwrite, log=log)
+
+
+class _ExportVerb(ModuleType):
+    """``fxprune.export(model, out, dtype="f16", **options)``: this package called as a function is
+    the public verb: ``export_model`` for a model spec (str or path), ``export_gguf`` for an
+    ``nn.Module``. Attribute access (``fxprune.export.export_gguf``, ``.types``...) is unchanged."""
+
+    def __call__(self, model, out, dtype: str = "f16", **options) -> ExportReport:
+        if isinstance(model, (str, Path)):
+            return export_model(str(model), out, dtype, **options)
+        return export_gguf(model, out, dtype, **options)
+
+
+sys.modules[__name__].__class__ = _ExportVerb

@@ -41,6 +41,9 @@ class StepEnv:
     windows: Any          # calibration token windows [n, L] (None for data-free steps)
     engine: Any           # fxprune.calibration.Engine
     batch_size: int = 8
+    artifacts: Any = None  # directory for files steps write (the export step); None: none may be written
+    tokenizer: Any = None  # the model's tokenizer, for files that carry one
+    source: str = ""       # the model spec the run loaded (``smollm2``, a .gguf file, a directory)
 
 
 class Step:
@@ -48,6 +51,9 @@ class Step:
 
     kind: ClassVar[str] = ""
     needs_calibration: ClassVar[bool] = True
+
+    def check(self, env: StepEnv) -> None:
+        """Refuse a run this step cannot finish (e.g. nowhere to write), before any step's work."""
 
     def planning(self, env: StepEnv) -> list:
         raise NotImplementedError

@@ -25,6 +25,16 @@ def attention_request(parts, whitened: bool) -> StatsRequest:
 
 class OlicaAttention(ByBlock):
     name = "olica_attention"
+    resumable = True  # record: this block's value-channel plan and the factorisations so far
+
+    def record(self, index):
+        groups = {p.v_group for p in self.by_block.get(index, ())}
+        return {"plan": [[g, u] for g, u in self.final_plan.items() if g in groups], "factorised": self.factorised}
+
+    def replay(self, index, record):
+        if record:
+            self.final_plan.update({g: list(u) for g, u in record["plan"]})
+            self.factorised = record["factorised"]
 
     def __init__(self, model, analysis, parts_by_block: dict, split, whitened: bool):
         super().__init__(parts_by_block)

@@ -15,6 +15,7 @@ from .capture import capture_io
 
 class CaptureRefitTargets(GroupsOp):
     name, modifies, needs_dense = "capture_refit_targets", False, True
+    resumable = True  # keeps nothing across blocks (ctx.scratch only)
 
     def apply(self, ctx, stats):
         names = list(dict.fromkeys(c.module for g in self.groups(ctx.index) for c in consumers(g)))
@@ -25,6 +26,7 @@ class CaptureRefitTargets(GroupsOp):
 
 class Refit(ByBlock):
     name = "goa_refit"
+    resumable = True  # keeps nothing across blocks
 
     def __init__(self, by_block: dict, damping: float):
         super().__init__(by_block)

@@ -31,6 +31,13 @@ def consumer_layers(model, analysis, sub: dict) -> list:
 
 class RemoveUnits(GroupsOp):
     name = "remove_units"
+    resumable = True  # record: the units kept in this block's groups
+
+    def record(self, index):
+        return [[g, self.final_plan[g]] for g in self.by_block.get(index, ()) if g in self.final_plan]
+
+    def replay(self, index, record):
+        self.final_plan.update({g: list(units) for g, units in record or ()})
 
     def __init__(self, model, analysis, by_block: dict, kept: dict, plan: dict | None, criterion,
                  reconstructor, damping: float):

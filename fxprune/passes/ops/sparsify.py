@@ -3,6 +3,7 @@
 blocks before it (the pruned stream), and all of them are solved from the same statistics."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -15,6 +16,14 @@ from .base import ByBlock
 
 class Sparsify(ByBlock):
     name = "sparsify"
+    resumable = True  # record: this block's layer reports
+
+    def record(self, index):
+        names = {n for n, _ in self.by_block.get(index, ())}
+        return [dataclasses.asdict(r) for r in self.reports if r.name in names]
+
+    def replay(self, index, record):
+        self.reports.extend(LayerReport(**{**r, "shape": tuple(r["shape"])}) for r in record or ())
 
     def __init__(self, model, by_block: dict, method):
         """``by_block``: block index -> [(layer name, pattern, or a reason it is skipped)]."""
