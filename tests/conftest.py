@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -6,6 +7,12 @@ import torch
 from fxprune.data import data_root
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Interrupt tests send this process SIGINT and expect KeyboardInterrupt, as from a terminal. A job
+# started in the background (nohup, `cmd &`, some CI runners) inherits SIGINT ignored, and Python then
+# installs no handler: restore the terminal's behaviour.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
