@@ -79,11 +79,17 @@ def padded(width: int, multiple: int) -> int:
     return -(-int(width) // multiple) * multiple
 
 
+def rounded_for(step, dtype: str):
+    """The structured step ``step`` with ``channel_multiple`` set to ``deploy_channel_multiple(dtype,
+    step.channel_multiple)``: kept widths that GGUF ``dtype`` stores without padding."""
+    from dataclasses import replace
+    return replace(step, channel_multiple=deploy_channel_multiple(dtype, step.channel_multiple))
+
+
 def for_deployment(recipe, dtype: str):
-    """``recipe`` (a ``fxprune.recipe.Recipe``) with every structured step's ``channel_multiple`` set to
-    ``deploy_channel_multiple(dtype, step.channel_multiple)``, and that multiple: what ``fxprune prune
-    --deploy-dtype`` runs. A recipe with no structured step is returned unchanged (multiple None):
-    sparsity keeps every width."""
+    """``recipe`` (a ``fxprune.recipe.Recipe``) with every structured step ``rounded_for(dtype)``, and
+    that multiple: what ``fxprune prune --deploy-dtype`` runs. A recipe with no structured step is
+    returned unchanged (multiple None): sparsity keeps every width."""
     from dataclasses import replace
 
     from ..steps.structured import StructuredStep
@@ -91,7 +97,7 @@ def for_deployment(recipe, dtype: str):
     steps, multiple = [], None
     for s in recipe.steps:
         if isinstance(s, StructuredStep):
-            multiple = deploy_channel_multiple(dtype, s.channel_multiple)
-            s = replace(s, channel_multiple=multiple)
+            s = rounded_for(s, dtype)
+            multiple = s.channel_multiple
         steps.append(s)
     return replace(recipe, steps=tuple(steps)), multiple

@@ -70,19 +70,13 @@ class ExportStep(Step):
 
 
 def round_for_export(steps: tuple) -> tuple:
-    """``steps`` with each structured step's ``channel_multiple`` rounded to what the first export
-    step after it needs (``deploy_channel_multiple``); unchanged without an export step."""
-    from dataclasses import replace
-
+    """``steps`` with each structured step rounded for the type of the first export step after it
+    (``fxprune.export.types.rounded_for``); unchanged without an export step."""
+    from ..export.types import rounded_for
     from .structured import StructuredStep
     out = list(steps)
     for i, s in enumerate(out):
-        if not isinstance(s, StructuredStep):
-            continue
         export = next((e for e in out[i + 1:] if isinstance(e, ExportStep)), None)
-        if export is not None:
-            from ..export.types import deploy_channel_multiple
-            m = deploy_channel_multiple(export.dtype, s.channel_multiple)
-            if m != s.channel_multiple:
-                out[i] = replace(s, channel_multiple=m)
+        if isinstance(s, StructuredStep) and export is not None:
+            out[i] = rounded_for(s, export.dtype)
     return tuple(out)
