@@ -168,3 +168,21 @@ def test_statistics_go_after_the_last_op_that_reads_them():
     st = Statistics({"a": 1, "b": 2})
     st.release("a")
     assert list(st) == ["b"]
+
+
+def test_releasing_statistics_early_changes_no_tensor(monkeypatch):
+    """A structured (LIAR) and a SparseGPT prune with and without the early releases: the same bits, and
+    the releases happen (the consumers' Grams in RemoveUnits, each layer's in Sparsify)."""
+    import fxprune
+    ids = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(3))
+    for recipe in ("goa-liar-ffn-global-20", "sparsegpt-2of4"):
+        out, released = [], []
+        for on in (False, True):
+            real = Statistics.release
+            monkeypatch.setattr(Statistics, "release",
+                                (lambda self, k: (released.append(k), real(self, k))) if on else (lambda self, k: None))
+            m = tiny_model("llama", num_hidden_layers=2)
+            fxprune.prune(m, recipe, ids)
+            out.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        assert out[0].keys() == out[1].keys() and all(torch.equal(out[0][k], out[1][k]) for k in out[0]), recipe
+        assert any(k.endswith("mlp.down_proj") for k in released), (recipe, released)

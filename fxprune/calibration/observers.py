@@ -204,13 +204,13 @@ class _MaskSource:
         if hit is not None:
             obs.sums[key] = hit[2]
             return
-        v = value.to(obs._acc_dtype())
         if prior is None:
+            v = value.to(obs._acc_dtype())
             new = v.clone() if v is value else v
         elif sum(o.sums.get(key) is prior for o in self.observers) > 1:
-            new = prior + v
+            new = prior + value  # fp32 batch sums into an fp64 sum: promoted exactly, no fp64 copy of the batch sum
         else:
-            new = prior.add_(v)
+            new = prior.add_(value)
         self.added[ident] = (value, prior, new)  # holding value and prior keeps their ids from being reused
         obs.sums[key] = new
 

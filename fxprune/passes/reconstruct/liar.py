@@ -12,11 +12,9 @@ from ...linalg import solve_damped  # noqa: F401  (re-exported: goa.py and calle
 from . import ConsumerLayer, Reconstructor, Stat, register
 
 
-def liar_coefficients(G, s, n, keep, alpha, rows: int = 1024):
-    """``(Q, p)`` with ``x_P ~ Q^T x_R + p``: Q is (|R|, |P|), p is (|P|,). The augmented system is
-    built ``rows`` rows at a time straight into its own storage (no ``G[R]`` copy of the kept rows) and
-    factored without a damped clone (``linalg.solve_damped``): the system and its factor are the only
-    (|R|+1)^2 matrices alive (for a 7B down_proj at 20%: 2 x 0.62 GB instead of about 5)."""
+def liar_system(G, s, n, keep, rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """LIAR's augmented system ``(A, B)`` (module docstring), fp64, built ``rows`` rows at a time straight
+    into its own storage (no ``G[R]`` copy of the kept rows)."""
     R, P = torch.nonzero(keep).flatten(), torch.nonzero(~keep).flatten()
     r = len(R)
     A = torch.empty(r + 1, r + 1, dtype=torch.float64)
@@ -26,6 +24,18 @@ def liar_coefficients(G, s, n, keep, alpha, rows: int = 1024):
     A[:r, r] = A[r, :r] = s[R]
     A[r, r] = float(n)
     B = torch.cat([G[:, P][R], s[P].unsqueeze(0)], 0)
+    return A, B
+
+
+def liar_coefficients(G, s, n, keep, alpha):
+    """``(Q, p)`` with ``x_P ~ Q^T x_R + p``: Q is (|R|, |P|), p is (|P|,). The system is factored without
+    a damped clone (``linalg.solve_damped``): it and its factor are the only (|R|+1)^2 matrices alive."""
+    A, B = liar_system(G, s, n, keep)
+    return _solve(A, B, alpha)
+
+
+def _solve(A, B, alpha):
+    r = A.shape[0] - 1
     Z = solve_damped(A, B, r, alpha)
     return Z[:r], Z[r]
 
@@ -35,11 +45,16 @@ class Liar(Reconstructor):
     name = "liar"
     needs = frozenset({Stat.INPUT_GRAM, Stat.INPUT_SUM})
 
-    def fold(self, layer: ConsumerLayer, keep, stats, damping):
+    def fold(self, layer: ConsumerLayer, keep, stats, damping, release: bool = False):
         if bool(keep.all()):
             return
         st = stats[layer.name]
-        Q, p = liar_coefficients(st.gram.double(), st.input_sum.double(), st.count, keep, damping)
+        A, B = liar_system(st.gram.double(), st.input_sum.double(), st.count, keep)
+        if release:  # the Gram goes before the factorisation (for a 7B down_proj: 0.97 GB of the peak)
+            stats.release(layer.name)
+        del st
+        Q, p = _solve(A, B, damping)
+        del A, B
         _apply(layer, keep, Q, p)
 
 
@@ -48,7 +63,7 @@ class FlapBias(Reconstructor):
     name = "flap_bias"
     needs = frozenset({Stat.INPUT_SUM})
 
-    def fold(self, layer: ConsumerLayer, keep, stats, damping):
+    def fold(self, layer: ConsumerLayer, keep, stats, damping, release: bool = False):
         if bool(keep.all()):
             return
         st = stats[layer.name]
