@@ -12,7 +12,9 @@ Memory (bytes; the largest of the stages, each the sum of what is alive then):
   layers the method reads;
 * ``solve``: sparsity (SparseGPT/MRP), at the widest layer: its fp64 Gram and two fp32 ``d x d``
   matrices (the in-place inverse factor), or the output error's ``out x d`` fp64 product if larger;
-  structured (LIAR fold of the FFN): the Gram and two ``(r+1)^2`` fp64 matrices, ``r`` the kept channels.
+  structured (LIAR fold of the FFN), the larger of: building the system (the Gram, the ``(r+1)^2`` fp64
+  system, its right-hand side) and factoring it (the Gram released: the system and its factor), ``r``
+  the kept channels.
 * the embeddings while block-0 inputs are captured (``prologue``), alone with the base.
 
 Time per block: floating-point operations of the forwards (``2 x tokens x block parameters`` per pass),
@@ -79,8 +81,11 @@ def estimate_onloaded(facts, kind: str, samples: int, seq_len: int, batch: int =
     if kind == "structured":  # FFN channels: down_proj's input Gram and sums; LIAR on the kept ones
         grams = I * I * 8
         r = int(kept * I)
-        solve = {"Gram (fp64)": I * I * 8, "LIAR system + factor (fp64)": 2 * (r + 1) ** 2 * 8,
-                 "right-hand side": (r + 1) * (I - r) * 8 * 2}
+        build = I * I * 8 + (r + 1) ** 2 * 8 + 2 * I * (I - r) * 8       # Gram + system + G[:, P] and B
+        factor = 2 * (r + 1) ** 2 * 8 + 2 * (r + 1) * (I - r) * 8          # system + factor + B and Z (Gram released)
+        solve = ({"Gram (fp64)": I * I * 8, "LIAR system (fp64)": (r + 1) ** 2 * 8,
+                  "right-hand side": 2 * I * (I - r) * 8} if build >= factor else
+                 {"LIAR system + factor (fp64)": 2 * (r + 1) ** 2 * 8, "right-hand side": 2 * (r + 1) * (I - r) * 8})
     else:
         grams = (3 * h * h + I * I) * 8
         d_max = max(i for _, i in lin.values())
