@@ -5,6 +5,7 @@ real shapes (fxprune/models/synthetic.py), written to a scratch directory (never
     python bench/scale.py --preset 7b --layers 2,4 --recipes sparsegpt-2of4      # 7B-shaped, reduced depth
     python bench/scale.py ... --limit-gb 2                                        # under an address-space limit
     python bench/scale.py ... --cgroup-gb 1.5                                     # in a memory cgroup (RSS limit)
+    python bench/scale.py ... --old a79dc29                                       # the code before the memory levers
 
 Each run is ``fxprune prune DIR --onload --recipe R --calib c4 --calib-samples N --calib-seq-len L``
 in its own process under ``/usr/bin/time -v`` (peak RSS = "Maximum resident set size"), one at a time,
@@ -36,8 +37,20 @@ def synth(preset: str, layers: int, scratch: Path) -> Path:
     return d
 
 
+TREE = {"path": REPO, "code": None}  # --old REV: the code of that revision (a git archive), for before/after rows
+
+
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(TREE["path"]))
+
+
+def use_revision(rev: str, scratch: Path) -> None:
+    d = scratch / f"tree-{rev}"
+    if not d.is_dir():
+        d.mkdir(parents=True)
+        arc = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(d)], input=arc, check=True)
+    TREE.update(path=d, code=f"old {rev}")
 
 
 def weight_bytes(d: Path) -> int:
@@ -73,8 +86,8 @@ def run_one(model_dir: Path, recipe: str, args, out: Path) -> dict:
            "peak_rss_gb": round(int(m.group(1)) / 2 ** 20, 3) if m else None,
            "weights_gb": round(weight_bytes(model_dir) / 2 ** 30, 3), "limit_as_gb": args.limit_gb, "cgroup": cgroup,
            "calib": f"c4 {args.samples} x {args.seq_len}", "command": " ".join(pre + cmd),
-           "code": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                  text=True).stdout.strip()}
+           "code": TREE["code"] or subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                                  capture_output=True, text=True).stdout.strip()}
     if r.returncode == 0:
         rep = json.loads(r.stdout[r.stdout.index("{"):])
         row.update(prune_s=rep["prune_seconds"], params_before=rep["params_before"], params_after=rep["params_after"],
@@ -96,14 +109,17 @@ def main():
     p.add_argument("--cgroup-gb", type=float, default=0, help="run each prune in a memory cgroup with this limit")
     p.add_argument("--scratch", default="/tmp/fxprune-scale")
     p.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
+    p.add_argument("--old", help="run the prunes with the code of this git revision (before/after rows)")
     args = p.parse_args()
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
+    if args.old:
+        use_revision(args.old, scratch)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for layers in [int(x) for x in args.layers.split(",")]:
         d = synth(args.preset, layers, scratch)
         for recipe in args.recipes.split(","):
-            out = scratch / f"out-{args.preset}-L{layers}-{recipe}"
+            out = scratch / f"out-{args.preset}-L{layers}-{recipe}{'-old' if args.old else ''}"
             shutil.rmtree(out, ignore_errors=True)
             row = run_one(d, recipe, args, out)
             row["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
