@@ -94,6 +94,9 @@ def install() -> None:
     from fxprune.passes.reconstruct import goa, liar
     from fxprune.sparsity import methods
     from fxprune.sparsity.methods import sparsegpt
+    from fxprune import data
+    labelled(data, "calibration_windows", "calibration windows (read c4, tokenise)")
+    labelled(onload, "open_onloaded", "open checkpoint (meta skeleton)")
     labelled(onload.OnloadedModel, "prologue", "prologue (embeddings in)")
     labelled(onload.OnloadedModel, "load", "load block")
     labelled(onload.OnloadedModel, "release", "release block (write if modified)")
