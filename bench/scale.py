@@ -41,7 +41,16 @@ TREE = {"path": REPO, "code": None}  # --old REV: the code of that revision (a g
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(TREE["path"]))
+    """Run in the tree (cwd: ``python -m`` puts the working directory before PYTHONPATH), with the data
+    root of this checkout."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(TREE["path"]),
+                FXPRUNE_DATA=os.environ.get("FXPRUNE_DATA", str(REPO.parent / "shared" / "data")))
+
+
+def code_file() -> str:
+    """The fxprune package a run imports (checked: rows say which code ran)."""
+    return subprocess.run([sys.executable, "-c", "import fxprune; print(fxprune.__file__)"], env=_env(),
+                          cwd=str(TREE["path"]), capture_output=True, text=True).stdout.strip()
 
 
 def use_revision(rev: str, scratch: Path) -> None:
@@ -71,7 +80,7 @@ def run_one(model_dir: Path, recipe: str, args, out: Path) -> dict:
         (cg / "memory.limit_in_bytes").write_text(str(int(args.cgroup_gb * 2 ** 30)))
         pre = ["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh"] + pre
     t0 = time.perf_counter()
-    r = subprocess.run(pre + cmd, env=_env(), capture_output=True, text=True)
+    r = subprocess.run(pre + cmd, env=_env(), capture_output=True, text=True, cwd=str(TREE["path"]))
     wall = time.perf_counter() - t0
     cgroup = None
     if cg is not None:
@@ -86,6 +95,7 @@ def run_one(model_dir: Path, recipe: str, args, out: Path) -> dict:
            "peak_rss_gb": round(int(m.group(1)) / 2 ** 20, 3) if m else None,
            "weights_gb": round(weight_bytes(model_dir) / 2 ** 30, 3), "limit_as_gb": args.limit_gb, "cgroup": cgroup,
            "calib": f"c4 {args.samples} x {args.seq_len}", "command": " ".join(pre + cmd),
+           "fxprune_file": code_file(),
            "code": TREE["code"] or subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                                   capture_output=True, text=True).stdout.strip()}
     if r.returncode == 0:

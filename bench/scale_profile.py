@@ -1,6 +1,7 @@
 """Issue 15: what an onloaded prune's peak RSS is made of, stage by stage.
 
     python bench/scale_profile.py /tmp/fxprune-scale/7b-L2 --recipe sparsegpt-2of4 --samples 8 --seq-len 128
+    FXPRUNE_TREE=/tmp/old-tree python bench/scale_profile.py ...     # profile another checkout's code
 
 Runs ``fxprune prune DIR --onload ...`` in this process (the CLI's ``main``) with a thread sampling the
 resident set size (``/proc/self/statm``) every 10 ms, and labels the time by the stage the run is in:
@@ -21,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, os.environ.get("FXPRUNE_TREE") or str(Path(__file__).resolve().parent.parent))  # the code to profile
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _state = {"label": "other (CLI, analysis, planning)"}
@@ -51,7 +52,9 @@ def _sampler(stop: threading.Event) -> None:
 
 def labelled(obj, attr: str, label) -> None:
     """Wrap ``obj.attr`` so that calling it sets the stage label (``label`` or ``label(*args)``)."""
-    fn = getattr(obj, attr)
+    fn = getattr(obj, attr, None)
+    if fn is None:  # an older tree (--tree) without this function
+        return
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -37,13 +37,17 @@ def run(tree: Path, recipe: str, args, out: Path) -> dict:
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "fxprune", "--memory-limit", "0", "prune", "smollm2",
            "--recipe", recipe, "--calib", "c4", "--calib-samples", str(args.samples), "--calib-seq-len",
            str(args.seq_len), "--out", str(out), "--json"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(tree))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(tree),
+               FXPRUNE_DATA=os.environ.get("FXPRUNE_DATA", str(REPO.parent / "shared" / "data")))
+    # cwd = the tree: ``python -m`` puts the working directory before PYTHONPATH
+    which = subprocess.run([sys.executable, "-c", "import fxprune; print(fxprune.__file__)"], env=env, cwd=str(tree),
+                           capture_output=True, text=True).stdout.strip()
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(REPO))
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(tree))
     wall = time.perf_counter() - t0
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
     cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", r.stderr))
-    row = {"rc": r.returncode, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
+    row = {"fxprune_file": which, "rc": r.returncode, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
            "peak_rss_gb": round(int(m.group(1)) / 2 ** 20, 3) if m else None, "command": " ".join(cmd)}
     if r.returncode == 0:
         rep = json.loads(r.stdout[r.stdout.index("{"):])
