@@ -18,6 +18,7 @@ from ..kinds import DEPTH2_KINDS, Kind
 from .groups import Group, Member
 from .rules import IGNORED, find_rule
 from .dryrun import DryRun, probe_plan
+from .renorm import lifts as renorm_lifts
 from .widths import DYN, WidthTrace, trace_widths
 
 ROLE_ORDER = ("expert", "producer", "consumer", "depthwise", "embedding")
@@ -72,7 +73,7 @@ def _flat_nodes(a):
 # and the parameter a tensor is a view of survive them)
 VALUE_PRESERVING = {"aten.view", "aten.reshape", "aten._unsafe_view", "aten.clone", "aten.contiguous",
                     "aten.to", "aten._to_copy", "aten.unsqueeze", "aten.squeeze", "aten.flatten",
-                    "aten.expand", "aten.permute", "aten.transpose", "aten.t", "aten.alias", "aten.detach",
+                    "aten.expand", "aten.permute", "aten.transpose", "aten.t", "aten.numpy_T", "aten.mT", "aten.alias", "aten.detach",
                     "aten.lift_fresh_copy", "aten.type_as", "aten.float"}
 
 
@@ -204,14 +205,18 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         raw.append((i, comp, pf))
 
     groups, used_ids, comp_gid = [], defaultdict(int), {}
+    all_params = set(cg.params.values())
     for i, comp, pf in raw:
         units = pf[0].size
         blocked, seen, members = set(), set(), []
         routes = "expert_index" in tags_of[i]
+        renorm = {}  # norm module -> the reduction's reason (analysis/renorm.py)
         for f in comp:
             blocked.update(ag.blocks.get((f.tid, f.dim), ()))
             if not routes:
                 blocked.update(ag.soft_blocks.get((f.tid, f.dim), ()))
+            for why_, mod, key, size in ag.renorm_blocks.get((f.tid, f.dim), ()):
+                renorm.setdefault(mod, (why_, key, size))
         for f in pf:
             key = (f.tid, f.dim)
             ptid, pdim, offset, total = where(f)
@@ -231,7 +236,7 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         why = sorted({d["why"] for f in comp for _, _, d in graph.edges(f, data=True)})
         if kind == Kind.FFN and why and all(w.startswith("aten.linear") for w in why):
             kind = Kind.LOW_RANK  # two linear layers with nothing between: a factorisation's rank
-        elif kind == Kind.FFN and any(b.startswith(("reduced by", "normalised by")) for b in blocked) \
+        elif kind == Kind.FFN and any(b.startswith(("reduced by", "normalised by")) for b in blocked | {r[0] for r in renorm.values()}) \
                 and not any(_ACTIVATION.search(w) for w in why):
             kind = Kind.LOW_RANK  # a normalised latent rank (MLA's q_a/kv_a, Mamba's dt rank): no activation
         mods = [m.param.rsplit(".", 1)[0] for m in members if m.role in ("producer", "consumer", "depthwise", "expert")]
@@ -256,6 +261,11 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
             kind = Kind.SSM_HEADS  # Mamba-2: a unit is a group of heads (with its B/C state group)
         explanation = tuple(why[:12] + ([f"... and {len(why) - 12} more"] if len(why) > 12 else []))
         detail = {}
+        if renorm and renorm_lifts(kind, renorm, members, all_params):
+            # the norms' statistic is over the kept channels: norm module -> the dim it reduces
+            detail["renorm"] = {mod: list(key) for mod, (_, key, _) in sorted(renorm.items())}
+        else:
+            blocked.update(r[0] for r in renorm.values())
         if kind in (Kind.FFN,):
             detail["glu"] = len([m for m in members if m.role == "producer" and m.param.endswith("weight")]) > 1
         if kind == Kind.MOE_FFN:
@@ -351,8 +361,8 @@ def _dry_run(groups, trace, dim_groups, model, per_kind_limit: int = 64) -> list
                 bad[g.id] = e
         for g in gs[per_kind_limit:]:
             bad[g.id] = err
-    return [replace(g, not_offered=f"surgery dry run (meta device) fails: {bad[g.id]}") if g.id in bad else g
-            for g in groups]
+    return [replace(g, not_offered=f"surgery dry run (meta device) fails when {g.module} loses a unit: {bad[g.id]}")
+            if g.id in bad else g for g in groups]
 
 
 def value_width_problem(g: Group, model) -> str:
@@ -363,7 +373,7 @@ def value_width_problem(g: Group, model) -> str:
     mods = {r: {m.param.rsplit(".", 1)[0] for m in g.members if m.role == r} for r in ("producer", "consumer")}
     if len(mods["producer"]) != 1 or len(mods["consumer"]) != 1 or any(
             m.role not in ("producer", "consumer") for m in g.members):
-        return (f"value channels: they meet {sorted(mods['producer'] | mods['consumer'])} (an output gate or "
+        return (f"value channels of {g.module}: they meet {sorted(mods['producer'] | mods['consumer'])} (an output gate or "
                 "norm besides the value and output projections); narrowing pads one value projection only")
     for m in g.members:
         if not m.param.endswith("weight") or m.role not in ("producer", "consumer"):
@@ -392,7 +402,7 @@ def _natural(s: str):
 
 
 PASSTHROUGH = {"aten.unsqueeze", "aten.squeeze", "aten.view", "aten.reshape", "aten._unsafe_view",
-               "aten.t", "aten.transpose", "aten.permute", "aten.to", "aten._to_copy", "aten.alias",
+               "aten.t", "aten.numpy_T", "aten.mT", "aten.transpose", "aten.permute", "aten.to", "aten._to_copy", "aten.alias",
                "aten.clone", "aten.contiguous", "aten.detach", "aten.expand", "aten.float", "aten.type_as",
                "aten.lift_fresh_copy", "aten.index"}
 

@@ -6,7 +6,9 @@ Op rules (``fxprune/analysis/rules``) only make *local* statements about one nod
   for index (a view merging two dims, a linear layer's feature dim and its weight's dim, ...);
 * ``block(dim, why)``: this dim may not lose channels (a reduction over it, a buffer, the model output);
 * ``tag(dim, tag)``: a fact used to classify groups (``producer``, ``attn_head``, ``broadcast``...);
-* ``soft_block(dim, why)``: a block lifted when the dim's group indexes experts (router softmax/top-k).
+* ``soft_block(dim, why)``: a block lifted when the dim's group indexes experts (router softmax/top-k);
+* ``renorm_block(dim, why, module)``: a norm module's statistic over this dim (``analysis/renorm.py``):
+  lifted for the group kinds that may renormalise over their kept channels, a block otherwise.
 
 The solve is global and has two phases. (1) *Refinement*: every dim carries a list of factor sizes
 (576 -> [9, 64] once a view splits it into heads); a link forces both sides onto their common
@@ -71,6 +73,7 @@ class AxisGraph:
         self.links: list[Link] = []
         self.blocks: dict = defaultdict(list)  # Dim -> [reason]
         self.soft_blocks: dict = defaultdict(list)  # Dim -> [reason]: blocks unless the group routes experts
+        self.renorm_blocks: dict = defaultdict(list)  # Dim -> [(reason, norm module, reduced Dim, its size)]
         self.tags: dict = defaultdict(set)     # Dim -> {tag}
         self.factors: dict = {}                # Dim -> [sizes]
         self.conflicts: list[Link] = []
@@ -99,6 +102,12 @@ class AxisGraph:
         removing an expert is masking its logit with -inf, which both ops respect)."""
         if self.sizes.get(dim, 1) > 1:
             self.soft_blocks[dim].append(why)
+
+    def renorm_block(self, dim: Dim, why: str, module: str) -> None:
+        """A norm module (``module``) takes its statistic over this dim: a block unless the group
+        accepts renormalising over its kept channels (``analysis/renorm.py``)."""
+        if self.sizes.get(dim, 1) > 1:
+            self.renorm_blocks[dim].append((why, module, dim, self.sizes[dim]))
 
     def tag(self, dim: Dim, tag: str) -> None:
         if self.sizes.get(dim, 1) > 1:
@@ -222,7 +231,7 @@ class AxisGraph:
                     new_links.append(Link([hit[0]], [x], why))
         self.links = new_links
         for d, segs in self.segments.items():
-            for table in (self.blocks, self.soft_blocks, self.tags):
+            for table in (self.blocks, self.soft_blocks, self.renorm_blocks, self.tags):
                 if d in table:
                     v = table.pop(d)
                     for x, _, _ in segs:
