@@ -99,6 +99,13 @@ class FxPruned{base}(_Base):
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         apply_structure(self, config.{key})
+
+    @classmethod
+    def is_custom_code(cls):
+        # the initialisation is the stock class's own: transformers must run it as for stock code
+        # (for custom code it skips modules without parameters of their own, which leaves
+        # non-persistent buffers such as Falcon-H1's mup_vector uninitialised)
+        return False
 '''
 
 

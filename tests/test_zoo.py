@@ -61,3 +61,26 @@ def test_discovery_and_the_recorded_table():
     assert render_table(records, fams) in (root / "README.md").read_text()
     # issue 12 item 2: over the whole zoo, every group that is not prunable says why
     assert not [f for f, r in records.items() if any(k.get("unexplained") for k in r["kinds"].values())]
+
+
+def test_remote_code_reload_initialises_non_persistent_buffers(tmp_path):
+    """Falcon-H1 keeps ``mup_vector`` as a non-persistent buffer that only the model's
+    ``_init_weights`` fills: the generated remote-code class must get the stock initialisation
+    (transformers skips it for custom code), else the reloaded model computes NaN."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from fxprune.analysis.analyser import analyse
+    from fxprune.checkpoint import is_fxprune_checkpoint, save_pruned
+    from fxprune.models.zoo import random_uniform_plan, tiny_zoo_model
+    from fxprune.surgery import prune
+    m = tiny_zoo_model("falcon_h1")
+    a = analyse(m)
+    prune(m, random_uniform_plan(a), a, verify=False)
+    out = save_pruned(m, tmp_path / "p")
+    assert is_fxprune_checkpoint(out)
+    r = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert torch.equal(r.get_buffer("model.layers.0.mamba.mup_vector"), m.get_buffer("model.layers.0.mamba.mup_vector"))
+    ids = torch.randint(5, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(r(input_ids=ids).logits, m(input_ids=ids).logits, atol=1e-6)

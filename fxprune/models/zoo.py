@@ -65,6 +65,11 @@ OVERRIDES: dict[str, dict] = {
     # the config leaves num_key_value_heads None and the attention divides by it
     "nemotron": dict(num_key_value_heads=2),
     "qwen3_next": dict(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"]),
+    "lfm3": dict(layer_types=["conv", "full_attention"]),
+    # the config leaves the number of routed experts per token None (the router's top-k needs it)
+    "deepseek_v2": dict(num_experts_per_tok=2),
+    # the model refuses to run until a language adapter is chosen
+    "xmod": dict(default_language="en_XX"),
     "mamba": dict(hidden_size=32, expand=2, use_mambapy=False),
     # BigBird swaps in a new (full) attention module during forward on short inputs: start with it
     "big_bird": dict(attention_type="original_full"),
