@@ -84,3 +84,18 @@ def test_remote_code_reload_initialises_non_persistent_buffers(tmp_path):
     ids = torch.randint(5, 128, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(r(input_ids=ids).logits, m(input_ids=ids).logits, atol=1e-6)
+
+
+def test_stacked_expert_weights_are_expert_channels():
+    """PhiMoE stores its experts as stacked (E, out, in) weights behind a router the analysis does
+    not tag (a sparse mixer): the channel group is still expert FFN channels, kept a multiple of 8
+    (transformers' grouped_mm needs 16-byte aligned rows), and the zoo contract holds."""
+    from fxprune.analysis.analyser import analyse
+    from fxprune.kinds import Kind
+    from fxprune.models.zoo import tiny_zoo_model
+    a = analyse(tiny_zoo_model("phimoe"))
+    g = a.group("model.layers.0.mlp.experts")
+    assert (g.kind, g.units, g.detail["multiple"], g.prunable) == (Kind.MOE_FFN, 96, 8, True)
+    assert {(m.param.rsplit(".", 1)[1], m.dim) for m in g.members} == {("gate_up_proj", 1), ("down_proj", 2)}
+    rec = check_family("phimoe")
+    assert fully_supported(rec), rec

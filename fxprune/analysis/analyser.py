@@ -233,6 +233,8 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         if kind == Kind.FFN and any("expert" in ag.tags.get((where(f)[0], d), ()) for f in pf
                                     for d in range(len(shapes[where(f)[0]]))):
             kind = Kind.MOE_FFN  # the same channel of every expert of a stacked (E, ...) weight
+        elif kind == Kind.FFN and _stacked_experts(pf, where, shapes):
+            kind = Kind.MOE_FFN  # stacked (E, out, in) weights whose router the analysis did not tag
         why = sorted({d["why"] for f in comp for _, _, d in graph.edges(f, data=True)})
         if kind == Kind.FFN and why and all(w.startswith("aten.linear") for w in why):
             kind = Kind.LOW_RANK  # two linear layers with nothing between: a factorisation's rank
@@ -390,6 +392,13 @@ def value_width_problem(g: Group, model) -> str:
         if m.role == "producer" and m.dim != 0 or m.role == "consumer" and m.dim != 1:
             return f"value channels: {path} is not read as an nn.Linear"
     return ""
+
+
+def _stacked_experts(pf, where, shapes) -> bool:
+    """Whether the group's parameters are stacked expert weights: at least two members, every one
+    a dim >= 1 of a 3-D parameter (a convolution's weight has its output channels on dim 0)."""
+    dims = [(len(shapes[where(f)[0]]), where(f)[1]) for f in pf]
+    return len(dims) >= 2 and all(r == 3 and d >= 1 for r, d in dims)
 
 
 def _numel(shape) -> int:

@@ -66,6 +66,9 @@ OVERRIDES: dict[str, dict] = {
     "nemotron": dict(num_key_value_heads=2),
     "qwen3_next": dict(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"]),
     "lfm3": dict(layer_types=["conv", "full_attention"]),
+    # num_hidden_layers is the cache's slot count (layers per stack x H_cycles x (L_cycles + 1)), derived
+    # in __post_init__ unless num_layers_per_stack is given: give both (2 layers per stack)
+    "hrm_text": dict(num_layers_per_stack=2, num_hidden_layers=2 * 2 * (3 + 1)),
     # the config leaves the number of routed experts per token None (the router's top-k needs it)
     "deepseek_v2": dict(num_experts_per_tok=2),
     # the model refuses to run until a language adapter is chosen
