@@ -146,3 +146,18 @@ def test_grouped_norm_stays_blocked_with_a_typed_reason():
         why = (g.blocked_by or (g.not_offered,))[0]
         assert why.startswith("reduced by") and "mixer.norm" in why
         assert reason_type(why) == "rule-limit" and names_module(why)
+
+
+def test_layer_norm_module_inside_a_group(ids):
+    """RemBERT's LM head: dense -> act -> nn.LayerNorm -> decoder. The LayerNorm's channels are the
+    group's; after pruning it normalises the kept channels (its normalized_shape follows)."""
+    m0 = tiny_zoo_model("rembert", "masked")
+    a = analyse(m0)
+    g = a.group("cls.predictions")
+    assert (g.kind, g.prunable, list(g.detail["renorm"])) == (Kind.FFN, True, ["cls.predictions.LayerNorm"])
+    plan = {g.id: list(range(0, g.units, 3))}
+    ref = apply_mask(copy.deepcopy(m0), a, plan)
+    m = copy.deepcopy(m0)
+    prune(m, plan, a)
+    assert m.cls.predictions.LayerNorm.normalized_shape == (len(plan[g.id]),)
+    assert close(out(m, ids), out(ref, ids)) and not close(out(m0, ids), out(ref, ids), 1e-4)

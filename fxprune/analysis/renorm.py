@@ -20,9 +20,10 @@ removed channels (which the masking drops downstream anyway). Slicing then equal
 
 Scope (anything else keeps the block, with the reason it always had, ``reduced by <op> @ <module>``):
 
-* the op (``norm_module``): a mean/sum/variance/norm reduction over the **last** dim only, run
-  inside a module whose class name says it is a norm (``...Norm...``); loops and per-head reshapes
-  inside the module are fine (the hook re-runs the module's own forward);
+* the op (``norm_module``): a mean/sum/variance/norm reduction, or a fused ``aten.layer_norm`` /
+  ``aten.rms_norm``, over the **last** dim only, run inside a module whose class name says it is a
+  norm (``...Norm...``, ``nn.LayerNorm`` included: surgery resizes its ``normalized_shape``); loops
+  and per-head reshapes inside the module are fine (the hook re-runs the module's own forward);
 * the group (``lifts``): its kind is one of ``RENORM_KINDS`` and its members include the weight of
   every such norm over the whole reduced dim (so slicing narrows it; a weightless norm is fine; a
   norm over groups of channels is not: its group size would change). Value channels are excluded: surgery narrows them by
@@ -43,13 +44,13 @@ STATISTICS = frozenset({"aten.mean", "aten.sum", "aten.var", "aten.std", "aten.v
                         "aten.linalg_vector_norm"})
 
 
-def norm_module(ctx, reduced: set) -> str | None:
-    """The path of the norm module ``ctx``'s reduction computes a statistic for, or None: the op
-    is a statistic (``STATISTICS``) over the last dim only, inside a module whose class name
-    contains 'norm' (case-insensitive)."""
+def norm_module(ctx, reduced: set, statistic: bool = False) -> str | None:
+    """The path of the norm module ``ctx``'s op computes a statistic for, or None: the op is a
+    statistic (``STATISTICS``; ``statistic=True``: a fused norm op, ``aten.layer_norm``/``rms_norm``)
+    over the last dim only, inside a module whose class name contains 'norm' (case-insensitive)."""
     from .context import packet_name
     r = ctx.rank(ctx.tid(ctx.arg(0)))
-    if packet_name(ctx.node.target) not in STATISTICS or reduced != {r - 1} or not ctx.module:
+    if not (statistic or packet_name(ctx.node.target) in STATISTICS) or reduced != {r - 1} or not ctx.module:
         return None
     stack = ctx.node.meta.get("nn_module_stack") or {}
     if not stack:
@@ -117,12 +118,17 @@ class _KeptChannels:
         state = {k: v.index_select(0, idx) for k, v in [*mod.named_parameters(recurse=False),
                                                          *mod.named_buffers(recurse=False)]
                  if v is not None and v.dim() == 1 and v.shape[0] == self.n}
+        shape = getattr(mod, "normalized_shape", None)  # nn.LayerNorm / nn.RMSNorm: the width is an attribute
         self.active = True
         try:
+            if isinstance(shape, tuple) and shape and shape[-1] == self.n:
+                mod.normalized_shape = (*shape[:-1], len(idx))
             kept = torch.func.functional_call(mod, state, tuple(self._cut(a, idx) for a in args),
                                               {k: self._cut(v, idx) for k, v in kwargs.items()})
         finally:
             self.active = False
+            if isinstance(shape, tuple):
+                mod.normalized_shape = shape
         full = torch.zeros_like(output)
         full[..., idx] = kept.to(full.dtype)
         return full

@@ -16,8 +16,12 @@ def layer_norm(ctx):
         if w is not None:
             for i in range(n):
                 ctx.link1(w, i, x, r - n + i)
+    norm = norm_module(ctx, {r - 1}, statistic=True) if n == 1 else None
     for i in range(n):
-        ctx.block(x, r - n + i, "normalised")
+        if norm:  # a norm module over the last dim only: lifted for some groups (renorm.py)
+            ctx.ag.renorm_block((x, r - 1), f"normalised by {ctx.why}", norm)
+        else:
+            ctx.block(x, r - n + i, "normalised")
 
 
 @rule("aten.mean", "aten.sum", "aten.amax", "aten.amin", "aten.max", "aten.min", "aten.var",
