@@ -49,3 +49,36 @@ def test_custom_op_blocks_only_its_group():
     assert m.a_up.out_features == 8 and m.a_down.in_features == 8
     with torch.no_grad():
         assert torch.allclose(m(ids), ref(ids), atol=1e-6)
+
+
+class MaskedRows(nn.Module):
+    """An FFN applied only to the rows a data-dependent mask picks (X-MOD's language adapters):
+    the selected tensor has a size known only at run time."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.up, self.down = nn.Linear(16, 24), nn.Linear(24, 16)
+        self.head = nn.Linear(16, 50)
+
+    def forward(self, input_ids):
+        h = self.emb(input_ids)
+        pick = input_ids > 25
+        rows = h[pick]
+        h = h.index_put((pick,), rows + self.down(torch.relu(self.up(rows))))
+        return self.head(h)
+
+
+def test_data_dependent_row_counts_do_not_stop_the_analysis():
+    torch.manual_seed(0)
+    m = MaskedRows().eval()
+    a = analyse(m)
+    g = a.group("model")
+    assert g.kind == "ffn_channels" and g.units == 24 and g.prunable
+    ids = torch.tensor([[3, 30, 7, 41, 26, 2]])
+    plan = {"model": list(range(0, 24, 2))}
+    ref = apply_mask(copy.deepcopy(m), a, plan)
+    prune(m, plan, a)
+    assert m.up.weight.shape == (12, 16)
+    with torch.no_grad():
+        assert torch.allclose(m(ids), ref(ids), atol=1e-6)

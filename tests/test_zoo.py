@@ -99,3 +99,21 @@ def test_stacked_expert_weights_are_expert_channels():
     assert {(m.param.rsplit(".", 1)[1], m.dim) for m in g.members} == {("gate_up_proj", 1), ("down_proj", 2)}
     rec = check_family("phimoe")
     assert fully_supported(rec), rec
+
+
+def test_every_recorded_reason_is_typed_and_names_a_module():
+    """Issue 12 item 2 over the whole recorded zoo: every group that is not prunable says why, with
+    a reason of a known type (``needs.reason_type``) that names where (``op @ module`` or a module
+    or parameter path)."""
+    from fxprune.analysis.needs import REASON_TYPES, names_module, reason_type
+    root = Path(__file__).resolve().parents[1]
+    records = json.loads((root / "bench" / "results" / "zoo.json").read_text())
+    bad = []
+    for fam, r in sorted(records.items()):
+        for kind, k in r.get("kinds", {}).items():
+            if k.get("unexplained", 0) or (k["prunable"] < k["groups"] and not k["reasons"]):
+                bad.append((fam, kind, "no reason"))
+            for why in k["reasons"]:
+                if reason_type(why) not in REASON_TYPES or not names_module(why):
+                    bad.append((fam, kind, why[:120]))
+    assert not bad, bad

@@ -109,14 +109,24 @@ class RuleContext:
                 self.link([(src, i)], [(dst, j)])
 
 
+def _size(s) -> int:
+    """A dim's size; a size known only at run time (rows picked by a data-dependent mask, an
+    unbacked symbol) counts as 1: no channel couples or blocks through it (the op that selected
+    the rows blocks its source dim)."""
+    try:
+        return int(s)
+    except Exception:  # torch's GuardOnDataDependentSymNode and friends
+        return 1
+
+
 def shapes_of(node: fx.Node) -> dict:
     """Tensor id -> shape for the outputs of ``node`` (tuples give ids (name, i))."""
     val = node.meta.get("val")
     out = {}
     if isinstance(val, torch.Tensor):
-        out[node.name] = tuple(int(s) for s in val.shape)
+        out[node.name] = tuple(_size(s) for s in val.shape)
     elif isinstance(val, (list, tuple)):
         for i, v in enumerate(val):
             if isinstance(v, torch.Tensor):
-                out[(node.name, i)] = tuple(int(s) for s in v.shape)
+                out[(node.name, i)] = tuple(_size(s) for s in v.shape)
     return out
