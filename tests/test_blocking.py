@@ -82,3 +82,22 @@ def test_data_dependent_row_counts_do_not_stop_the_analysis():
     assert m.up.weight.shape == (12, 16)
     with torch.no_grad():
         assert torch.allclose(m(ids), ref(ids), atol=1e-6)
+
+
+def test_needs_names_an_adapter_for_a_failing_dry_run_and_types_reasons():
+    from types import SimpleNamespace
+
+    from fxprune.analysis.groups import Group
+    from fxprune.analysis.needs import names_module, needs, reason_type
+    why = ("surgery dry run (meta device) fails when transformer.h loses a unit: RuntimeError at "
+           "modeling_bloom.py:271: The expanded size of the tensor (3) must match")
+    g = Group("transformer.h", "attn_heads", 4, 16, 10, (), not_offered=why)
+    todo = needs(SimpleNamespace(groups=[g]))
+    assert todo == [{"need": "adapter", "what": "an adapter (fxprune/models/, sync_module) for what "
+                     "modeling_bloom.py:271 derives from the old width: the pruned model's forward fails "
+                     "there (RuntimeError)", "where": ["transformer.h"], "groups": ["transformer.h"]}]
+    assert reason_type(why) == "adapter" and names_module(why)
+    assert reason_type("no rule for aten.im2col.default @ convbert.encoder.layer.0.attention.self") == "rule"
+    assert reason_type("fixed: buffer model.layers.1.mlp.gate.e_score_correction_bias") == "fixed"
+    assert reason_type("unaligned piece (aten.slice.Tensor @ gpt_neox.layers.0.attention)") == "rule-limit"
+    assert not names_module("reduced by aten.mean.dim @ <root>")

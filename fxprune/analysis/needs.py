@@ -20,6 +20,7 @@ from ..kinds import DEPTH2_KINDS, Kind
 _NO_RULE = re.compile(r"no rule for (\S+) @ (\S+)")
 _CONSTANT = re.compile(r"size (\S+) at (\S+) @ (\S+) \((.+?)\) is a constant")
 _BY_OP = re.compile(r"^(.*?) by (\S+) @ (\S+)$")
+_DRY_RUN = re.compile(r"fails when (\S+) loses a unit: (\w+) at (\S+?):?\s")
 
 
 # reason types (``reason_type``): what kind of thing stops a group
@@ -92,6 +93,13 @@ def needs(analysis) -> list[dict]:
                         key = ("adapter", "an adapter (fxprune/models/, sync_module) that sets " + _subject(part))
                         found[key]["where"].add(part)
                     found[key]["groups"].add(g.id)
+            elif text.startswith("surgery dry run"):
+                m4 = _DRY_RUN.search(text)
+                at = m4.group(3) if m4 else "?"
+                key = ("adapter", f"an adapter (fxprune/models/, sync_module) for what {at} derives from the old "
+                                  f"width: the pruned model's forward fails there ({m4.group(2) if m4 else 'error'})")
+                found[key]["where"].add(m4.group(1) if m4 else g.module)
+                found[key]["groups"].add(g.id)
             elif text.startswith("value channels") or text.startswith("fxprune could not trace"):
                 key = ("capability", text)
                 found[key]["groups"].add(g.id)
