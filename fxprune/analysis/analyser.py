@@ -363,8 +363,16 @@ def _dry_run(groups, trace, dim_groups, model, per_kind_limit: int = 64) -> list
                 bad[g.id] = e
         for g in gs[per_kind_limit:]:
             bad[g.id] = err
-    return [replace(g, not_offered=f"surgery dry run (meta device) fails when {g.module} loses a unit: {bad[g.id]}")
+    return [replace(g, not_offered=f"surgery dry run (meta device) fails when {_where(g)} loses a unit: {bad[g.id]}")
             if g.id in bad else g for g in groups]
+
+
+def _where(g: Group) -> str:
+    """A module path for ``g`` (its id's prefix, or its first member's module when the members share
+    no prefix and the id says only 'model')."""
+    if "." in g.module or not g.members:
+        return g.module
+    return g.members[0].param.rsplit(".", 1)[0]
 
 
 def value_width_problem(g: Group, model) -> str:
