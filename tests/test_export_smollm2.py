@@ -58,3 +58,43 @@ def test_pruned_smollm2_perplexity_in_llamacpp_equals_pytorch(smol, root, tmp_pa
     src = gguf.GGUFReader(str(smollm2_path())).fields
     assert fields["tokenizer.chat_template"].contents() == src["tokenizer.chat_template"].contents()
     assert fields["tokenizer.ggml.pre"].contents() == "smollm"
+
+
+def test_readme_recipe_checkpoint_runs_in_llamacpp(smol, root, tmp_path):
+    """The README's main job (``goa-liar-ffn-global-20``: GOA scores, LIAR reconstruction with its
+    biases, global per-layer FFN widths) with its calibration cut to 8 x 64 tokens for time, saved,
+    exported from the checkpoint directory as the README's export command does, and run in llama.cpp:
+    the same perplexity as the reloaded PyTorch checkpoint (relative 1e-3) and the same greedy tokens."""
+    from fxprune.calibration.engine import Engine
+    from fxprune.checkpoint import load_pruned
+    from fxprune.data import evaluation_windows
+    from fxprune.export import export_model
+    from fxprune.export.llamacpp import LlamaCppModel
+    from fxprune.loading import load_model
+    from fxprune.recipe import load_recipe
+    import fxprune
+    loaded = load_model("smollm2")
+    model, tok = loaded.model, loaded.tokenizer
+    recipe = load_recipe("goa-liar-ffn-global-20").to_dict()
+    recipe["calibration"].update(samples=8, seq_len=64)
+    fxprune.prune(model, recipe, tokenizer=tok, data_root=str(root), source="smollm2")
+    ckpt = tmp_path / "ckpt"
+    fxprune.save(model, ckpt, tok)
+    widths = {layer.mlp.down_proj.in_features for layer in model.model.layers}
+    assert len(widths) > 1, "global allocation should give per-layer FFN widths"
+    assert any(layer.mlp.down_proj.bias is not None for layer in model.model.layers), "LIAR adds biases"
+    path = tmp_path / "readme.f32.gguf"
+    rep = export_model(str(ckpt), path, "f32", log=lambda s: None)
+    assert rep.arch == "deci"
+    reloaded = load_pruned(ckpt).eval()
+    w = evaluation_windows(tok, "wikitext2", seq_len=128, max_windows=4, root=str(root))
+    ref = Engine().perplexity(reloaded, w.ids)
+    prompt = w.ids[0, :12].tolist()
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        for _ in range(8):
+            ids = torch.cat([ids, reloaded(ids).logits[:, -1:].argmax(-1)], 1)
+    with LlamaCppModel(path, n_ctx=128, threads=2) as lm:
+        got = lm.perplexity(w.ids)
+        assert lm.greedy(prompt, 8) == ids[0, 12:].tolist()
+    assert abs(got.ppl - ref.ppl) / ref.ppl < 1e-3, (got.ppl, ref.ppl)

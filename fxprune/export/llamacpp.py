@@ -51,10 +51,11 @@ class LlamaCppModel:
 
     ``n_ctx``: context (tokens per sequence times ``n_seq``); ``n_batch``: most tokens per decode call;
     ``n_seq``: sequences decoded side by side (batch decoding); ``threads``: CPU threads for both
-    prompt processing and generation."""
+    prompt processing and generation; ``extra_buffers``: let llama.cpp repack weights into its extra
+    CPU buffer types (default: ``extra_buffers_default()``, off on AMX CPUs where that crashes)."""
 
     def __init__(self, path, n_ctx: int = 512, n_batch: int | None = None, n_seq: int = 1, threads: int = 1,
-                 exact: bool = True, quiet: bool = True):
+                 exact: bool = True, quiet: bool = True, extra_buffers: bool | None = None):
         lc = _lib()
         self.lc = lc
         self.path = Path(path)
@@ -64,6 +65,7 @@ class LlamaCppModel:
             _silence(lc)
         lc.llama_backend_init()
         mp = lc.llama_model_default_params()
+        mp.use_extra_bufts = bool(extra_buffers_default() if extra_buffers is None else extra_buffers)
         self.model = lc.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
             raise EngineError(f"llama.cpp engine: llama.cpp could not load {self.path} (run with quiet=False "
@@ -201,6 +203,22 @@ class LlamaCppModel:
             self.close()
         except Exception:
             pass
+
+
+def extra_buffers_default() -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types (the AMX and ``CPU_REPACK``
+    layouts). Off on CPUs with AMX: llama.cpp 0.3.36's AMX repack segfaults there on the first decode,
+    for stock files too (dense SmolLM2 q4_0, seen on a Xeon with ``amx_int8`` in a VM), and the AMX
+    buffer type cannot be switched off alone. ``FXPRUNE_LLAMACPP_EXTRA_BUFFERS=1`` / ``0`` overrides."""
+    import os
+    env = os.environ.get("FXPRUNE_LLAMACPP_EXTRA_BUFFERS")
+    if env is not None:
+        return env not in ("0", "", "false", "no")
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_int8" not in f.read()
+    except OSError:
+        return True
 
 
 def available() -> bool:
