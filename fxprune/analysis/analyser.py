@@ -93,10 +93,21 @@ def _track_values(node, pk, index_space: dict, from_param: set, params: dict) ->
         from_param.add(node.name)
 
 
+def persistent_buffers(cg: CapturedGraph) -> dict:
+    """Placeholder -> FQN of the module buffers saved in the state dict (not constants, not
+    non-persistent buffers, which a model recomputes from its config when it is built)."""
+    sig = getattr(cg.exported, "graph_signature", None)
+    if sig is None:
+        return {}
+    transient = set(getattr(sig, "non_persistent_buffers", ()) or ())
+    return {ph: fqn for ph, fqn in dict(sig.inputs_to_buffers).items() if fqn not in transient}
+
+
 def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
     """Apply every op rule to the graph. Returns the axis graph, tensor shapes, and blocking ops."""
     ag, shapes, blocking = AxisGraph(), {}, []
     index_space, from_param = {}, set()
+    persistent = persistent_buffers(cg)
     for node in cg.graph.nodes:
         new = shapes_of(node)
         shapes.update(new)
@@ -108,9 +119,12 @@ def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
                 continue
             what = (f"buffer {cg.buffers[node.name]}" if node.name in cg.buffers else
                     "model input" if node.op == "placeholder" else f"constant {node.target}")
+            # a persistent buffer is saved with the weights: sliced with the experts it indexes
+            # (a router's score-correction bias), fixed for every other group
+            fix = ag.soft_block if node.name in persistent else ag.block
             for tid in new:
                 for d in range(len(shapes[tid])):
-                    ag.block((tid, d), f"fixed: {what}")
+                    fix((tid, d), f"fixed: {what}")
         elif node.op == "output":
             for n in _flat_nodes(node.args):
                 for tid in [t for t in shapes if t == n.name or (isinstance(t, tuple) and t[0] == n.name)]:
@@ -186,22 +200,28 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
     param_roles = _param_roles(cg, ag, comp_of, shapes)
     tags_of = {}
     raw = []
+    bufs = persistent_buffers(cg)
+    name_of = {**cg.params, **bufs}
+
     def where(f):
-        """(param placeholder, dim, offset, full size) of a parameter factor (or of a segment of one)."""
-        if f.tid in cg.params:
+        """(param placeholder, dim, offset, full size) of a parameter factor (or of a segment of one);
+        persistent buffers count too (they are members of expert groups only, below)."""
+        if f.tid in name_of:
             return f.tid, f.dim, 0, shapes[f.tid][f.dim]
         seg = ag.segment_of.get(f.tid)
-        if seg is not None and seg[0][0] in cg.params:
+        if seg is not None and seg[0][0] in name_of:
             (ptid, pdim), start = seg
             return ptid, pdim, start, shapes[ptid][pdim]
         return None
 
     for i, comp in enumerate(comps):
-        pf = sorted((f for f in comp if where(f) is not None),
-                    key=lambda f: (cg.params[where(f)[0]], where(f)[1], where(f)[2], f.k))
-        if not pf:
+        if not any(where(f) is not None and where(f)[0] in cg.params for f in comp):
             continue
-        tags_of[i] = comp_tags(comp)
+        tags = comp_tags(comp)
+        routes = "expert_index" in tags  # a buffer is a member only where its soft block is lifted
+        pf = sorted((f for f in comp if where(f) is not None and (routes or where(f)[0] in cg.params)),
+                    key=lambda f: (name_of[where(f)[0]], where(f)[1], where(f)[2], f.k))
+        tags_of[i] = tags
         raw.append((i, comp, pf))
 
     groups, used_ids, comp_gid = [], defaultdict(int), {}
@@ -221,11 +241,11 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
             key = (f.tid, f.dim)
             ptid, pdim, offset, total = where(f)
             if key in seen:
-                blocked.add(f"{cg.params[ptid]} dim {pdim} couples to itself at two strides")
+                blocked.add(f"{name_of[ptid]} dim {pdim} couples to itself at two strides")
                 continue
             seen.add(key)
             fs = ag.factors[key]
-            members.append(Member(cg.params[ptid], pdim, shapes[f.tid][f.dim], prod(fs[f.k + 1:]),
+            members.append(Member(name_of[ptid], pdim, shapes[f.tid][f.dim], prod(fs[f.k + 1:]),
                                   _role(param_roles.get(key, set())), offset, total))
         roles = {m.role for m in members}
         tags = tags_of[i]
