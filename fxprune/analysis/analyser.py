@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from math import prod
 
+import torch
 from torch import fx, nn
 
 from ..capture import CapturedGraph, capture
@@ -103,11 +104,30 @@ def persistent_buffers(cg: CapturedGraph) -> dict:
     return {ph: fqn for ph, fqn in dict(sig.inputs_to_buffers).items() if fqn not in transient}
 
 
+_CONSTANT_PRESERVING = {"aten.lift_fresh_copy", "aten.clone", "aten.alias", "aten.detach", "aten._to_copy", "aten.to"}
+
+
+def small_constants(cg: CapturedGraph, limit: int = 64) -> dict:
+    """Placeholder -> value of the small integer tensor constants lifted by export (``x[..., [-2]]``
+    indexes with one): index rules read their positions."""
+    ep = cg.exported
+    sig = getattr(ep, "graph_signature", None)
+    lifted = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {}) if sig is not None else {}
+    consts = getattr(ep, "constants", {}) or {}
+    out = {}
+    for ph, fqn in lifted.items():
+        v = consts.get(fqn)
+        if isinstance(v, torch.Tensor) and not v.is_floating_point() and v.numel() <= limit and v.device.type != "meta":
+            out[ph] = v.detach().clone()
+    return out
+
+
 def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
     """Apply every op rule to the graph. Returns the axis graph, tensor shapes, and blocking ops."""
     ag, shapes, blocking = AxisGraph(), {}, []
     index_space, from_param = {}, set()
     persistent = persistent_buffers(cg)
+    constants = small_constants(cg)
     for node in cg.graph.nodes:
         new = shapes_of(node)
         shapes.update(new)
@@ -135,7 +155,9 @@ def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
             if op in IGNORED or pk in IGNORED:
                 continue
             _track_values(node, pk, index_space, from_param, cg.params)
-            ctx = RuleContext(ag, node, module, shapes, index_space, from_param)
+            if pk in _CONSTANT_PRESERVING and node.args and getattr(node.args[0], "name", None) in constants:
+                constants[node.name] = constants[node.args[0].name]
+            ctx = RuleContext(ag, node, module, shapes, index_space, from_param, constants)
             fn = find_rule(op, pk)
             if fn is None:
                 blocking.append({"op": op, "module": module, "node": node.name})

@@ -146,9 +146,16 @@ class AxisGraph:
         cuts = [(w, p, o, why) for w, p, o, why in self.cuts if self.sizes.get(w, 1) > 1 and self.sizes.get(p, 0) > 0]
         for w, p, o, _ in cuts:
             points[find(w)] |= {o, o + self.sizes.get(p, 1)}
+        views = self._outer_links(simple)
         changed = True
         while changed:  # carry cut points between a whole and the pieces cut from it
             changed = False
+            for _, flat, head, inner in views:  # a view splitting off the cut dim as its outermost factor
+                rf, rh = find(flat), find(head)
+                up = {x * inner for x in points.get(rh, ())}
+                if not up <= points[rf]:
+                    points[rf] |= up
+                    changed = True
             for w, p, o, _ in cuts:
                 n = self.sizes.get(p, 1)
                 rw, rp = find(w), find(p)
@@ -182,7 +189,14 @@ class AxisGraph:
             if find(d) in points:
                 members[find(d)].append(d)
         simple_ids = {id(lk) for lk in simple}
-        reshaped = {find(d) for lk in self.links if id(lk) not in simple_ids for d in lk.a + lk.b}
+        # a view whose outermost factor is the cut dim (and whose inner factors are not cut) is
+        # expressed segment by segment below; any other reshape of a cut dim is not
+        split_ok = {id(lk) for lk, flat, head, inner in views
+                    if points.get(find(head)) and points.get(find(flat), set()) - {0, self.sizes[flat]}
+                    == {x * inner for x in points[find(head)]} - {0, self.sizes[flat]}
+                    and not any(points.get(find(d)) for d in self._inner_dims(lk, head))}
+        reshaped = {find(d) for lk in self.links if id(lk) not in simple_ids for d in lk.a + lk.b
+                    if not (id(lk) in split_ok and d not in self._inner_dims(lk, None))}
         refused = set()
         for root, dims in members.items():
             n = self.sizes[dims[0]]
@@ -215,6 +229,12 @@ class AxisGraph:
             elif len(lk.a) == 1 and len(lk.b) == 1 and lk.a[0] in self.segments and lk.b[0] in self.segments:
                 for (x, _, _), (y, _, _) in zip(self.segments[lk.a[0]], self.segments[lk.b[0]]):
                     new_links.append(Link([x], [y], lk.why))
+            elif id(lk) in split_ok and all(d in self.segments for d in self._outer_pair(lk)) \
+                    and len(self.segments[self._outer_pair(lk)[0]]) == len(self.segments[self._outer_pair(lk)[1]]):
+                flat, head = self._outer_pair(lk)
+                rest = self._inner_dims(lk, head)
+                for (x, _, _), (y, _, _) in zip(self.segments[flat], self.segments[head]):
+                    new_links.append(Link([x], [y] + rest, lk.why))  # segment j of the flat dim = [head seg j, inner...]
             else:
                 for d in lk.a + lk.b:
                     for x in self._parts(d):
@@ -237,6 +257,32 @@ class AxisGraph:
                     for x, _, _ in segs:
                         table[x] = type(v)(v)
             del self.sizes[d]
+
+    def _outer_links(self, simple) -> list:
+        """Many-to-one links ``flat <-> [head, inner...]`` (a view splitting a dim into heads):
+        (link, flat dim, head dim, product of the inner sizes)."""
+        simple_ids = {id(lk) for lk in simple}
+        out = []
+        for lk in self.links:
+            if id(lk) in simple_ids:
+                continue
+            for one, many in ((lk.a, lk.b), (lk.b, lk.a)):
+                if len(one) == 1 and len(many) >= 2:
+                    inner = prod(self.sizes.get(d, 1) for d in many[1:])
+                    if self.sizes.get(one[0]) == self.sizes.get(many[0], 0) * inner and inner > 1:
+                        out.append((lk, one[0], many[0], inner))
+                    break
+        return out
+
+    @staticmethod
+    def _outer_pair(lk) -> tuple:
+        one, many = (lk.a, lk.b) if len(lk.a) == 1 else (lk.b, lk.a)
+        return one[0], many[0]
+
+    @staticmethod
+    def _inner_dims(lk, head) -> list:
+        many = lk.b if len(lk.a) == 1 else lk.a
+        return list(many[1:])
 
     def _parts(self, d):
         return [x for x, _, _ in self.segments[d]] if d in self.segments else [d]

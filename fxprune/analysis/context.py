@@ -29,8 +29,9 @@ class RuleContext:
     """Facts about ``node`` for a rule; ``why`` names the op and module for every statement."""
 
     def __init__(self, ag: AxisGraph, node: fx.Node, module: str, shapes: dict, index_space: dict | None = None,
-                 from_param: set | None = None):
+                 from_param: set | None = None, constants: dict | None = None):
         self.ag, self.node, self.module, self._shapes = ag, node, module, shapes
+        self.constants = {} if constants is None else constants  # tid -> small constant tensor (its values)
         self.index_space = {} if index_space is None else index_space  # tid -> Dim its values index
         self.from_param = set() if from_param is None else from_param  # tids that are (rows of) parameters
         self.op = op_name(node.target)
