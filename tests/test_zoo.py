@@ -19,7 +19,9 @@ SUPPORTED = json.loads((Path(__file__).parent / "zoo_supported.json").read_text(
 FAST = ["qwen2_moe",   # MoE with a shared expert and its gate
         "phi3",        # fused qkv with GQA: segments of one weight
         "jamba",       # hybrid: attention, Mamba and MoE layers in one stack
-        "gpt_bigcode"]  # fused multi-query c_attn (Conv1D-free linear) and GELU MLP
+        "gpt_bigcode",  # fused multi-query c_attn (Conv1D-free linear) and GELU MLP
+        "falcon",       # fused qkv viewed into [heads + 2, d], cut by a slice and constant indices
+        "mpnet"]        # heads of every layer coupled by one shared relative-position bias table
 
 
 def _check(family):
@@ -32,6 +34,8 @@ def _check(family):
         k = rec["kinds"].get(kind)
         assert k and k["prunable"] == k["groups"] > 0, (kind, k)
     assert all(k["unexplained"] == 0 for k in rec["kinds"].values())  # never an empty reason
+    if family in ("falcon", "mpnet"):  # their attention is recognised, not only passed over
+        assert {"attn_q_per_kv", "attn_heads"} & set(rec["planned_kinds"]), rec["kinds"]
     assert fully_supported(rec)
     return rec
 

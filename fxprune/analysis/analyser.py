@@ -510,8 +510,8 @@ def _classify(roles, tags, pf, ag, comp_of, tags_of) -> str:
     prod_cons = "producer" in roles and "consumer" in roles
     if "expert_index" in tags and "producer" in roles:
         return Kind.MOE_EXPERTS  # router rows + the experts' stacked weights
-    if "embedding" in tags:
-        return Kind.RESIDUAL
+    if "embedding" in tags and not (prod_cons and tags & {"attn_head", "matmul_batch"}):
+        return Kind.RESIDUAL  # (a relative-position bias table with one column per head is heads)
     if "depthwise" in roles and prod_cons:
         return Kind.SSM
     if prod_cons and tags & {"attn_head", "matmul_batch"}:
