@@ -38,6 +38,9 @@ class Factor:
     size: int
 
 
+_VIEWS = ("aten.view.", "aten.reshape.", "aten._unsafe_view.", "aten.unflatten.")  # ops whose links are plain views
+
+
 @dataclass
 class Link:
     a: list
@@ -147,6 +150,15 @@ class AxisGraph:
         for w, p, o, _ in cuts:
             points[find(w)] |= {o, o + self.sizes.get(p, 1)}
         views = self._outer_links(simple)
+        # only a view that is the one reshape of both its flat and its head class: segmenting the
+        # flat dim must not cut a dim that another reshape (a chunked loop, a repeat) also splits
+        others = defaultdict(int)
+        for lk in self.links:
+            if len(lk.a) == 1 and len(lk.b) == 1 and self.sizes.get(lk.a[0]) == self.sizes.get(lk.b[0]):
+                continue
+            for r in {find(d) for d in lk.a + lk.b}:
+                others[r] += 1
+        views = [v for v in views if others[find(v[1])] == 1 and others[find(v[2])] == 1]
         changed = True
         while changed:  # carry cut points between a whole and the pieces cut from it
             changed = False
@@ -264,7 +276,7 @@ class AxisGraph:
         simple_ids = {id(lk) for lk in simple}
         out = []
         for lk in self.links:
-            if id(lk) in simple_ids:
+            if id(lk) in simple_ids or not lk.why.startswith(_VIEWS):
                 continue
             for one, many in ((lk.a, lk.b), (lk.b, lk.a)):
                 if len(one) == 1 and len(many) >= 2:
