@@ -241,6 +241,7 @@ def check_family(model_type: str, head: str = "causal", seed: int = 0, tmp_dir=N
         model = tiny_zoo_model(model_type, head, seed=seed)
         rec["class"] = type(model).__name__
         rec["params"] = sum(p.numel() for p in model.parameters())
+        rec["attention_modules"] = attention_modules(model)
         rec["stage"] = "analyse"
         a = analyse(model)
         rec["analyse_seconds"] = round(time.perf_counter() - t0, 2)
@@ -361,6 +362,23 @@ def fully_supported(rec: dict) -> bool:
     return any(k in kinds for k in ("ssm_channels", "ssm_heads")) and _ssm_ok(kinds)
 
 
+ATTENTION = ("attn_heads", "attn_kv_groups", "attn_q_per_kv")
+
+
+def attention_modules(model) -> int:
+    """How many modules of ``model`` have a class named like attention (``FalconAttention``): a
+    family with one but no attention-head group has attention the analysis did not recognise."""
+    return sum("attention" in type(m).__name__.lower() for m in model.modules())
+
+
+def attention_supported(rec: dict) -> bool:
+    """``fully_supported`` and its attention recognised: an attention-head group was found, or the
+    model has no attention module at all (Mamba, FNet). ``attention_modules`` missing counts as
+    having attention (strict)."""
+    kinds = rec.get("kinds", {})
+    return fully_supported(rec) and (any(k in kinds for k in ATTENTION) or rec.get("attention_modules", 1) == 0)
+
+
 def every_kind_supported(rec: dict) -> bool:
     """``fully_supported`` and also every expert group and the SSM groups."""
     kinds = rec.get("kinds", {})
@@ -405,12 +423,19 @@ def render_table(records: dict, families=None) -> str:
     built = {k: r for k, r in records.items() if r.get("stage") != "build"}
     full = [k for k, r in built.items() if fully_supported(r)]
     every = [k for k, r in built.items() if every_kind_supported(r)]
+    strict = [k for k, r in built.items() if attention_supported(r)]
+    unseen = sorted(k for k in full if k not in strict)
     pct = lambda n: f"{100 * n / max(1, len(built)):.0f}%"  # noqa: E731
     lines = [f"{len(built)} families built tiny and tried (of {len(records)} in transformers' auto mappings); "
              f"{len(full)} ({pct(len(full))}) fully supported: every attention and FFN group (state-space "
              "models: SSM group) prunable and all "
              "four checks passing (slicing = masking at 1e-5 relative, generate with cache = without, save -> "
-             f"reload, stock `from_pretrained`); {len(every)} ({pct(len(every))}) with every expert and SSM "
+             f"reload, stock `from_pretrained`); {len(strict)} ({pct(len(strict))}) fully supported with their "
+             "attention recognised and prunable (an attention-head group found, or no attention module at "
+             "all: state-space models, FNet)"
+             + (f"; the other {len(unseen)} pass only because their attention is not recognised as attention "
+                f"groups ('—' under attention heads): {', '.join(unseen)}" if unseen else "")
+             + f"; {len(every)} ({pct(len(every))}) with every expert and SSM "
              "group too." + (f" Surgery's re-capture check (every group has its new size) ran on "
                              f"{sum(r.get('verified', True) for r in built.values())} of them." ), "",
              "| family | " + " | ".join(c for c, _ in COLUMNS) + " | checks |",
