@@ -121,3 +121,19 @@ def test_every_recorded_reason_is_typed_and_names_a_module():
                 if reason_type(why) not in REASON_TYPES or not names_module(why):
                     bad.append((fam, kind, why[:120]))
     assert not bad, bad
+
+
+def test_table_states_both_counts():
+    """The recorded table counts families fully supported and, strictly, with their attention
+    recognised: a family with an *Attention module but no attention-head group is named as passing
+    only without it."""
+    from fxprune.models.zoo import attention_supported
+    root = Path(__file__).resolve().parents[1]
+    records = json.loads((root / "bench" / "results" / "zoo.json").read_text())
+    text = render_table(records)
+    full = {f for f, r in records.items() if fully_supported(r)}
+    strict = {f for f, r in records.items() if attention_supported(r)}
+    assert strict <= full and f"{len(full)} (" in text and f"{len(strict)} (" in text
+    for f in full - strict:
+        assert records[f].get("attention_modules", 1) > 0 and f in text.split("\n")[0]
+    assert {"falcon", "mpnet"} <= strict and {"mamba", "fnet"} <= strict  # no attention module at all
