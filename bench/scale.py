@@ -72,7 +72,9 @@ def run_one(model_dir: Path, recipe: str, args, out: Path) -> dict:
     row = {"model": model_dir.name, "recipe": recipe, "rc": r.returncode, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
            "peak_rss_gb": round(int(m.group(1)) / 2 ** 20, 3) if m else None,
            "weights_gb": round(weight_bytes(model_dir) / 2 ** 30, 3), "limit_as_gb": args.limit_gb, "cgroup": cgroup,
-           "calib": f"c4 {args.samples} x {args.seq_len}", "command": " ".join(pre + cmd)}
+           "calib": f"c4 {args.samples} x {args.seq_len}", "command": " ".join(pre + cmd),
+           "code": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True).stdout.strip()}
     if r.returncode == 0:
         rep = json.loads(r.stdout[r.stdout.index("{"):])
         row.update(prune_s=rep["prune_seconds"], params_before=rep["params_before"], params_after=rep["params_after"],

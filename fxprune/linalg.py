@@ -25,18 +25,51 @@ def _lam0(A: torch.Tensor, n: int, alpha: float) -> torch.Tensor:
 def cholesky_damped(A: torch.Tensor, alpha: float, *, n_damped: int | None = None, retries: int = 4,
                     what: str = "matrix") -> tuple[torch.Tensor, torch.Tensor]:
     """Lower Cholesky factor ``L`` of ``A + lambda I_n`` and the ``lambda`` that worked (see the module
-    docstring). ``A`` is not modified."""
+    docstring). ``A`` is not modified on return: the damping goes onto its diagonal for each try and
+    the saved diagonal is put back (no damped copy of ``A``: memory is ``A`` and ``L``)."""
     n = A.shape[0] if n_damped is None else n_damped
     lam = _lam0(A, n, alpha)
-    idx = torch.arange(n, device=A.device)
+    diag = torch.diagonal(A)
+    saved = diag[:n].clone()
+    try:
+        for _ in range(retries + 1):
+            if n:
+                diag[:n] = saved + lam
+            L, info = torch.linalg.cholesky_ex(A)
+            if int(info) == 0:
+                return L, lam
+            del L
+            base = saved if n else diag[:1]  # the undamped diagonal, as A was given
+            lam = lam * 10 if lam > 0 else base.mean().clamp_min(1e-12) * 1e-6
+    finally:
+        diag[:n] = saved
+    raise LinAlgError(f"{what}: not positive definite after damping up to lambda={float(lam) / 10:g}")
+
+
+def cholesky_damped_inplace(make, alpha: float, *, retries: int = 4, what: str = "matrix"
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """SparseGPT's damped factor with one d x d matrix alive (two for a moment inside the LAPACK call):
+    ``make()`` returns a fresh undamped Hessian the caller holds no reference to; its dead channels get
+    ``H_jj = 1``, the damping goes onto its diagonal, and it is factored in its own storage
+    (``cholesky_ex(out=H)``: lower ``L``, upper triangle zeroed). A failed try destroys the matrix, so
+    the next one calls ``make()`` again. Returns ``(L, dead, lambda, mean diag)``; the same bits as
+    ``robust_cholesky``'s ``L`` (same damping sequence, same LAPACK call)."""
+    lam = None
     for _ in range(retries + 1):
-        D = A.clone()
-        if n:
-            D[idx, idx] += lam
-        L, info = torch.linalg.cholesky_ex(D)
+        H = make()
+        dead = dead_channels(H)
+        H[dead, dead] = 1.0
+        diag = torch.diagonal(H)
+        mean = float(diag.mean())
+        if lam is None:
+            lam = _lam0(H, H.shape[0], alpha)
+        diag.add_(lam)
+        info = torch.empty((), dtype=torch.int32)
+        torch.linalg.cholesky_ex(H, out=(H, info))
         if int(info) == 0:
-            return L, lam
-        lam = lam * 10 if lam > 0 else torch.diagonal(A)[:max(n, 1)].mean().clamp_min(1e-12) * 1e-6
+            return H, dead, lam, mean
+        del H, diag
+        lam = lam * 10 if lam > 0 else lam.new_tensor(mean).clamp_min(1e-12) * 1e-6
     raise LinAlgError(f"{what}: not positive definite after damping up to lambda={float(lam) / 10:g}")
 
 
@@ -61,14 +94,16 @@ def dead_channels(H: torch.Tensor) -> torch.Tensor:
 def robust_cholesky(H: torch.Tensor, alpha: float, name: str = "?", retries: int = 4
                     ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """A layer Hessian's damped Cholesky factor, SparseGPT-style: dead channels get ``H_jj = 1``, then
-    ``cholesky_damped``. Returns ``(L, H_damped, alpha_used)``; raises ``LinAlgError`` naming the layer."""
+    ``cholesky_damped``. Returns ``(L, H_damped, alpha_used)``; raises ``LinAlgError`` naming the layer.
+    ``H`` is not modified; memory: one copy of ``H`` (which becomes ``H_damped``, the damping added to
+    its diagonal in place: no identity matrix) and ``L``."""
     H = H.clone()
     dead = dead_channels(H)
     H[dead, dead] = 1.0
     L, lam = cholesky_damped(H, alpha, retries=retries, what=f"layer {name}: Hessian")
     mean = float(torch.diagonal(H).mean())
-    Hd = H + lam * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    return L, Hd, float(lam) / mean if mean else 0.0
+    torch.diagonal(H).add_(lam)
+    return L, H, float(lam) / mean if mean else 0.0
 
 
 def inverse_hessian(H: torch.Tensor, alpha: float, name: str = "?") -> tuple[torch.Tensor, torch.Tensor]:

@@ -158,3 +158,30 @@ def test_cli_onload_prunes_and_saves_a_loadable_checkpoint(ckpt, tmp_path, capsy
     rc = main(["prune", str(ckpt), "--onload", "--recipe", "sparsegpt-2of4", "--calib", "generated",
                "--out", str(tmp_path / "o2")])
     assert rc == 2 and "generated" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_cli_onload_dry_run_prints_peak_memory_and_time_per_block(ckpt, tmp_path, capsys):
+    """Issue 15 item 5: ``--onload --dry-run`` estimates from the headers and runs nothing."""
+    from fxprune.cli import main
+    from fxprune.onload_plan import estimate_onloaded
+    from fxprune.preflight import model_facts
+    for recipe, kind in (("sparsegpt-2of4", "sparsity"), ("goa-liar-ffn-global-20", "structured")):
+        rc = main(["prune", str(ckpt), "--onload", "--dry-run", "--recipe", recipe, "--calib", "c4",
+                   "--calib-samples", "4", "--calib-seq-len", "32", "--out", str(tmp_path / "o"), "--json"])
+        assert rc == 0 and not (tmp_path / "o").exists()
+        rep = json.loads(capsys.readouterr().out)
+        (st,) = rep["steps"]
+        assert st["blocks"] == 4 and st["seconds_per_block"] > 0 and st["peak_bytes"] > 0
+        f = model_facts(str(ckpt))
+        rates = {"float32": 50.0, "float64": 25.0}
+        small = estimate_onloaded(f, kind, 4, 32, rates=rates)
+        more = estimate_onloaded(f, kind, 64, 32, rates=rates)
+        assert more.peak > small.peak and more.seconds_per_block > small.seconds_per_block
+    # the 7B shape (no file needed): the estimate of a sparsegpt block stays under 4 GiB with 8 x 128
+    from fxprune.models.synthetic import PRESETS
+    from fxprune.preflight import ModelFacts
+    c = PRESETS["7b"]
+    f7 = ModelFacts("7b", 0, 0, c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"],
+                    c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"]), 0, "safetensors")
+    e = estimate_onloaded(f7, "sparsity", 8, 128, rates={"float32": 50.0, "float64": 25.0})
+    assert 2 * 2 ** 30 < e.peak < 4 * 2 ** 30 and e.blocks == 32

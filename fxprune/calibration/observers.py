@@ -128,7 +128,7 @@ class ModuleStats:
 
 
 class Statistics(Mapping):
-    """Immutable mapping: module qualified name → ``ModuleStats``."""
+    """Mapping: module qualified name → ``ModuleStats``; read-only except ``release``."""
 
     def __init__(self, items: Mapping[str, ModuleStats]):
         self._items = dict(items)
@@ -147,6 +147,11 @@ class Statistics(Mapping):
 
     def merged(self, other: "Statistics") -> "Statistics":
         return Statistics({**self._items, **other._items})
+
+    def release(self, key: str) -> None:
+        """Drop ``key``'s statistics (their memory goes once nothing else holds it). Only the block's
+        last op that reads statistics may call it (``BlockContext.owns_stats``)."""
+        self._items.pop(key, None)
 
 
 def gram(x: torch.Tensor, min_blocked: int = 1024, blocks: int = 4) -> torch.Tensor:
@@ -172,15 +177,42 @@ def gram(x: torch.Tensor, min_blocked: int = 1024, blocks: int = 4) -> torch.Ten
 class _MaskSource:
     """What all observers of a collector share while a batch runs: its token mask, and the sums
     already computed for an input tensor (q/k/v and gate/up read the same tensor: its Gram is
-    computed once per batch, not once per module)."""
+    computed once per batch, not once per module), and the running sums those batch sums went into:
+    observers whose running sum is the same tensor and who add the same batch value share the result,
+    so q/k/v (and gate/up) hold ONE running Gram between them, not one each. Values are the same bits
+    as with one sum per observer (the same additions in the same order)."""
 
     def __init__(self):
         self.mask: torch.Tensor | None = None
         self.cache: dict = {}
+        self.added: dict = {}
+        self.observers: list["Observer"] = []
 
     def new_batch(self, mask: torch.Tensor | None) -> None:
         self.mask = mask
         self.cache = {}
+        self.added = {}
+
+    def accumulate(self, obs: "Observer", key: str, value: torch.Tensor) -> None:
+        """``obs.sums[key] += value``, shared: when another observer already added this very ``value``
+        (a cached batch sum) to this very running sum in this batch, ``obs`` takes that result. A running
+        sum held by several observers is never changed in place (one of them may see another input
+        later): the sum is then a new tensor; one held by ``obs`` alone is added to in place."""
+        prior = obs.sums.get(key)
+        ident = (key, id(value), None if prior is None else id(prior))
+        hit = self.added.get(ident)
+        if hit is not None:
+            obs.sums[key] = hit[2]
+            return
+        if prior is None:
+            v = value.to(obs._acc_dtype())
+            new = v.clone() if v is value else v
+        elif sum(o.sums.get(key) is prior for o in self.observers) > 1:
+            new = prior + value  # fp32 batch sums into an fp64 sum: promoted exactly, no fp64 copy of the batch sum
+        else:
+            new = prior.add_(value)
+        self.added[ident] = (value, prior, new)  # holding value and prior keeps their ids from being reused
+        obs.sums[key] = new
 
     def shared(self, x: torch.Tensor, key: str, acc: "Accumulation", compute: Callable[[], torch.Tensor]):
         """``compute()``, or the value an observer already computed for the same tensor ``x``."""
@@ -259,12 +291,13 @@ class Observer:
         share = self.masks.shared
         xs = share(x, "tokens", self.acc, lambda: self._cast(_select_tokens(x, self.masks.mask)))
         self._add("count", torch.tensor(float(xs.shape[0])))
+        add = self.masks.accumulate  # one running sum for observers of the same input (see _MaskSource)
         if Stat.INPUT_GRAM in self.stats:
-            self._add("gram", share(x, "gram", self.acc, lambda: gram(xs)))
+            add(self, "gram", share(x, "gram", self.acc, lambda: gram(xs)))
         if Stat.INPUT_SUM in self.stats:
-            self._add("input_sum", share(x, "sum", self.acc, lambda: xs.sum(0)))
+            add(self, "input_sum", share(x, "sum", self.acc, lambda: xs.sum(0)))
         if Stat.INPUT_SQ in self.stats:
-            self._add("input_sq", share(x, "sq", self.acc, lambda: (xs * xs).sum(0)))
+            add(self, "input_sq", share(x, "sq", self.acc, lambda: (xs * xs).sum(0)))
         if Stat.HEAD_GRAM in self.stats:
             self._add("head_gram", self._head_gram(module, xs))
 
@@ -337,6 +370,7 @@ class StatsCollector:
     def __enter__(self) -> "StatsCollector":
         from ..models.runtime import derived_inputs
         derived = derived_inputs(self.root)
+        self.masks.observers = list(self.observers.values())  # until __exit__ (a cycle would delay freeing the sums)
         for name, obs in self.observers.items():
             if self.prefix and name == self.prefix.rstrip("."):
                 local = ""
@@ -353,6 +387,8 @@ class StatsCollector:
     def __exit__(self, *exc) -> None:
         for obs in self.observers.values():
             obs.detach()
+        self.masks.new_batch(None)  # the last batch's cached sums and superseded running sums go
+        self.masks.observers = []
 
     def set_token_mask(self, attention_mask: torch.Tensor | None, batch_shape: tuple[int, int] | None = None) -> None:
         """Set the mask of the next batch: True = token counts. Applies ``exclude_first_token``."""
@@ -380,7 +416,12 @@ class StatsCollector:
     def reduce(self, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Replace every sum by ``all_reduce(sum)`` (keys in a fixed order on every rank)."""
         state = self.state()
-        self.load_state({k: all_reduce(state[k]) for k in sorted(state)})
+        done: dict = {}  # a running sum shared by several observers stays shared (one reduced tensor)
+        out = {}
+        for k in sorted(state):  # one all_reduce per key on every rank, whatever is shared
+            r = all_reduce(state[k])
+            out[k] = done.setdefault(id(state[k]), r)
+        self.load_state(out)
 
     def result(self) -> Statistics:
         return Statistics({n: obs.result() for n, obs in self.observers.items()})

@@ -95,6 +95,8 @@ class BlockContext:
     dense_inputs: list[BlockInput] | None = None     # PRUNED stream with needs_dense only
     dense_targets: list[torch.Tensor] | None = None  # the dense block's outputs on dense inputs
     scratch: dict = field(default_factory=dict)      # shared by the ops of this block, dropped after it
+    owns_stats: bool = False                         # True while the block's last op that reads statistics
+                                                     # runs: it may ``Statistics.release`` what it is done with
 
 
 class BlockOp:
@@ -103,7 +105,8 @@ class BlockOp:
     ``request(ctx)``: the statistics to gather on this block's inputs before any op of the block
     runs (``None``: none). ``apply(ctx, stats)``: do the work (modify ``ctx.block`` in place, or read).
     ``active(i)``: whether the op works on block ``i`` at all (the run stops after the last active
-    block). Flags: ``modifies`` (the block changes: its outputs are recomputed for the pruned stream),
+    block). The block's statistics are dropped as soon as the last op with ``reads_stats`` has run
+    (that op sees ``ctx.owns_stats`` and may release entries itself as it goes); later ops get none. Flags: ``modifies`` (the block changes: its outputs are recomputed for the pruned stream),
     ``needs_data`` (the op requests statistics or reads ``ctx.inputs``; False: data-free), ``needs_dense``
     (the op reads ``ctx.dense_inputs``/``ctx.dense_targets``).
 
@@ -115,6 +118,7 @@ class BlockOp:
 
     name: ClassVar[str] = "op"
     modifies: ClassVar[bool] = True
+    reads_stats: ClassVar[bool] = True   # False: ``apply`` never reads ``stats`` (the runner drops them sooner)
     needs_data: ClassVar[bool] = True
     needs_dense: ClassVar[bool] = False
     resumable: ClassVar[bool] = False
@@ -297,6 +301,7 @@ def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[B
                     outs.append(block_output(block(*inp.args, **inp.kwargs)))
             col.reduce(reduce)
             stats = col.result()
+            col = None  # the observers' sums now live in ``stats`` only: released with it
         else:
             outs, stats = None, Statistics({})
         if outs is None and i < last and (stream is Stream.DENSE or track_dense):
@@ -307,9 +312,14 @@ def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[B
             ctx.dense_inputs = dense_inputs
             ctx.dense_targets = outs if dense_inputs is inputs else _run(block, dense_inputs)
         modified = False
-        for op in here:
+        last_reader = max((k for k, op in enumerate(here) if op.reads_stats), default=-1)
+        for k, op in enumerate(here):
+            ctx.owns_stats = k == last_reader
             op.apply(ctx, stats)
             modified = modified or op.modifies
+            if k == last_reader:  # no later op reads them: each layer's Gram goes before the next solves
+                stats = Statistics({})
+        ctx.owns_stats = False
         if i < last:
             if outs is None or (stream is Stream.PRUNED and modified):
                 outs = _run(block, inputs)  # the (possibly modified) block on the current stream

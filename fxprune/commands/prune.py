@@ -167,9 +167,11 @@ def run_onloaded(args, recipe) -> int:
     from ..errors import RecipeError
     from ..onload import check_onloadable, open_onloaded
     from ..pipeline import prune_model
-    if args.dry_run or args.eval_ppl or args.semi_structured or getattr(args, "eval_tasks", None):
-        raise RecipeError("--onload runs the prune and saves it; --dry-run, --eval-ppl, --eval-tasks and "
+    if args.eval_ppl or args.semi_structured or getattr(args, "eval_tasks", None):
+        raise RecipeError("--onload runs the prune and saves it; --eval-ppl, --eval-tasks and "
                           "--semi-structured need the whole model in memory")
+    if args.dry_run:
+        return _onload_dry_run(args, recipe)
     if recipe.calibration.source == "generated" and recipe.needs_calibration:
         raise RecipeError("--onload: generated calibration samples from the whole model; give --calib DATA")
     for step in recipe.steps:
@@ -191,6 +193,42 @@ def run_onloaded(args, recipe) -> int:
         om.save(tokenizer=tok, extra={**report, "plan": out.plan})
     report["out"] = args.out
     _print(report, args)
+    return 0
+
+
+def _onload_dry_run(args, recipe) -> int:
+    """``--onload --dry-run``: the expected peak memory and time per block (``fxprune.onload_plan``),
+    from the checkpoint's headers; nothing is read, planned or run."""
+    from ..errors import ModelLoadError
+    from ..onload_plan import describe, estimate_onloaded
+    from ..preflight import model_facts
+    import torch
+
+    from ..shards import TensorFiles
+    facts = model_facts(args.model)
+    if facts is None or facts.fmt != "safetensors":
+        raise ModelLoadError(args.model, "--onload --dry-run needs a safetensors checkpoint directory")
+    stored = {t.dtype for t in TensorFiles.open(args.model).tensors.values()}
+    elem = max(torch.empty((), dtype=dt).element_size() for dt in stored) if stored else 2
+    cal = recipe.calibration
+    ests = []
+    from ..steps.sparsity import SparsityStep
+    from ..steps.structured import StructuredStep
+    for step in recipe.steps:
+        kind = "sparsity" if isinstance(step, SparsityStep) else "structured" if isinstance(step, StructuredStep) else None
+        if kind is None:
+            continue
+        e = estimate_onloaded(facts, kind, cal.samples, cal.seq_len, cal.batch_size, elem,
+                              kept=1 - getattr(step, "target", 0.2))
+        ests.append({"kind": step.kind, **e.as_dict(), "text": describe(e)})
+    report = {"model": args.model, "recipe_name": recipe.name, "onloaded": True, "dry_run": True,
+              "calibration": f"{cal.source} {cal.samples} x {cal.seq_len}", "steps": ests}
+    if args.json:
+        json.dump(report, sys.stdout, indent=1, default=str)
+        print()
+    else:
+        for i, e in enumerate(ests):
+            print(f"step {i + 1}: {e['kind']} (onloaded, {report['calibration']})\n" + e["text"])
     return 0
 
 

@@ -14,7 +14,7 @@ from .capture import capture_io
 
 
 class CaptureForLinCal(GroupsOp):
-    name, modifies = "capture_for_lincal", False
+    name, modifies, reads_stats = "capture_for_lincal", False, False
 
     def apply(self, ctx, stats):
         names = sorted({g.module for g in self.groups(ctx.index)})
@@ -32,7 +32,7 @@ class CaptureForLinCal(GroupsOp):
 
 
 class FitLinCal(ByBlock):
-    name, modifies = "fit_lincal", False
+    name, modifies, reads_stats = "fit_lincal", False, False
 
     def __init__(self, by_block: dict, rank: int, alpha: float):
         super().__init__(by_block)

@@ -14,7 +14,7 @@ from .capture import capture_io
 
 
 class CaptureRefitTargets(GroupsOp):
-    name, modifies, needs_dense = "capture_refit_targets", False, True
+    name, modifies, needs_dense, reads_stats = "capture_refit_targets", False, True, False
     resumable = True  # keeps nothing across blocks (ctx.scratch only)
 
     def apply(self, ctx, stats):
@@ -25,7 +25,7 @@ class CaptureRefitTargets(GroupsOp):
 
 
 class Refit(ByBlock):
-    name = "goa_refit"
+    name, reads_stats = "goa_refit", False
     resumable = True  # keeps nothing across blocks
 
     def __init__(self, by_block: dict, damping: float):

@@ -61,6 +61,7 @@ class RemoveUnits(GroupsOp):
         self.final_plan.update(sub)
         layers = consumer_layers(self.model, a, sub)
         ctx.scratch["removed"] = layers
-        for layer, keep in layers:
-            self.rec.fold(layer, keep, stats, self.damping)
+        last_use = {layer.name: k for k, (layer, _) in enumerate(layers)}
+        for k, (layer, keep) in enumerate(layers):  # each consumer's statistics go after its last fold
+            self.rec.fold(layer, keep, stats, self.damping, release=ctx.owns_stats and last_use[layer.name] == k)
         prune(self.model, sub, a, verify=False)

@@ -1,6 +1,8 @@
 """Sparsify the selected linear layers of a block with a registered method's kernel
 (``sparsity/methods``): every layer of the block sees the block's inputs from the already sparsified
-blocks before it (the pruned stream), and all of them are solved from the same statistics."""
+blocks before it (the pruned stream), and all of them are solved from the same statistics. Each
+layer's statistics are released once it is solved (when the runner says this op owns them), so a
+block's peak holds the Grams not yet used plus one layer's solve, not every Gram of the block."""
 from __future__ import annotations
 
 import dataclasses
@@ -53,3 +55,6 @@ class Sparsify(ByBlock):
             lin.weight.data.copy_(new)
             self.reports.append(LayerReport(name, tuple(W.shape), pattern.label, int((lin.weight.data == 0).sum()),
                                             W.numel(), err, time.perf_counter() - t0))
+            del st, new
+            if ctx.owns_stats:  # this layer's Gram goes before the next layer's solve (shared ones with the last user)
+                stats.release(name)

@@ -51,8 +51,9 @@ class Reconstructor:
     needs: ClassVar[frozenset] = frozenset()
     refits: ClassVar[bool] = False
 
-    def fold(self, layer: ConsumerLayer, keep: torch.Tensor, stats, damping: float) -> None:
-        """Compensate the removed columns (``~keep``) in the kept ones and the bias (in place)."""
+    def fold(self, layer: ConsumerLayer, keep: torch.Tensor, stats, damping: float, release: bool = False) -> None:
+        """Compensate the removed columns (``~keep``) in the kept ones and the bias (in place).
+        ``release``: no later reader needs ``stats[layer.name]``: the fold may ``release`` it once read."""
 
 
 @register

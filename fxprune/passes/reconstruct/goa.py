@@ -32,8 +32,11 @@ class RefitAccumulator:
         y = y.reshape(-1, y.shape[-1]).double()
         xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
         A, C = xa.T @ xa, xa.T @ y
-        self.A = A if self.A is None else self.A + A
-        self.C = C if self.C is None else self.C + C
+        if self.A is None:
+            self.A, self.C = A, C
+        else:  # in place: the same sums, no third (d+1)^2 matrix
+            self.A += A
+            self.C += C
 
     @torch.no_grad()
     def solve_into(self, layer, damping: float):

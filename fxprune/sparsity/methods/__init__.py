@@ -41,17 +41,26 @@ class LayerStats:
         """``||X_j||^2`` per input channel (Wanda's statistic)."""
         return torch.diagonal(self.gram).clone()
 
-    def hessian(self, normalise: bool = True) -> torch.Tensor:
-        """``H = 2 G`` (``2 G / n`` if ``normalise``; the scale changes no solution), undamped, fp64."""
+    def hessian(self, normalise: bool = True, dtype: torch.dtype | None = None, rows: int = 1024) -> torch.Tensor:
+        """``H = 2 G`` (``2 G / n`` if ``normalise``; the scale changes no solution), undamped, in the
+        Gram's dtype (fp64) or ``dtype``. With ``dtype`` it is computed ``rows`` rows at a time, so no
+        full-size fp64 temporary exists (the same bits as ``hessian().to(dtype)``)."""
         from ...linalg import LinAlgError
         if self.n == 0:
             raise LinAlgError(f"layer {self.name}: no calibration tokens reached it")
-        return 2.0 * self.gram / (self.n if normalise else 1)
+        div = self.n if normalise else 1
+        if dtype is None or dtype == self.gram.dtype:
+            return 2.0 * self.gram / div
+        out = torch.empty(self.gram.shape, dtype=dtype, device=self.gram.device)
+        for a in range(0, self.gram.shape[0], rows):
+            out[a:a + rows] = 2.0 * self.gram[a:a + rows] / div
+        return out
 
     def output_error(self, delta: torch.Tensor) -> float:
         """Mean over calibration tokens of ``||delta x||^2`` (``tr(delta G delta^T) / n``)."""
         d = delta.double()
-        return float(((d @ self.gram) * d).sum() / max(self.n, 1))
+        t = d @ self.gram
+        return float(t.mul_(d).sum() / max(self.n, 1))  # in place: one (out x in) fp64 temporary, same bits
 
 
 METHODS: dict[type, Callable] = {}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...linalg import dead_channels, robust_cholesky
+from ...linalg import cholesky_damped_inplace
 from ..config import NM
 from ..masks import check_pattern, cumulative_count, lowest_global, lowest_per_row
 from . import Pruned, register
@@ -18,10 +18,27 @@ from . import Pruned, register
 
 def upper_inverse_factor(H: torch.Tensor, alpha: float, name: str = "?") -> torch.Tensor:
     """``U`` upper-triangular with ``H_damped⁻¹ = Uᵀ U``. Row block ``U[a:b, a:]`` gives the inverse
-    Hessian of the columns ``a:`` conditional on the columns left of ``a`` being frozen."""
-    L, _, _ = robust_cholesky(H, alpha, name)
-    Hinv = torch.cholesky_inverse(L)
-    return torch.linalg.cholesky(Hinv, upper=True)
+    Hessian of the columns ``a:`` conditional on the columns left of ``a`` being frozen. ``H`` is not
+    modified (one copy of it is made: ``inverse_factor_of`` avoids even that)."""
+    return _factor_into_inverse(cholesky_damped_inplace(lambda: H.clone(), alpha, what=f"layer {name}: Hessian")[0])
+
+
+def inverse_factor_of(stats, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, dead)`` for a layer's statistics: the fp32 Hessian is built from the fp64 Gram a slab of
+    rows at a time and then factored, inverted and re-factored in its own storage. At most two d x d
+    fp32 matrices exist at once (inside the first LAPACK call; one otherwise): for a 7B down_proj
+    (d = 11008) 0.97 GB instead of the ~5 x 0.48 GB of Hessian, damped clone, identity and factors."""
+    L, dead, _, _ = cholesky_damped_inplace(lambda: stats.hessian(dtype=torch.float32), alpha,
+                                            what=f"layer {stats.name}: Hessian")
+    return _factor_into_inverse(L), dead
+
+
+def _factor_into_inverse(L: torch.Tensor) -> torch.Tensor:
+    """``cholesky(cholesky_inverse(L), upper=True)`` computed in ``L``'s storage (``out=``: the same bits
+    as the out-of-place calls, no second matrix)."""
+    torch.cholesky_inverse(L, out=L)
+    torch.linalg.cholesky(L, upper=True, out=L)
+    return L
 
 
 @dataclass(frozen=True)
@@ -37,11 +54,9 @@ class SparseGPTConfig:
 @register("sparsegpt", SparseGPTConfig)
 def prune_sparsegpt(W, stats, pattern, cfg: SparseGPTConfig) -> Pruned:
     check_pattern(pattern, tuple(W.shape))
-    H = stats.hessian().float()
+    Hinv, dead = inverse_factor_of(stats, cfg.percdamp)
     W = W.detach().clone().float()
-    dead = dead_channels(H)
     W[:, dead] = 0
-    Hinv = upper_inverse_factor(H, cfg.percdamp, stats.name)
     rows, cols = W.shape
     mask = torch.zeros_like(W, dtype=torch.bool)
     nm = isinstance(pattern, NM)
