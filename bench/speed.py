@@ -262,6 +262,7 @@ def run(args):
         "decode_prompt_tokens": args.decode_prompt, "batches": batches, "clock": args.clock, "engines": engines, "seed": args.seed,
         "machine": f"{platform.machine()} {os.cpu_count()} cores (shared)", "python": platform.python_version(),
         "torch": torch.__version__, "llama_cpp_python": _version("llama_cpp"),
+        "llamacpp_extra_buffers": _extra_buffers(),
         "command": " ".join([sys.executable] + sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
         "models": {}, "times": []}
     print(f"computing ideal costs for {list(models)}", flush=True)
@@ -307,6 +308,16 @@ def run(args):
         res_file.write_text(json.dumps(out, indent=1))
         (RESULTS / f"{args.tag}.md").write_text(render(out))
     print(render(out))
+
+
+def _extra_buffers():
+    """Whether llama.cpp repacks weights into its extra CPU buffer types in this run (see
+    ``fxprune.export.llamacpp.extra_buffers_default``: off on AMX CPUs)."""
+    try:
+        from fxprune.export.llamacpp import extra_buffers_default
+        return extra_buffers_default()
+    except Exception:
+        return None
 
 
 def _version(mod):
@@ -359,7 +370,8 @@ def render(out):
              f"{p['repeats']} interleaved repeats (model order shuffled per repeat); medians, [min, max].",
              f"Prefill: {p['prompt_tokens']}-token prompt, last-token logits. Decode: {p['new_tokens']} greedy "
              f"steps after a {p['decode_prompt_tokens']}-token prompt, batch {p['batches']}. torch {p['torch']}, "
-             f"llama-cpp-python {p['llama_cpp_python']}.", "",
+             f"llama-cpp-python {p['llama_cpp_python']} (extra CPU buffer types / weight repacking: "
+             f"{ {True: 'on', False: 'off (AMX CPU)', None: 'default'}[p.get('llamacpp_extra_buffers')] }).", "",
              "speedup = per-repeat tok/s ratio pruned/dense (median [min, max]); ideal = sympy cost model "
              "(prefill: FLOPs per prompt; decode: matmul weights read per token); "
              "ratio = speedup / ideal.", "",

@@ -110,6 +110,8 @@ def fork_one(model_type: str, head: str, timeout: int, verify: bool = True) -> d
 
 def render(records: dict) -> None:
     from fxprune.models.zoo import fully_supported, render_table, zoo_families
+    if _backfill_attention(records):
+        RECORDS.write_text(json.dumps(records, indent=1, sort_keys=True))
     table = render_table(records, [mt for mt, _ in zoo_families()])
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python bench/zoo.py"
     (RESULTS / "zoo.md").write_text(f"# Zoo support table\n\nProduced by `{cmd}` (transformers "
@@ -124,6 +126,26 @@ def render(records: dict) -> None:
                        "kinds": sorted(k for k, v in r.get("kinds", {}).items() if v["prunable"] == v["groups"] > 0)}
                  for fam, r in sorted(records.items()) if fully_supported(r)}
     SUPPORTED.write_text(json.dumps(supported, indent=1) + "\n")
+
+
+def _backfill_attention(records: dict) -> bool:
+    """Records from before ``attention_modules`` was recorded get it from the tiny model built on the
+    meta device (no capture): the table's strict count needs it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    from fxprune.models.zoo import attention_modules, tiny_zoo_config
+    changed = False
+    for fam, r in records.items():
+        if r.get("stage") == "build" or "attention_modules" in r:
+            continue
+        auto = AutoModelForMaskedLM if r.get("head") == "masked" else AutoModelForCausalLM
+        try:
+            with torch.device("meta"):
+                r["attention_modules"] = attention_modules(auto.from_config(tiny_zoo_config(fam)))
+            changed = True
+        except Exception:  # noqa: BLE001 - left missing: counts as having attention (strict)
+            pass
+    return changed
 
 
 def _version(pkg: str) -> str:

@@ -71,7 +71,12 @@ def compute_structure(model: nn.Module) -> dict:
     missing = [n for n in fresh_params if n not in dict(model.named_parameters(remove_duplicate=False))]
     if missing:
         raise CheckpointError(f"model lacks parameters its config defines: {missing[:5]}")
-    if not params and not specs:
+    # persistent buffers sliced with their group (an expert router's score-correction bias)
+    fresh_bufs = dict(fresh.named_buffers(remove_duplicate=False))
+    buffers = {name: list(b.shape) for name, b in model.named_buffers(remove_duplicate=False)
+               if name in fresh_bufs and tuple(fresh_bufs[name].shape) != tuple(b.shape)
+               and name in model.state_dict()}
+    if not params and not specs and not buffers:
         return {}
     attrs = {}
     fresh_mods = dict(fresh.named_modules())
@@ -80,6 +85,8 @@ def compute_structure(model: nn.Module) -> dict:
         if diff:
             attrs[name] = diff
     out = {"params": params, "attrs": attrs}
+    if buffers:
+        out["buffers"] = buffers
     if specs:
         out["modules"] = specs
     return out
@@ -99,6 +106,13 @@ class FxPruned{base}(_Base):
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         apply_structure(self, config.{key})
+
+    @classmethod
+    def is_custom_code(cls):
+        # the initialisation is the stock class's own: transformers must run it as for stock code
+        # (for custom code it skips modules without parameters of their own, which leaves
+        # non-persistent buffers such as Falcon-H1's mup_vector uninitialised)
+        return False
 '''
 
 

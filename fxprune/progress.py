@@ -98,7 +98,9 @@ def block_structure(block: torch.nn.Module) -> dict:
              if not k.startswith("_") and _simple(v)}
         if a:
             attrs[name] = a
+    saved = block.state_dict()
     return {"modules": module_specs(block), "params": {n: list(p.shape) for n, p in block.named_parameters()},
+            "buffers": {n: list(b.shape) for n, b in block.named_buffers() if n in saved},  # persistent ones
             "attrs": attrs}
 
 

@@ -151,8 +151,9 @@ def apply_structure(model, structure):
     """Rebuild fxprune modules, resize/add parameters to the recorded shapes and set recorded module
     attributes (in place).
 
-    ``structure = {"modules": {path: spec}, "params": {name: shape}, "attrs": {module path: {attr:
-    value}}}``. Values are left uninitialised: a state dict is loaded afterwards."""
+    ``structure = {"modules": {path: spec}, "params": {name: shape}, "buffers": {name: shape},
+    "attrs": {module path: {attr: value}}}``. Values are left uninitialised: a state dict is loaded
+    afterwards."""
     apply_modules(model, structure.get("modules", {}))
     for name, shape in structure.get("params", {}).items():
         mod_name, _, attr = name.rpartition(".")
@@ -167,6 +168,13 @@ def apply_structure(model, structure):
             if hasattr(mod, attr):
                 delattr(mod, attr)
             mod.register_parameter(attr, new)
+    for name, shape in structure.get("buffers", {}).items():  # persistent buffers: resized in place
+        mod_name, _, attr = name.rpartition(".")
+        mod = model.get_submodule(mod_name) if mod_name else model
+        old = mod._buffers.get(attr)
+        if old is None:
+            raise ValueError(f"recorded buffer {name} is not a buffer of {type(mod).__name__}")
+        mod._buffers[attr] = torch.empty(tuple(shape), dtype=old.dtype, device=old.device)
     for mod_name, attrs in structure.get("attrs", {}).items():
         mod = model.get_submodule(mod_name) if mod_name else model
         for k, v in attrs.items():

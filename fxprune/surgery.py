@@ -18,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 
 from .analysis.analyser import Analysis, analyse
 from .analysis.groups import Group
+from .analysis.renorm import mask_renorms
 from .analysis.slicing import get_parameter, keep_masks, slice_parameters
 from .analysis.widths import apply_values, current_values, scope_of, stale_attributes, trace_widths
 from .errors import PlanError, SurgeryError, VerificationError
@@ -115,10 +116,12 @@ def count_params(model: nn.Module) -> int:
 
 def apply_mask(model: nn.Module, analysis: Analysis, plan: Plan) -> nn.Module:
     """Zero the removed units *where they are consumed* (consumer columns), in place; removed experts
-    get a -inf router logit (hooks on the router module).
+    get a -inf router logit (hooks on the router module); a norm whose statistic runs over a planned
+    group's channels is taken over the kept channels only (hooks, ``analysis/renorm.py``).
 
     This is the reference semantics of pruning: ``prune`` must equal it (up to float error)."""
     plan = validate_plan(analysis, plan)
+    mask_renorms(model, analysis, plan)
     with torch.no_grad():
         for gid, keep in plan.items():
             g = analysis.group(gid)

@@ -171,3 +171,28 @@ def test_pipeline_prunes_experts_and_ssm_heads(allocation):
         for gid, keep in out.plan.items():
             g = a.group(gid)
             assert len(keep) >= g.detail.get("min_keep", 1) and (len(keep) % g.detail.get("multiple", 1) == 0)
+
+
+def test_router_bias_buffer_is_sliced_with_its_experts(ids, tmp_path):
+    """DeepSeek-V3's router adds a persistent per-expert ``e_score_correction_bias`` buffer before
+    its top-k: it belongs to the expert group (sliced with the router rows, saved and reloaded with
+    the recorded structure), not a reason to keep every expert."""
+    from fxprune.checkpoint import load_pruned, save_pruned
+    m0 = tiny_zoo_model("deepseek_v3")
+    a = analyse(m0)
+    g = a.group("model.layers.1.mlp:experts")
+    assert g.kind == Kind.MOE_EXPERTS and g.prunable and g.units == 4
+    bias = "model.layers.1.mlp.gate.e_score_correction_bias"
+    assert (bias, 0, "scale") in {(x.param, x.dim, x.role) for x in g.members}
+    with torch.no_grad():
+        m0.get_buffer(bias).copy_(torch.tensor([0.3, 0.5, -0.1, 0.0]))  # expert 1 is picked
+    plan = {g.id: [0, 2, 3]}
+    ref = apply_mask(copy.deepcopy(m0), a, plan)
+    m = copy.deepcopy(m0)
+    prune(m, plan, a)
+    assert m.get_buffer(bias).tolist() == pytest.approx([0.3, -0.1, 0.0])
+    assert torch.allclose(logits(m, ids), logits(ref, ids), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logits(m0, ids), logits(ref, ids), atol=1e-4)
+    back = load_pruned(save_pruned(m, tmp_path / "p"))
+    assert torch.equal(back.get_buffer(bias), m.get_buffer(bias))
+    assert torch.allclose(logits(back, ids), logits(m, ids), atol=1e-6)

@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from math import prod
 
+import torch
 from torch import fx, nn
 
 from ..capture import CapturedGraph, capture
@@ -18,6 +19,7 @@ from ..kinds import DEPTH2_KINDS, Kind
 from .groups import Group, Member
 from .rules import IGNORED, find_rule
 from .dryrun import DryRun, probe_plan
+from .renorm import lifts as renorm_lifts
 from .widths import DYN, WidthTrace, trace_widths
 
 ROLE_ORDER = ("expert", "producer", "consumer", "depthwise", "embedding")
@@ -72,7 +74,7 @@ def _flat_nodes(a):
 # and the parameter a tensor is a view of survive them)
 VALUE_PRESERVING = {"aten.view", "aten.reshape", "aten._unsafe_view", "aten.clone", "aten.contiguous",
                     "aten.to", "aten._to_copy", "aten.unsqueeze", "aten.squeeze", "aten.flatten",
-                    "aten.expand", "aten.permute", "aten.transpose", "aten.t", "aten.alias", "aten.detach",
+                    "aten.expand", "aten.permute", "aten.transpose", "aten.t", "aten.numpy_T", "aten.mT", "aten.alias", "aten.detach",
                     "aten.lift_fresh_copy", "aten.type_as", "aten.float"}
 
 
@@ -92,10 +94,40 @@ def _track_values(node, pk, index_space: dict, from_param: set, params: dict) ->
         from_param.add(node.name)
 
 
+def persistent_buffers(cg: CapturedGraph) -> dict:
+    """Placeholder -> FQN of the module buffers saved in the state dict (not constants, not
+    non-persistent buffers, which a model recomputes from its config when it is built)."""
+    sig = getattr(cg.exported, "graph_signature", None)
+    if sig is None:
+        return {}
+    transient = set(getattr(sig, "non_persistent_buffers", ()) or ())
+    return {ph: fqn for ph, fqn in dict(sig.inputs_to_buffers).items() if fqn not in transient}
+
+
+_CONSTANT_PRESERVING = {"aten.lift_fresh_copy", "aten.clone", "aten.alias", "aten.detach", "aten._to_copy", "aten.to"}
+
+
+def small_constants(cg: CapturedGraph, limit: int = 64) -> dict:
+    """Placeholder -> value of the small integer tensor constants lifted by export (``x[..., [-2]]``
+    indexes with one): index rules read their positions."""
+    ep = cg.exported
+    sig = getattr(ep, "graph_signature", None)
+    lifted = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {}) if sig is not None else {}
+    consts = getattr(ep, "constants", {}) or {}
+    out = {}
+    for ph, fqn in lifted.items():
+        v = consts.get(fqn)
+        if isinstance(v, torch.Tensor) and not v.is_floating_point() and v.numel() <= limit and v.device.type != "meta":
+            out[ph] = v.detach().clone()
+    return out
+
+
 def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
     """Apply every op rule to the graph. Returns the axis graph, tensor shapes, and blocking ops."""
     ag, shapes, blocking = AxisGraph(), {}, []
     index_space, from_param = {}, set()
+    persistent = persistent_buffers(cg)
+    constants = small_constants(cg)
     for node in cg.graph.nodes:
         new = shapes_of(node)
         shapes.update(new)
@@ -107,9 +139,12 @@ def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
                 continue
             what = (f"buffer {cg.buffers[node.name]}" if node.name in cg.buffers else
                     "model input" if node.op == "placeholder" else f"constant {node.target}")
+            # a persistent buffer is saved with the weights: sliced with the experts it indexes
+            # (a router's score-correction bias), fixed for every other group
+            fix = ag.soft_block if node.name in persistent else ag.block
             for tid in new:
                 for d in range(len(shapes[tid])):
-                    ag.block((tid, d), f"fixed: {what}")
+                    fix((tid, d), f"fixed: {what}")
         elif node.op == "output":
             for n in _flat_nodes(node.args):
                 for tid in [t for t in shapes if t == n.name or (isinstance(t, tuple) and t[0] == n.name)]:
@@ -120,7 +155,9 @@ def build_axis_graph(cg: CapturedGraph) -> tuple[AxisGraph, dict, list]:
             if op in IGNORED or pk in IGNORED:
                 continue
             _track_values(node, pk, index_space, from_param, cg.params)
-            ctx = RuleContext(ag, node, module, shapes, index_space, from_param)
+            if pk in _CONSTANT_PRESERVING and node.args and getattr(node.args[0], "name", None) in constants:
+                constants[node.name] = constants[node.args[0].name]
+            ctx = RuleContext(ag, node, module, shapes, index_space, from_param, constants)
             fn = find_rule(op, pk)
             if fn is None:
                 blocking.append({"op": op, "module": module, "node": node.name})
@@ -185,42 +222,52 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
     param_roles = _param_roles(cg, ag, comp_of, shapes)
     tags_of = {}
     raw = []
+    bufs = persistent_buffers(cg)
+    name_of = {**cg.params, **bufs}
+
     def where(f):
-        """(param placeholder, dim, offset, full size) of a parameter factor (or of a segment of one)."""
-        if f.tid in cg.params:
+        """(param placeholder, dim, offset, full size) of a parameter factor (or of a segment of one);
+        persistent buffers count too (they are members of expert groups only, below)."""
+        if f.tid in name_of:
             return f.tid, f.dim, 0, shapes[f.tid][f.dim]
         seg = ag.segment_of.get(f.tid)
-        if seg is not None and seg[0][0] in cg.params:
+        if seg is not None and seg[0][0] in name_of:
             (ptid, pdim), start = seg
             return ptid, pdim, start, shapes[ptid][pdim]
         return None
 
     for i, comp in enumerate(comps):
-        pf = sorted((f for f in comp if where(f) is not None),
-                    key=lambda f: (cg.params[where(f)[0]], where(f)[1], where(f)[2], f.k))
-        if not pf:
+        if not any(where(f) is not None and where(f)[0] in cg.params for f in comp):
             continue
-        tags_of[i] = comp_tags(comp)
+        tags = comp_tags(comp)
+        routes = "expert_index" in tags  # a buffer is a member only where its soft block is lifted
+        pf = sorted((f for f in comp if where(f) is not None and (routes or where(f)[0] in cg.params)),
+                    key=lambda f: (name_of[where(f)[0]], where(f)[1], where(f)[2], f.k))
+        tags_of[i] = tags
         raw.append((i, comp, pf))
 
     groups, used_ids, comp_gid = [], defaultdict(int), {}
+    all_params = set(cg.params.values())
     for i, comp, pf in raw:
         units = pf[0].size
         blocked, seen, members = set(), set(), []
         routes = "expert_index" in tags_of[i]
+        renorm = {}  # norm module -> the reduction's reason (analysis/renorm.py)
         for f in comp:
             blocked.update(ag.blocks.get((f.tid, f.dim), ()))
             if not routes:
                 blocked.update(ag.soft_blocks.get((f.tid, f.dim), ()))
+            for why_, mod, key, size in ag.renorm_blocks.get((f.tid, f.dim), ()):
+                renorm.setdefault(mod, (why_, key, size))
         for f in pf:
             key = (f.tid, f.dim)
             ptid, pdim, offset, total = where(f)
             if key in seen:
-                blocked.add(f"{cg.params[ptid]} dim {pdim} couples to itself at two strides")
+                blocked.add(f"{name_of[ptid]} dim {pdim} couples to itself at two strides")
                 continue
             seen.add(key)
             fs = ag.factors[key]
-            members.append(Member(cg.params[ptid], pdim, shapes[f.tid][f.dim], prod(fs[f.k + 1:]),
+            members.append(Member(name_of[ptid], pdim, shapes[f.tid][f.dim], prod(fs[f.k + 1:]),
                                   _role(param_roles.get(key, set())), offset, total))
         roles = {m.role for m in members}
         tags = tags_of[i]
@@ -228,10 +275,12 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
         if kind == Kind.FFN and any("expert" in ag.tags.get((where(f)[0], d), ()) for f in pf
                                     for d in range(len(shapes[where(f)[0]]))):
             kind = Kind.MOE_FFN  # the same channel of every expert of a stacked (E, ...) weight
+        elif kind == Kind.FFN and _stacked_experts(pf, where, shapes):
+            kind = Kind.MOE_FFN  # stacked (E, out, in) weights whose router the analysis did not tag
         why = sorted({d["why"] for f in comp for _, _, d in graph.edges(f, data=True)})
         if kind == Kind.FFN and why and all(w.startswith("aten.linear") for w in why):
             kind = Kind.LOW_RANK  # two linear layers with nothing between: a factorisation's rank
-        elif kind == Kind.FFN and any(b.startswith(("reduced by", "normalised by")) for b in blocked) \
+        elif kind == Kind.FFN and any(b.startswith(("reduced by", "normalised by")) for b in blocked | {r[0] for r in renorm.values()}) \
                 and not any(_ACTIVATION.search(w) for w in why):
             kind = Kind.LOW_RANK  # a normalised latent rank (MLA's q_a/kv_a, Mamba's dt rank): no activation
         mods = [m.param.rsplit(".", 1)[0] for m in members if m.role in ("producer", "consumer", "depthwise", "expert")]
@@ -256,6 +305,11 @@ def analyse(model: nn.Module | CapturedGraph, supported_kinds: set | None = None
             kind = Kind.SSM_HEADS  # Mamba-2: a unit is a group of heads (with its B/C state group)
         explanation = tuple(why[:12] + ([f"... and {len(why) - 12} more"] if len(why) > 12 else []))
         detail = {}
+        if renorm and renorm_lifts(kind, renorm, members, all_params):
+            # the norms' statistic is over the kept channels: norm module -> the dim it reduces
+            detail["renorm"] = {mod: list(key) for mod, (_, key, _) in sorted(renorm.items())}
+        else:
+            blocked.update(r[0] for r in renorm.values())
         if kind in (Kind.FFN,):
             detail["glu"] = len([m for m in members if m.role == "producer" and m.param.endswith("weight")]) > 1
         if kind == Kind.MOE_FFN:
@@ -351,8 +405,16 @@ def _dry_run(groups, trace, dim_groups, model, per_kind_limit: int = 64) -> list
                 bad[g.id] = e
         for g in gs[per_kind_limit:]:
             bad[g.id] = err
-    return [replace(g, not_offered=f"surgery dry run (meta device) fails: {bad[g.id]}") if g.id in bad else g
-            for g in groups]
+    return [replace(g, not_offered=f"surgery dry run (meta device) fails when {_where(g)} loses a unit: {bad[g.id]}")
+            if g.id in bad else g for g in groups]
+
+
+def _where(g: Group) -> str:
+    """A module path for ``g`` (its id's prefix, or its first member's module when the members share
+    no prefix and the id says only 'model')."""
+    if "." in g.module or not g.members:
+        return g.module
+    return g.members[0].param.rsplit(".", 1)[0]
 
 
 def value_width_problem(g: Group, model) -> str:
@@ -363,7 +425,7 @@ def value_width_problem(g: Group, model) -> str:
     mods = {r: {m.param.rsplit(".", 1)[0] for m in g.members if m.role == r} for r in ("producer", "consumer")}
     if len(mods["producer"]) != 1 or len(mods["consumer"]) != 1 or any(
             m.role not in ("producer", "consumer") for m in g.members):
-        return (f"value channels: they meet {sorted(mods['producer'] | mods['consumer'])} (an output gate or "
+        return (f"value channels of {g.module}: they meet {sorted(mods['producer'] | mods['consumer'])} (an output gate or "
                 "norm besides the value and output projections); narrowing pads one value projection only")
     for m in g.members:
         if not m.param.endswith("weight") or m.role not in ("producer", "consumer"):
@@ -382,6 +444,13 @@ def value_width_problem(g: Group, model) -> str:
     return ""
 
 
+def _stacked_experts(pf, where, shapes) -> bool:
+    """Whether the group's parameters are stacked expert weights: at least two members, every one
+    a dim >= 1 of a 3-D parameter (a convolution's weight has its output channels on dim 0)."""
+    dims = [(len(shapes[where(f)[0]]), where(f)[1]) for f in pf]
+    return len(dims) >= 2 and all(r == 3 and d >= 1 for r, d in dims)
+
+
 def _numel(shape) -> int:
     return prod(shape) if shape else 1
 
@@ -392,7 +461,7 @@ def _natural(s: str):
 
 
 PASSTHROUGH = {"aten.unsqueeze", "aten.squeeze", "aten.view", "aten.reshape", "aten._unsafe_view",
-               "aten.t", "aten.transpose", "aten.permute", "aten.to", "aten._to_copy", "aten.alias",
+               "aten.t", "aten.numpy_T", "aten.mT", "aten.transpose", "aten.permute", "aten.to", "aten._to_copy", "aten.alias",
                "aten.clone", "aten.contiguous", "aten.detach", "aten.expand", "aten.float", "aten.type_as",
                "aten.lift_fresh_copy", "aten.index"}
 
@@ -441,8 +510,8 @@ def _classify(roles, tags, pf, ag, comp_of, tags_of) -> str:
     prod_cons = "producer" in roles and "consumer" in roles
     if "expert_index" in tags and "producer" in roles:
         return Kind.MOE_EXPERTS  # router rows + the experts' stacked weights
-    if "embedding" in tags:
-        return Kind.RESIDUAL
+    if "embedding" in tags and not (prod_cons and tags & {"attn_head", "matmul_batch"}):
+        return Kind.RESIDUAL  # (a relative-position bias table with one column per head is heads)
     if "depthwise" in roles and prod_cons:
         return Kind.SSM
     if prod_cons and tags & {"attn_head", "matmul_batch"}:

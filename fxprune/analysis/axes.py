@@ -6,7 +6,9 @@ Op rules (``fxprune/analysis/rules``) only make *local* statements about one nod
   for index (a view merging two dims, a linear layer's feature dim and its weight's dim, ...);
 * ``block(dim, why)``: this dim may not lose channels (a reduction over it, a buffer, the model output);
 * ``tag(dim, tag)``: a fact used to classify groups (``producer``, ``attn_head``, ``broadcast``...);
-* ``soft_block(dim, why)``: a block lifted when the dim's group indexes experts (router softmax/top-k).
+* ``soft_block(dim, why)``: a block lifted when the dim's group indexes experts (router softmax/top-k);
+* ``renorm_block(dim, why, module)``: a norm module's statistic over this dim (``analysis/renorm.py``):
+  lifted for the group kinds that may renormalise over their kept channels, a block otherwise.
 
 The solve is global and has two phases. (1) *Refinement*: every dim carries a list of factor sizes
 (576 -> [9, 64] once a view splits it into heads); a link forces both sides onto their common
@@ -34,6 +36,9 @@ class Factor:
     dim: int
     k: int
     size: int
+
+
+_VIEWS = ("aten.view.", "aten.reshape.", "aten._unsafe_view.", "aten.unflatten.")  # ops whose links are plain views
 
 
 @dataclass
@@ -71,6 +76,7 @@ class AxisGraph:
         self.links: list[Link] = []
         self.blocks: dict = defaultdict(list)  # Dim -> [reason]
         self.soft_blocks: dict = defaultdict(list)  # Dim -> [reason]: blocks unless the group routes experts
+        self.renorm_blocks: dict = defaultdict(list)  # Dim -> [(reason, norm module, reduced Dim, its size)]
         self.tags: dict = defaultdict(set)     # Dim -> {tag}
         self.factors: dict = {}                # Dim -> [sizes]
         self.conflicts: list[Link] = []
@@ -99,6 +105,12 @@ class AxisGraph:
         removing an expert is masking its logit with -inf, which both ops respect)."""
         if self.sizes.get(dim, 1) > 1:
             self.soft_blocks[dim].append(why)
+
+    def renorm_block(self, dim: Dim, why: str, module: str) -> None:
+        """A norm module (``module``) takes its statistic over this dim: a block unless the group
+        accepts renormalising over its kept channels (``analysis/renorm.py``)."""
+        if self.sizes.get(dim, 1) > 1:
+            self.renorm_blocks[dim].append((why, module, dim, self.sizes[dim]))
 
     def tag(self, dim: Dim, tag: str) -> None:
         if self.sizes.get(dim, 1) > 1:
@@ -137,9 +149,25 @@ class AxisGraph:
         cuts = [(w, p, o, why) for w, p, o, why in self.cuts if self.sizes.get(w, 1) > 1 and self.sizes.get(p, 0) > 0]
         for w, p, o, _ in cuts:
             points[find(w)] |= {o, o + self.sizes.get(p, 1)}
+        views = self._outer_links(simple)
+        # only a view that is the one reshape of both its flat and its head class: segmenting the
+        # flat dim must not cut a dim that another reshape (a chunked loop, a repeat) also splits
+        others = defaultdict(int)
+        for lk in self.links:
+            if len(lk.a) == 1 and len(lk.b) == 1 and self.sizes.get(lk.a[0]) == self.sizes.get(lk.b[0]):
+                continue
+            for r in {find(d) for d in lk.a + lk.b}:
+                others[r] += 1
+        views = [v for v in views if others[find(v[1])] == 1 and others[find(v[2])] == 1]
         changed = True
         while changed:  # carry cut points between a whole and the pieces cut from it
             changed = False
+            for _, flat, head, inner in views:  # a view splitting off the cut dim as its outermost factor
+                rf, rh = find(flat), find(head)
+                up = {x * inner for x in points.get(rh, ())}
+                if not up <= points[rf]:
+                    points[rf] |= up
+                    changed = True
             for w, p, o, _ in cuts:
                 n = self.sizes.get(p, 1)
                 rw, rp = find(w), find(p)
@@ -173,7 +201,14 @@ class AxisGraph:
             if find(d) in points:
                 members[find(d)].append(d)
         simple_ids = {id(lk) for lk in simple}
-        reshaped = {find(d) for lk in self.links if id(lk) not in simple_ids for d in lk.a + lk.b}
+        # a view whose outermost factor is the cut dim (and whose inner factors are not cut) is
+        # expressed segment by segment below; any other reshape of a cut dim is not
+        split_ok = {id(lk) for lk, flat, head, inner in views
+                    if points.get(find(head)) and points.get(find(flat), set()) - {0, self.sizes[flat]}
+                    == {x * inner for x in points[find(head)]} - {0, self.sizes[flat]}
+                    and not any(points.get(find(d)) for d in self._inner_dims(lk, head))}
+        reshaped = {find(d) for lk in self.links if id(lk) not in simple_ids for d in lk.a + lk.b
+                    if not (id(lk) in split_ok and d not in self._inner_dims(lk, None))}
         refused = set()
         for root, dims in members.items():
             n = self.sizes[dims[0]]
@@ -206,6 +241,12 @@ class AxisGraph:
             elif len(lk.a) == 1 and len(lk.b) == 1 and lk.a[0] in self.segments and lk.b[0] in self.segments:
                 for (x, _, _), (y, _, _) in zip(self.segments[lk.a[0]], self.segments[lk.b[0]]):
                     new_links.append(Link([x], [y], lk.why))
+            elif id(lk) in split_ok and all(d in self.segments for d in self._outer_pair(lk)) \
+                    and len(self.segments[self._outer_pair(lk)[0]]) == len(self.segments[self._outer_pair(lk)[1]]):
+                flat, head = self._outer_pair(lk)
+                rest = self._inner_dims(lk, head)
+                for (x, _, _), (y, _, _) in zip(self.segments[flat], self.segments[head]):
+                    new_links.append(Link([x], [y] + rest, lk.why))  # segment j of the flat dim = [head seg j, inner...]
             else:
                 for d in lk.a + lk.b:
                     for x in self._parts(d):
@@ -222,12 +263,38 @@ class AxisGraph:
                     new_links.append(Link([hit[0]], [x], why))
         self.links = new_links
         for d, segs in self.segments.items():
-            for table in (self.blocks, self.soft_blocks, self.tags):
+            for table in (self.blocks, self.soft_blocks, self.renorm_blocks, self.tags):
                 if d in table:
                     v = table.pop(d)
                     for x, _, _ in segs:
                         table[x] = type(v)(v)
             del self.sizes[d]
+
+    def _outer_links(self, simple) -> list:
+        """Many-to-one links ``flat <-> [head, inner...]`` (a view splitting a dim into heads):
+        (link, flat dim, head dim, product of the inner sizes)."""
+        simple_ids = {id(lk) for lk in simple}
+        out = []
+        for lk in self.links:
+            if id(lk) in simple_ids or not lk.why.startswith(_VIEWS):
+                continue
+            for one, many in ((lk.a, lk.b), (lk.b, lk.a)):
+                if len(one) == 1 and len(many) >= 2:
+                    inner = prod(self.sizes.get(d, 1) for d in many[1:])
+                    if self.sizes.get(one[0]) == self.sizes.get(many[0], 0) * inner and inner > 1:
+                        out.append((lk, one[0], many[0], inner))
+                    break
+        return out
+
+    @staticmethod
+    def _outer_pair(lk) -> tuple:
+        one, many = (lk.a, lk.b) if len(lk.a) == 1 else (lk.b, lk.a)
+        return one[0], many[0]
+
+    @staticmethod
+    def _inner_dims(lk, head) -> list:
+        many = lk.b if len(lk.a) == 1 else lk.a
+        return list(many[1:])
 
     def _parts(self, d):
         return [x for x, _, _ in self.segments[d]] if d in self.segments else [d]

@@ -29,8 +29,9 @@ class RuleContext:
     """Facts about ``node`` for a rule; ``why`` names the op and module for every statement."""
 
     def __init__(self, ag: AxisGraph, node: fx.Node, module: str, shapes: dict, index_space: dict | None = None,
-                 from_param: set | None = None):
+                 from_param: set | None = None, constants: dict | None = None):
         self.ag, self.node, self.module, self._shapes = ag, node, module, shapes
+        self.constants = {} if constants is None else constants  # tid -> small constant tensor (its values)
         self.index_space = {} if index_space is None else index_space  # tid -> Dim its values index
         self.from_param = set() if from_param is None else from_param  # tids that are (rows of) parameters
         self.op = op_name(node.target)
@@ -109,14 +110,24 @@ class RuleContext:
                 self.link([(src, i)], [(dst, j)])
 
 
+def _size(s) -> int:
+    """A dim's size; a size known only at run time (rows picked by a data-dependent mask, an
+    unbacked symbol) counts as 1: no channel couples or blocks through it (the op that selected
+    the rows blocks its source dim)."""
+    try:
+        return int(s)
+    except Exception:  # torch's GuardOnDataDependentSymNode and friends
+        return 1
+
+
 def shapes_of(node: fx.Node) -> dict:
     """Tensor id -> shape for the outputs of ``node`` (tuples give ids (name, i))."""
     val = node.meta.get("val")
     out = {}
     if isinstance(val, torch.Tensor):
-        out[node.name] = tuple(int(s) for s in val.shape)
+        out[node.name] = tuple(_size(s) for s in val.shape)
     elif isinstance(val, (list, tuple)):
         for i, v in enumerate(val):
             if isinstance(v, torch.Tensor):
-                out[(node.name, i)] = tuple(int(s) for s in v.shape)
+                out[(node.name, i)] = tuple(_size(s) for s in v.shape)
     return out

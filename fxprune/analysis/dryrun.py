@@ -74,11 +74,23 @@ class DryRun:
             return problems[0]
         m = meta_copy(self.model)
         try:
-            slice_parameters(m, keep_masks(self.groups, plan))
+            touched = slice_parameters(m, keep_masks(self.groups, plan))
             apply_values(m, new)
+            _sync_norm_shapes(m, touched)
         except Exception as e:
             return f"{type(e).__name__}: {e}"
         return meta_forward(m, self.inputs)
+
+
+def _sync_norm_shapes(model: nn.Module, touched: set) -> None:
+    """torch's norm modules keep their width in ``normalized_shape``: match it to the sliced weight
+    (what surgery's ``models.base.sync_standard_module`` does; ``analysis`` does not import
+    ``models``)."""
+    for name in touched:
+        mod = model.get_submodule(name) if name else model
+        w = getattr(mod, "weight", None)
+        if isinstance(mod, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))) and w is not None:
+            mod.normalized_shape = tuple(w.shape)
 
 
 def probe_plan(g) -> list[int] | None:

@@ -20,6 +20,42 @@ from ..kinds import DEPTH2_KINDS, Kind
 _NO_RULE = re.compile(r"no rule for (\S+) @ (\S+)")
 _CONSTANT = re.compile(r"size (\S+) at (\S+) @ (\S+) \((.+?)\) is a constant")
 _BY_OP = re.compile(r"^(.*?) by (\S+) @ (\S+)$")
+_DRY_RUN = re.compile(r"fails when (\S+) loses a unit: (\w+) at (\S+?):?\s")
+
+
+# reason types (``reason_type``): what kind of thing stops a group
+REASON_TYPES = ("rule", "rule-limit", "fixed", "adapter", "capability", "kind")
+_PIECE = re.compile(r"^(unaligned piece|pieces selected by|conflicting factorisation|normalised|reduced|convolved|"
+                    r"scanned|triangular mask|repeated|flattened)")
+_MODULE = re.compile(r"(@ \S+|[A-Za-z_]\w*(\.\w+)+)")
+
+
+def reason_type(reason: str) -> str:
+    """The type of a not-prunable reason, one of ``REASON_TYPES`` ('' for an unrecognised text):
+    ``rule`` (an ATen op without a rule), ``rule-limit`` (a rule refuses this use), ``fixed`` (a
+    buffer, input, output or constant fixes the width), ``adapter`` (surgery cannot re-derive a
+    module attribute, or its dry run fails), ``capability`` (fxprune does not support the construct
+    yet), ``kind`` (a kind that is reported, not pruned, or not asked for)."""
+    r = reason.strip()
+    if _NO_RULE.search(r):
+        return "rule"
+    if r.startswith("fixed"):
+        return "fixed"
+    if r.startswith(("cannot resize", "surgery dry run")):
+        return "adapter"
+    if r.startswith(("value channels", "fxprune could not trace")) or "couples to itself" in r:
+        return "capability"
+    if "groups are reported" in r or "not a depth-2 group" in r or "were not asked for" in r:
+        return "kind"
+    if _PIECE.match(r) or _BY_OP.match(r):
+        return "rule-limit"
+    return ""
+
+
+def names_module(reason: str) -> bool:
+    """Whether ``reason`` names where it happens (``op @ module`` or a dotted module/parameter path)."""
+    return any(not m.group(0).endswith(".py") and not m.group(0).startswith(("aten.", "@ <root>"))
+               for m in _MODULE.finditer(reason))
 
 
 def needs(analysis) -> list[dict]:
@@ -57,7 +93,14 @@ def needs(analysis) -> list[dict]:
                         key = ("adapter", "an adapter (fxprune/models/, sync_module) that sets " + _subject(part))
                         found[key]["where"].add(part)
                     found[key]["groups"].add(g.id)
-            elif text.startswith("value channels:") or text.startswith("fxprune could not trace"):
+            elif text.startswith("surgery dry run"):
+                m4 = _DRY_RUN.search(text)
+                at = m4.group(3) if m4 else "?"
+                key = ("adapter", f"an adapter (fxprune/models/, sync_module) for what {at} derives from the old "
+                                  f"width: the pruned model's forward fails there ({m4.group(2) if m4 else 'error'})")
+                found[key]["where"].add(m4.group(1) if m4 else g.module)
+                found[key]["groups"].add(g.id)
+            elif text.startswith("value channels") or text.startswith("fxprune could not trace"):
                 key = ("capability", text)
                 found[key]["groups"].add(g.id)
     out = [{"need": k[0], "what": k[1], "where": sorted(v["where"])[:5], "groups": sorted(v["groups"])}

@@ -17,7 +17,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from ..analysis.analyser import analyse
-    from ..analysis.needs import needs
+    from ..analysis.needs import needs, reason_type
     from ..loading import load_model
     t0 = time.perf_counter()
     loaded = load_model(args.model)
@@ -36,7 +36,8 @@ def run(args) -> int:
           f"load {load_s:.1f}s, capture {a.capture_seconds:.1f}s, analysis {a.analysis_seconds:.1f}s")
     print(f"{'group':48s} {'kind':16s} {'units':>6s} {'unit':>5s} {'params/unit':>12s}  status")
     for g in groups:
-        status = "prunable" if g.prunable else (g.not_offered or "blocked: " + g.blocked_by[0])
+        why = g.not_offered or (g.blocked_by[0] if g.blocked_by else "")
+        status = "prunable" if g.prunable else f"[{reason_type(why) or 'blocked'}] {why}"
         status = status if len(status) < 140 else status[:137] + "..."
         print(f"{g.id:48s} {g.kind:16s} {g.units:6d} {g.unit_size:5d} {g.params_per_unit:12d}  {status}")
     if a.blocking_ops:

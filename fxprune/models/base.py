@@ -20,7 +20,7 @@ def sync_standard_module(module: nn.Module) -> dict:
             out["groups"] = w.shape[0]
     elif cls == "Conv1D":  # transformers.pytorch_utils.Conv1D: weight (nx, nf)
         out = {"nf": w.shape[1], "nx": w.shape[0]}
-    elif isinstance(module, nn.LayerNorm) and w is not None:
+    elif isinstance(module, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))) and w is not None:
         out = {"normalized_shape": tuple(w.shape)}
     return set_attrs(module, out)
 

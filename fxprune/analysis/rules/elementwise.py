@@ -6,7 +6,10 @@ UNARY = ["clone", "contiguous", "alias", "detach", "to", "_to_copy", "type_as", 
          "log", "rsqrt", "sqrt", "abs", "softplus", "erf", "sin", "cos", "reciprocal", "mish",
          "leaky_relu", "hardtanh", "clamp", "clamp_min", "clamp_max", "gelu_tanh", "square",
          "logical_not", "bitwise_not", "isnan", "isinf", "sign", "log1p", "expm1", "floor", "ceil",
-         "round", "trunc", "elu", "selu", "hardswish", "hardsigmoid", "relu6", "_log_softmax_backward_data"]
+         "round", "trunc", "elu", "selu", "hardswish", "hardsigmoid", "relu6", "_log_softmax_backward_data",
+         "acos", "asin", "atan", "sinh", "cosh", "tan", "asinh", "acosh", "atanh", "log2", "log10", "exp2",
+         "log_sigmoid", "logit", "sgn", "frac", "silu_", "celu", "softsign", "tanhshrink", "hardshrink",
+         "softshrink", "rrelu", "nan_to_num", "positive", "deg2rad", "rad2deg", "signbit"]
 BINARY = ["add", "sub", "rsub", "mul", "div", "pow", "where", "maximum", "minimum", "eq", "ne", "lt",
           "le", "gt", "ge", "masked_fill", "__and__", "__or__", "__xor__", "bitwise_and", "bitwise_or",
           "logical_and", "logical_or", "lerp", "addcmul", "addcdiv", "fmod", "remainder", "atan2",

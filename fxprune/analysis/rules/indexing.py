@@ -134,6 +134,32 @@ def getitem(ctx):
         ctx.link1(key, d, ctx.out, d)
 
 
+def _constant_piece(ctx, src, out, dim, idx) -> bool:
+    """``x[..., [a, a+1, ..., b], ...]`` with constant positions (export lifts ``[-2]`` to a tensor
+    constant): the same piece as the slice ``[a, b+1)`` of that dim (Falcon's multi-query k and v
+    rows after ``view(.., heads + 2, head_dim)``), so it is a cut like a slice. Only positions that
+    stay valid when other pieces of the dim shrink: counted from the end (all negative: the pieces
+    after them are fixed) or starting at 0. Returns False (not handled) otherwise."""
+    vals = ctx.constants.get(idx)
+    if vals is None or vals.dim() != 1 or vals.numel() == 0 or ctx.rank(out) != ctx.rank(src):
+        return False
+    v = [int(x) for x in vals.tolist()]
+    n = ctx.shape(src)[dim]
+    if not (all(x < 0 for x in v) or v[0] == 0) or any(x < -n or x >= n for x in v):
+        return False
+    v = [x % n for x in v]
+    if v != list(range(v[0], v[0] + len(v))) or ctx.shape(out)[dim] != len(v):
+        return False
+    for d in range(ctx.rank(src)):
+        if d != dim:
+            ctx.link1(src, d, out, d)
+    if len(v) == n:
+        ctx.link1(src, dim, out, dim)
+    else:
+        ctx.ag.cut((src, dim), (out, dim), v[0], ctx.why)
+    return True
+
+
 @rule("aten.index")
 def index(ctx):
     """Advanced indexing ``x[..., idx, ...]``: indexed dims are blocked; the others pass through.
@@ -144,6 +170,8 @@ def index(ctx):
     idx = list(ctx.arg(1))
     pos = [i for i, t in enumerate(idx) if t is not None]
     r, ro = ctx.rank(src), ctx.rank(out)
+    if len(pos) == 1 and _constant_piece(ctx, src, out, pos[0], ctx.tid(idx[pos[0]])):
+        return
     for i in pos:
         space = ctx.index_space.get(ctx.tid(idx[i]))
         if space is not None and ctx.shape(space[0])[space[1]] == ctx.shape(src)[i]:

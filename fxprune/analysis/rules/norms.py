@@ -1,5 +1,6 @@
 """Normalisations and reductions: the normalised/reduced dims may not lose channels."""
 from . import rule
+from ..renorm import norm_module
 
 
 @rule("aten.layer_norm", "aten.native_layer_norm", "aten.rms_norm", "aten._fused_rms_norm")
@@ -15,8 +16,12 @@ def layer_norm(ctx):
         if w is not None:
             for i in range(n):
                 ctx.link1(w, i, x, r - n + i)
+    norm = norm_module(ctx, {r - 1}, statistic=True) if n == 1 else None
     for i in range(n):
-        ctx.block(x, r - n + i, "normalised")
+        if norm:  # a norm module over the last dim only: lifted for some groups (renorm.py)
+            ctx.ag.renorm_block((x, r - 1), f"normalised by {ctx.why}", norm)
+        else:
+            ctx.block(x, r - n + i, "normalised")
 
 
 @rule("aten.mean", "aten.sum", "aten.amax", "aten.amin", "aten.max", "aten.min", "aten.var",
@@ -33,8 +38,12 @@ def reduction(ctx):
         dims = [dims]
     keep = bool(ctx.arg(2, "keepdim", False)) if dims is not None else False
     reduced = set(range(r)) if not dims else {d % r for d in dims}
+    norm = norm_module(ctx, reduced)  # a norm module's statistic: lifted for some groups (renorm.py)
     for d in reduced:
-        ctx.block(src, d, "reduced")
+        if norm:
+            ctx.ag.renorm_block((src, d), f"reduced by {ctx.why}", norm)
+        else:
+            ctx.block(src, d, "reduced")
     if out not in ctx._shapes:
         return
     j = 0

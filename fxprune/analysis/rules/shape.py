@@ -41,8 +41,11 @@ def _perm(ctx):
         d0, d1 = ctx.arg(1) % r, ctx.arg(2) % r
         p = list(range(r)); p[d0], p[d1] = p[d1], p[d0]
         return p
-    if op == "t":
+    if op in ("t", "numpy_T"):  # numpy_T: ``x.T`` on any rank reverses every dim
         return list(range(r))[::-1]
+    if op in ("mT", "mH", "adjoint"):  # ``x.mT``: the last two dims swapped
+        p = list(range(r)); p[-1], p[-2] = p[-2], p[-1]
+        return p
     if op == "permute":
         return [d % r for d in ctx.arg(1)]
     if op == "movedim":
@@ -59,7 +62,8 @@ def _perm(ctx):
     raise AssertionError(op)
 
 
-@rule("aten.transpose", "aten.permute", "aten.t", "aten.swapaxes", "aten.swapdims", "aten.movedim")
+@rule("aten.transpose", "aten.permute", "aten.t", "aten.swapaxes", "aten.swapdims", "aten.movedim", "aten.numpy_T",
+      "aten.mT", "aten.mH", "aten.adjoint")
 def permute(ctx):
     src = ctx.tid(ctx.arg(0))
     if src is None:
