@@ -185,3 +185,16 @@ def test_cli_onload_dry_run_prints_peak_memory_and_time_per_block(ckpt, tmp_path
                     c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"]), 0, "safetensors")
     e = estimate_onloaded(f7, "sparsity", 8, 128, rates={"float32": 50.0, "float64": 25.0})
     assert 2 * 2 ** 30 < e.peak < 4 * 2 ** 30 and e.blocks == 32
+
+
+def test_heap_threshold_is_fixed_on_glibc_and_the_users_setting_wins(monkeypatch):
+    """``fix_heap_threshold`` (peak RSS of long onloaded runs, see its docstring) applies on glibc
+    and never overrides a threshold the user chose through glibc's environment variable."""
+    import platform
+
+    from fxprune.onload import fix_heap_threshold
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert fix_heap_threshold() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert fix_heap_threshold() is True
