@@ -53,13 +53,18 @@ def code_file() -> str:
                           cwd=str(TREE["path"]), capture_output=True, text=True).stdout.strip()
 
 
-def use_revision(rev: str, scratch: Path) -> None:
+def tree_of(rev: str, scratch: Path) -> Path:
+    """The files of git revision ``rev`` of this repository, extracted once under ``scratch``."""
     d = scratch / f"tree-{rev}"
     if not d.is_dir():
         d.mkdir(parents=True)
         arc = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(d)], input=arc, check=True)
-    TREE.update(path=d, code=f"old {rev}")
+    return d
+
+
+def use_revision(rev: str, scratch: Path) -> None:
+    TREE.update(path=tree_of(rev, scratch), code=f"old {rev}")
 
 
 def weight_bytes(d: Path) -> int:

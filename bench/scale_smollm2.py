@@ -22,15 +22,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+sys.path.insert(0, str(REPO))
+from bench.scale import tree_of  # noqa: E402
 
 
-def tree_of(rev: str, scratch: Path) -> Path:
-    d = scratch / f"tree-{rev}"
-    if not d.is_dir():
-        d.mkdir(parents=True)
-        arc = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(d)], input=arc, check=True)
-    return d
 
 
 def run(tree: Path, recipe: str, args, out: Path) -> dict:
