@@ -8,7 +8,7 @@ case ``Q = 0``, ``p = E[x_P]``.
 """
 import torch
 
-from ...linalg import solve_damped  # noqa: F401  (re-exported: goa.py and callers import it from here)
+from ...linalg import solve_damped
 from . import ConsumerLayer, Reconstructor, Stat, register
 
 
