@@ -22,6 +22,12 @@ def _lam0(A: torch.Tensor, n: int, alpha: float) -> torch.Tensor:
     return alpha * diag.mean().clamp_min(1e-12) if n and alpha > 0 else A.new_tensor(0.0)
 
 
+def _raised(lam: torch.Tensor, diag_mean: torch.Tensor) -> torch.Tensor:
+    """The damping of the next try after a failed factorisation: 10x, or a floor from the undamped
+    diagonal's mean when there was none."""
+    return lam * 10 if lam > 0 else diag_mean.clamp_min(1e-12) * 1e-6
+
+
 def cholesky_damped(A: torch.Tensor, alpha: float, *, n_damped: int | None = None, retries: int = 4,
                     what: str = "matrix") -> tuple[torch.Tensor, torch.Tensor]:
     """Lower Cholesky factor ``L`` of ``A + lambda I_n`` and the ``lambda`` that worked (see the module
@@ -40,7 +46,7 @@ def cholesky_damped(A: torch.Tensor, alpha: float, *, n_damped: int | None = Non
                 return L, lam
             del L
             base = saved if n else diag[:1]  # the undamped diagonal, as A was given
-            lam = lam * 10 if lam > 0 else base.mean().clamp_min(1e-12) * 1e-6
+            lam = _raised(lam, base.mean())
     finally:
         diag[:n] = saved
     raise LinAlgError(f"{what}: not positive definite after damping up to lambda={float(lam) / 10:g}")
@@ -69,7 +75,7 @@ def cholesky_damped_inplace(make, alpha: float, *, retries: int = 4, what: str =
         if int(info) == 0:
             return H, dead, lam, mean
         del H, diag
-        lam = lam * 10 if lam > 0 else lam.new_tensor(mean).clamp_min(1e-12) * 1e-6
+        lam = _raised(lam, lam.new_tensor(mean))
     raise LinAlgError(f"{what}: not positive definite after damping up to lambda={float(lam) / 10:g}")
 
 
