@@ -13,6 +13,7 @@ empty cache and predicts its tokens 1..L-1; NLL is summed in float64.
 from __future__ import annotations
 
 import ctypes
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -214,11 +215,17 @@ def extra_buffers_default() -> bool:
     env = os.environ.get("FXPRUNE_LLAMACPP_EXTRA_BUFFERS")
     if env is not None:
         return env not in ("0", "", "false", "no")
+    return not _cpu_has_amx()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_amx() -> bool:
+    """Whether this CPU reports AMX (``amx_int8`` in /proc/cpuinfo), read once per process."""
     try:
         with open("/proc/cpuinfo") as f:
-            return " amx_int8" not in f.read()
+            return " amx_int8" in f.read()
     except OSError:
-        return True
+        return False
 
 
 def available() -> bool:
