@@ -6,7 +6,7 @@ Protocol: calibration 128 x 512 tokens of the C4 train head (``bench/sparsity_da
 seed 0, 1, 2: the windows llm-compressor gets too), evaluation WikiText-2 raw test, L = 512, first 64
 windows, token-level perplexity (``fxprune.data.evaluation_windows``, ``fxprune.evaluation.perplexity``).
 Our methods run through the library (``fxprune.sparsify``: the block-wise runner, calibration batches
-of 8). One thread per process, one process at a time; every job runs in a fresh subprocess so its
+of 8). One thread per process; every job runs in a fresh subprocess so its
 peak RSS is its own.
 
     # the whole queue (resumes: jobs already in bench/results/sparsity_full.jsonl are skipped)
@@ -182,8 +182,9 @@ def render(args):
     head = (f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to fp32), dense PPL "
             + (f"{dense['ppl']:.3f}" if dense else "(not run)")
             + f"; calibration C4 train head {CALIB_N} x {CALIB_L} tokens (seed 0 unless noted); WikiText-2 raw "
-            f"test, L={EVAL_L}, first {EVAL_W} windows, token-level PPL; 1 thread per process, one process at a "
-            "time, on a shared 2-core machine. Cells: PPL (sparsify wall s / sparsify CPU s / peak RSS GiB of the "
+            f"test, L={EVAL_L}, first {EVAL_W} windows, token-level PPL; 1 thread per process, on a shared 2-core "
+            "machine (2026-12-01: other agents' jobs beside it; 2026-12-02: two job queues and 1-2 other "
+            "single-thread benchmarks beside each job; the load averages below say how busy). Cells: PPL (sparsify wall s / sparsify CPU s / peak RSS GiB of the "
             f"process through model loading and sparsification, evaluation excluded). Source: {RESULTS.relative_to(ROOT)}.")
     out = [head, "", "| method | " + " | ".join(pats) + " |", "|---|" + "---|" * len(pats)]
 
