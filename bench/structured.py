@@ -84,8 +84,10 @@ def _extra(c: dict) -> str:
 
 
 def _key(cfg: dict, kinds) -> tuple:
+    """What makes two runs the same configuration (calibration size included: a dense row has none)."""
+    calib = (cfg.get("calib_samples", 128), cfg.get("calib_len", 128)) if cfg["criterion"] != "dense" else None
     return (cfg["criterion"], cfg["reconstruction"], cfg["allocation"], cfg["target"], tuple(kinds),
-            json.dumps(cfg.get("extra") or {}, sort_keys=True))
+            json.dumps(cfg.get("extra") or {}, sort_keys=True), calib)
 
 
 def table(rows: list[dict]) -> str:
@@ -145,7 +147,7 @@ def main():
     configs += [{"criterion": c, "reconstruction": r, "allocation": a, "target": t}
                 for t, c, r, a in itertools.product(args.targets, args.criteria, args.recons, args.allocs)]
     for cfg in ([] if args.render_only else configs):
-        key = _key({**cfg, "extra": base["extra"] if cfg["criterion"] != "dense" else {}},
+        key = _key({**base, **cfg, "extra": base["extra"] if cfg["criterion"] != "dense" else {}},
                    args.kinds if cfg["criterion"] != "dense" else ["attention", "ffn"])
         if key in done:
             continue

@@ -155,7 +155,8 @@ class Allocate(StepPass):
     def run(self, ctx):
         r, cost = self.step, ctx["cost"]
         alloc = allocate(ctx["groups"], ctx["scores"], cost, _in_scope(r, cost), r.target, r.allocation,
-                         r.channel_multiple, cumulative=getattr(get_criterion(r.criterion), "cumulative_costs", False))
+                         r.channel_multiple, cumulative=getattr(get_criterion(r.criterion), "cumulative_costs", False),
+                         max_extra=r.max_extra_removal)
         ctx.facts["allocation"] = alloc  # plan None: widths only, units picked block by block
         return {"scope": r.scope, "target": r.target, "achieved": round(alloc.achieved, 6),
                 "removed_params": alloc.removed, "in_scope_params": alloc.total}
