@@ -89,3 +89,21 @@ def test_suite_with_either_scorer_agrees(tiny_lm, bpe_tokenizer, root, capsys):
     # the CLI names the problem when lm-eval cannot run (tiny models have a stand-in tokenizer)
     assert main(["eval", "tiny:llama", "--tasks", "piqa", "--limit", "1", "--scorer", "lm-eval"]) == 2
     assert "Hugging Face tokenizer" in capsys.readouterr().err
+
+
+def test_lm_head_on_scored_positions_only_changes_nothing(tiny_lm, bpe_tokenizer, monkeypatch):
+    """The LM head run on the scored positions alone (``logits_to_keep``) gives the log-likelihoods of
+    the full-logits path (which lm-eval's own parity above also pins)."""
+    import fxprune.evaluation.perplexity as P
+    import fxprune.evaluation.zeroshot as Z
+    items, _ = load_task("hellaswag", limit=N_ITEMS)
+    items += load_task("arc_easy", limit=N_ITEMS)[0]
+    requests = [r for it in items for r in it.requests]
+    assert Z.keeps_logits(tiny_lm)
+    fast = [loglikelihoods(tiny_lm, bpe_tokenizer, requests, progress=False, share_context=s) for s in (True, False)]
+    for mod in (Z, P):
+        monkeypatch.setattr(mod, "keeps_logits", lambda model: False)
+    full = [loglikelihoods(tiny_lm, bpe_tokenizer, requests, progress=False, share_context=s) for s in (True, False)]
+    for a, b in zip(fast, full):
+        assert a == pytest.approx(b, abs=1e-5)
+        assert len(set(a)) == len(a)  # distinct values: the comparison is not between constants

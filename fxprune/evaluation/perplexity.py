@@ -26,14 +26,32 @@ class PerplexityResult:
         return math.exp(self.nll / self.tokens)
 
 
-def logits_of(model: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def keeps_logits(model: torch.nn.Module) -> bool:
+    """True if ``model.forward`` takes ``logits_to_keep`` (Hugging Face causal LMs): the LM head can then
+    run on chosen positions only."""
+    import inspect
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def logits_of(model: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits ``[b, L, V]``; with ``positions`` (1-D, sorted sequence indices) and a model that
+    ``keeps_logits``, only those positions' logits ``[b, len(positions), V]`` (the LM head runs on them
+    alone: the same values, less work). Without ``keeps_logits`` the positions are selected afterwards."""
     kw = {"input_ids": ids}
+    if positions is not None and keeps_logits(model):
+        kw["logits_to_keep"] = positions.to(ids.device)
+        positions = None
     if attention_mask is not None:
         kw["attention_mask"] = attention_mask
     if getattr(getattr(model, "config", None), "use_cache", None) is not None:
         kw["use_cache"] = False
     out = model(**kw)
-    return out.logits if hasattr(out, "logits") else out[0]
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return logits if positions is None else logits[:, positions.to(logits.device)]
 
 
 @torch.no_grad()

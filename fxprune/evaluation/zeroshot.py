@@ -13,7 +13,10 @@ exactly as lm-eval's ``acc_norm`` (the same as bytes for ASCII text; for WinoGra
 scoring the "choices" are the two context options, as in lm-eval, where only acc is reported).
 
 Requests are sorted by length and batched up to a token budget; right padding never affects the
-scored positions of a causal model.
+scored positions of a causal model. Where the model takes ``logits_to_keep`` (Hugging Face causal
+LMs), the LM head runs only on the positions that score a continuation token (and on a shared
+context's last position): the same log-likelihoods, without the vocabulary projection of every
+context token (a fifth of SmolLM2's multiply-adds per token).
 
 Shared contexts (``share_context``, on by default for models with a KV cache): the choices of one
 item share their context tokens (lm-eval feeds ``enc(context)`` followed by the continuation tokens,
@@ -34,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import tokenize
-from .perplexity import logits_of
+from .perplexity import keeps_logits, logits_of
 from .tasks import MCItem
 
 
@@ -116,13 +119,16 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
             inp = seqs[j][0]
             ids[r, :len(inp)] = torch.tensor(inp)
             mask[r, :len(inp)] = 1
+        # only the positions that score a continuation token go through the LM head
+        needed = sorted({p for j in idx for p in range(len(seqs[j][0]) - len(seqs[j][1]), len(seqs[j][0]))})
+        column = {p: c for c, p in enumerate(needed)}
         with autocast():
-            logits = logits_of(model, ids.to(device), mask.to(device))
+            logits = logits_of(model, ids.to(device), mask.to(device), positions=torch.tensor(needed, dtype=torch.long))
         for r, j in enumerate(idx):
             inp, cont = seqs[j]
             if not cont:
                 continue
-            pos = torch.arange(len(inp) - len(cont), len(inp))
+            pos = torch.tensor([column[p] for p in range(len(inp) - len(cont), len(inp))])
             lp = F.log_softmax(logits[r, pos].float(), dim=-1)
             out[j] = float(lp.gather(-1, torch.tensor(cont, device=lp.device)[:, None]).sum())
         bar.update(len(idx))
@@ -139,7 +145,8 @@ def supports_shared_context(model: torch.nn.Module) -> bool:
 
 def _shared_context_lls(model: torch.nn.Module, ctx: list[int], conts: list[list[int]], device) -> list[float]:
     """Log-likelihoods of several continuations after one context, from one cached context forward."""
-    out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
+    kw = {"logits_to_keep": 1} if keeps_logits(model) else {}  # only the last context position is scored
+    out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True, **kw)
     first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
     lls = [float(first[k[0]]) for k in conts]
     multi = [r for r, k in enumerate(conts) if len(k) > 1]
