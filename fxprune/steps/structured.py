@@ -43,7 +43,9 @@ class StructuredStep(Step):
 
     ``max_extra_removal`` (``global`` allocation): no group keeps fewer units than its ``uniform``
     width minus this fraction of its units (1 = unbounded, FLAP's allocation; OWL bounds its
-    non-uniform layer ratios the same way), so pooled scores cannot empty one layer."""
+    non-uniform layer ratios the same way), so pooled scores cannot empty one layer. ``global_scale``
+    (``global``): standardise the logarithm of channel scores (``log``, the default) or the scores
+    (``linear``: FLAP's, and fxprune's before 2026-12-02)."""
 
     kind = "structured"
 
@@ -65,6 +67,7 @@ class StructuredStep(Step):
     lincal_rank_ratio: float = 0.03
     lincal_damping: float = 0.05
     max_extra_removal: float = 1.0
+    global_scale: str = "log"
 
     def __post_init__(self):
         from ..passes.criteria import CRITERIA
@@ -90,6 +93,7 @@ class StructuredStep(Step):
             ("attention_unit", self.attention_unit in ATTENTION_UNITS, ATTENTION_UNITS),
             ("attention", self.attention in ATTENTION_MODES, ATTENTION_MODES),
             ("olica_qk", self.olica_qk in ("diag", "whitened"), ("diag", "whitened")),
+            ("global_scale", self.global_scale in ("log", "linear"), ("log", "linear")),
             ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
         ]
         for name, ok, allowed in checks:
