@@ -23,9 +23,12 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {
     "goa-liar-ffn-global (FFN only)": {"allocation": "global", "kinds": ["ffn"]},
+    "goa-liar-ffn-global, linear z-scores (FFN only)": {"allocation": "global", "kinds": ["ffn"], "global_scale": "linear"},
     "goa-liar-ffn uniform (FFN only)": {"allocation": "uniform", "kinds": ["ffn"]},
     "olica attention + uniform FFN": {"allocation": "uniform", "attention": "olica", "kinds": ["attention", "ffn"]},
     "olica attention + global FFN": {"allocation": "global", "attention": "olica", "kinds": ["attention", "ffn"]},
+    "olica attention + global FFN, linear z-scores": {"allocation": "global", "attention": "olica",
+                                                      "kinds": ["attention", "ffn"], "global_scale": "linear"},
 }
 
 
