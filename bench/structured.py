@@ -83,17 +83,23 @@ def _extra(c: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(e.items())) or "-"
 
 
+def _calib(c: dict) -> str:
+    return f"{c.get('calib_samples', 128)} x {c.get('calib_len', 128)}"
+
+
 def _key(cfg: dict, kinds) -> tuple:
+    """What makes two runs the same configuration (calibration size included: a dense row has none)."""
+    calib = (cfg.get("calib_samples", 128), cfg.get("calib_len", 128)) if cfg["criterion"] != "dense" else None
     return (cfg["criterion"], cfg["reconstruction"], cfg["allocation"], cfg["target"], tuple(kinds),
-            json.dumps(cfg.get("extra") or {}, sort_keys=True))
+            json.dumps(cfg.get("extra") or {}, sort_keys=True), calib)
 
 
 def table(rows: list[dict]) -> str:
     dense = next((r for r in rows if r["config"]["criterion"] == "dense"), None)
-    lines = ["| target | kinds | criterion | reconstruction | allocation | extra | achieved | params | PPL L=128 | PPL L=512 | prune s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | kinds | criterion | reconstruction | allocation | extra | calibration | achieved | params | PPL L=128 | PPL L=512 | prune s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if dense:
-        lines.append(f"| 0 | - | dense | - | - | - | 0 | - | {dense.get('ppl_L128', float('nan')):.2f} | "
+        lines.append(f"| 0 | - | dense | - | - | - | - | 0 | - | {dense.get('ppl_L128', float('nan')):.2f} | "
                      f"{dense.get('ppl_L512', float('nan')):.2f} | - | {dense['peak_rss_mb']:.0f} |")
     for r in rows:
         c = r["config"]
@@ -101,10 +107,10 @@ def table(rows: list[dict]) -> str:
             continue
         if "error" in r:
             lines.append(f"| {c['target']} | {'+'.join(c.get('kinds', []))} | {c['criterion']} | {c['reconstruction']} | {c['allocation']} | "
-                         f"{_extra(c)} | error: {r['error'][-80:]} | | | | | |")
+                         f"{_extra(c)} | {_calib(c)} | error: {r['error'][-80:]} | | | | | |")
             continue
         lines.append(f"| {c['target']} | {'+'.join(c.get('kinds', ['attention', 'ffn']))} | {c['criterion']} | "
-                     f"{c['reconstruction']} | {c['allocation']} | {_extra(c)} | {r['achieved_decoder_linear']:.3f} | "
+                     f"{c['reconstruction']} | {c['allocation']} | {_extra(c)} | {_calib(c)} | {r['achieved_decoder_linear']:.3f} | "
                      f"{r['params_after'] / 1e6:.2f}M | {r.get('ppl_L128', float('nan')):.2f} | "
                      f"{r.get('ppl_L512', float('nan')):.2f} | {r['prune_seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
@@ -145,7 +151,7 @@ def main():
     configs += [{"criterion": c, "reconstruction": r, "allocation": a, "target": t}
                 for t, c, r, a in itertools.product(args.targets, args.criteria, args.recons, args.allocs)]
     for cfg in ([] if args.render_only else configs):
-        key = _key({**cfg, "extra": base["extra"] if cfg["criterion"] != "dense" else {}},
+        key = _key({**base, **cfg, "extra": base["extra"] if cfg["criterion"] != "dense" else {}},
                    args.kinds if cfg["criterion"] != "dense" else ["attention", "ffn"])
         if key in done:
             continue

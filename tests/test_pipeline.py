@@ -45,6 +45,53 @@ def test_allocators_meet_budget(family, mode, target):
         assert len(ffn) <= 1
 
 
+def test_global_allocation_bounded_by_max_extra():
+    """``max_extra``: no FFN keeps fewer than its uniform width less that share of its units; 1 is the
+    unbounded global allocation; the budget is met either way; scores that concentrate the removal
+    on one layer are held back by the bound."""
+    m = tiny_model("llama", num_hidden_layers=4, intermediate_size=256)
+    a = analyse(m)
+    cost = build_cost_model(m, a)
+    groups = [g for g in a.prunable() if g.kind == "ffn_channels"]
+    g = torch.Generator().manual_seed(0)
+    scores = {x.id: torch.rand(x.units, generator=g, dtype=torch.float64) for x in groups}
+    # layer 0's scores are two-valued: its whole lower half sits at z = -1 and goes at once
+    half = groups[0].units // 2
+    scores[groups[0].id] = torch.cat([torch.zeros(half), torch.ones(groups[0].units - half)]).double()
+    uni = allocate(groups, None, cost, cost.linear_params, 0.2, "uniform").kept
+    free = allocate(groups, scores, cost, cost.linear_params, 0.2, "global")
+    assert allocate(groups, scores, cost, cost.linear_params, 0.2, "global", max_extra=1.0).kept == free.kept
+    for extra in (0.05, 0.1):
+        al = allocate(groups, scores, cost, cost.linear_params, 0.2, "global", max_extra=extra)
+        assert abs(al.removed - al.budget) <= groups[0].params_per_unit * 8
+        for x in groups:
+            assert al.kept.get(x.id, x.units) >= uni[x.id] - int(extra * x.units) - 8  # within one rounding step
+    first = groups[0]
+    assert free.kept[first.id] < uni[first.id] - int(0.1 * first.units)  # the bound binds here
+
+
+def test_global_log_scale_is_robust_to_one_outlier_unit():
+    """One huge score in a layer (an outlier channel) sets that layer's linear z-scores: every other
+    unit sits just below its mean, and the layer is spared whole. Log-standardised, the outlier is one
+    more point: the layer's width moves by at most two channel multiples."""
+    m = tiny_model("llama", num_hidden_layers=4, intermediate_size=256)
+    a = analyse(m)
+    cost = build_cost_model(m, a)
+    groups = [g for g in a.prunable() if g.kind == "ffn_channels"]
+    g = torch.Generator().manual_seed(0)
+    scores = {x.id: torch.randn(x.units, generator=g, dtype=torch.float64).mul(0.5).exp() for x in groups}
+    spiked = {k: v.clone() for k, v in scores.items()}
+    spiked[groups[0].id][0] *= 1e6
+    widths = {}
+    for scale in ("log", "linear"):
+        for name, sc in (("plain", scores), ("spiked", spiked)):
+            al = allocate(groups, sc, cost, cost.linear_params, 0.25, "global", scale=scale)
+            assert abs(al.removed - al.budget) <= groups[0].params_per_unit * 8
+            widths[scale, name] = al.kept.get(groups[0].id, groups[0].units)
+    assert abs(widths["log", "spiked"] - widths["log", "plain"]) <= 16  # two channel multiples
+    assert widths["linear", "spiked"] == groups[0].units > widths["linear", "plain"] + 40  # spared whole
+
+
 def test_recipe_round_trip_and_refusals(tmp_path):
     r = Recipe((StructuredStep(criterion="goa", reconstruction="goa", allocation="global", target=0.3,
                                protect_first=1),), name="r")

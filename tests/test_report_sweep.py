@@ -164,3 +164,19 @@ def test_sweep_resumes_after_an_interrupted_combination(root, tmp_path, monkeypa
     assert _sweep(part, recipe) == 0 and _comparable(part) == ref
     assert main(["sweep", "tiny:llama", "--recipes", recipe, "--targets", "0.2", "--out", str(part),
                  "--windows", "3", "--seq-len", "16"]) == 2
+
+
+def test_sweep_eval_precision_changes_evaluation_only(root, tmp_path):
+    """``--eval-precision bf16-mixed``: the same pruned models (pruning stays fp32: same sizes and
+    widths), evaluated in bf16 (recorded in the settings); perplexity close to the fp32 sweep's."""
+    recipe = str(_recipe(tmp_path))
+    args = ["sweep", "tiny:llama", "--recipes", recipe, "--targets", "0.3", "--calib-samples", "8",
+            "--seq-len", "16", "--windows", "2"]
+    assert main([*args, "--out", str(tmp_path / "fp32")]) == 0
+    assert main([*args, "--out", str(tmp_path / "bf16"), "--eval-precision", "bf16-mixed"]) == 0
+    a, b = ([json.loads(l) for l in (tmp_path / d / "results.jsonl").read_text().splitlines()] for d in ("fp32", "bf16"))
+    assert [(r["params_after"], r["widths"]) for r in a] == [(r["params_after"], r["widths"]) for r in b]
+    assert all(r["settings"]["eval_precision"] == "bf16-mixed" for r in b)
+    assert all("eval_precision" not in r["settings"] for r in a)
+    for x, y in zip(a, b):
+        assert x["ppl"] != y["ppl"] and abs(x["ppl"] / y["ppl"] - 1) < 0.05

@@ -202,18 +202,17 @@ def _onload_dry_run(args, recipe) -> int:
     from ..errors import ModelLoadError
     from ..onload_plan import describe, estimate_onloaded
     from ..preflight import model_facts
-    import torch
-
     from ..shards import TensorFiles
+    from ..steps.sparsity import SparsityStep
+    from ..steps.structured import StructuredStep
+
     facts = model_facts(args.model)
     if facts is None or facts.fmt != "safetensors":
         raise ModelLoadError(args.model, "--onload --dry-run needs a safetensors checkpoint directory")
     stored = {t.dtype for t in TensorFiles.open(args.model).tensors.values()}
-    elem = max(torch.empty((), dtype=dt).element_size() for dt in stored) if stored else 2
+    elem = max(dt.itemsize for dt in stored) if stored else 2
     cal = recipe.calibration
     ests = []
-    from ..steps.sparsity import SparsityStep
-    from ..steps.structured import StructuredStep
     for step in recipe.steps:
         kind = "sparsity" if isinstance(step, SparsityStep) else "structured" if isinstance(step, StructuredStep) else None
         if kind is None:

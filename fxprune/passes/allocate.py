@@ -5,6 +5,12 @@
   the total removal is closest to the target.
 * ``global`` (FLAP's "AL-AM" reading): scores are standardised within each group, pooled across
   layers and kinds, and the lowest units are removed until the target is met: widths adapt per layer.
+  ``scale="log"`` (the default) standardises the logarithm of channel energies, ``"linear"`` the
+  energies themselves (FLAP; fxprune before 2026-12-02). Linear z-scores are set by each layer's
+  outliers: on SmolLM2 at 30% and on the post-LN MiniLM encoder at 20% and 30% they empty single FFNs
+  and lose to uniform widths, where log z-scores match or beat them (bench/results/quality3_levers.md).
+  ``max_extra`` < 1 bounds how far that goes (as OWL bounds its layer ratios): no group keeps fewer
+  than its ``uniform`` width minus ``max_extra`` of its units, so no single layer is emptied.
 
 Widths of channel groups are rounded to ``channel_multiple``; the achieved removal is computed
 exactly by the sympy cost model and reported.
@@ -56,7 +62,8 @@ def _round(k: int, units: int, multiple: int) -> int:
 
 
 def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, allocation: str,
-             channel_multiple: int = 8, cumulative: bool = False) -> Allocation:
+             channel_multiple: int = 8, cumulative: bool = False, max_extra: float = 1.0,
+             scale: str = "log") -> Allocation:
     """Plan for ``groups`` (already filtered by kind/protection) removing ``target`` of ``expr``.
 
     ``uniform`` needs no scores: with ``scores=None`` it returns widths only (``plan=None``) and the
@@ -81,7 +88,14 @@ def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, 
     else:
         if scores is None:
             raise ValueError("global allocation needs scores")
-        kept = _global(attn + chan, scores, removed, budget, channel_multiple)
+        floor = None
+        if max_extra < 1.0:  # the uniform widths, less max_extra of each group's units
+            uni = {}
+            for part in _by_units(attn):
+                uni.update(_uniform(part, [], removed, budget, total, target, channel_multiple))
+            uni.update(_uniform([], chan, removed, budget, total, target, channel_multiple, uni))
+            floor = {g.id: uni[g.id] - int(max_extra * g.units) for g in attn + chan}
+        kept = _global(attn + chan, scores, removed, budget, channel_multiple, floor, scale)
     kept = {g.id: kept[g.id] for g in groups if kept[g.id] < g.units}
     plan = None if scores is None else {gid: top_units(scores[gid], k) for gid, k in kept.items()}
     return Allocation(plan, kept, removed(kept), budget, total)
@@ -122,47 +136,68 @@ def _uniform(attn, chan, removed, budget, total, target, mult, fixed=None):
                                                       if k in {g.id for g in attn + chan}}}
 
 
-def _global(groups, scores, removed, budget, mult):
+SCALES = ("log", "linear")
+
+
+def _standardised(s: torch.Tensor, log: bool) -> torch.Tensor:
+    """``s`` standardised within its group; with ``log``, its logarithm (scores are energies: a layer's
+    scale becomes a shift, and a few outlier units no longer set everyone else's distance from the
+    mean). A zero score (a dead unit) maps to the group's lowest value."""
+    if log:
+        s = s.double()
+        s = torch.log(s.clamp_min(0) + 1e-12 * float(s.max().clamp_min(0)) + 1e-300)
+    return (s - s.mean()) / (s.std() + 1e-12)
+
+
+def _log_for(g, scale: str) -> bool:
+    """Log-standardise channel groups' energies; attention heads, experts and SSM heads keep linear
+    standardisation (some criteria score them by removal order, which a log would distort)."""
+    return scale == "log" and g.kind not in COUNTED
+
+
+def _global(groups, scores, removed, budget, mult, floor: dict | None = None, scale: str = "log"):
     pool = []
     for g in groups:
         s = scores[g.id]
-        z = (s - s.mean()) / (s.std() + 1e-12) if g.units > 1 else s * 0
+        z = _standardised(s, _log_for(g, scale)) if g.units > 1 else s * 0
         for u in range(g.units):
             pool.append((float(z[u]), g.id, u))
     pool.sort()
     by_id = {g.id: g for g in groups}
     kept = {g.id: g.units for g in groups}
     minimum = {g.id: (_least(g) if g.kind in COUNTED else min(_multiple(g, mult), g.units)) for g in groups}
+    if floor:
+        minimum = {gid: max(m, floor[gid]) for gid, m in minimum.items()}
     for z, gid, u in pool:
         if removed(kept) >= budget:
             break
         if kept[gid] - 1 < minimum[gid]:
             continue
         kept[gid] -= 1
-    return _finish(kept, groups, scores, removed, budget, mult)
+    return _finish(kept, groups, scores, removed, budget, mult, minimum if floor else None, scale)
 
 
-def _finish(kept, groups, scores, removed, budget, mult):
+def _finish(kept, groups, scores, removed, budget, mult, minimum: dict | None = None, scale: str = "linear"):
     """Round channel widths to ``mult`` and step them back towards the budget."""
     by_id = {g.id: g for g in groups}
     for gid, k in kept.items():
         g = by_id[gid]
         if g.kind not in COUNTED:
             kept[gid] = _round(k, g.units, _multiple(g, mult))
-    return _correct(kept, by_id, scores, removed, budget, mult)
+    return _correct(kept, by_id, scores, removed, budget, mult, minimum or {}, scale)
 
 
-def _correct(kept, by_id, scores, removed, budget, mult):
+def _correct(kept, by_id, scores, removed, budget, mult, minimum: dict, scale: str):
     """Rounding moved the removal off target: step channel groups by ``mult`` units (the group whose
     next unit scores lowest loses, the one whose last removed unit scores highest gains) while that
     brings the removal closer to the budget."""
     chan = [gid for gid in kept if by_id[gid].kind not in COUNTED and by_id[gid].units > mult]
-    z = {gid: torch.sort((scores[gid] - scores[gid].mean()) / (scores[gid].std() + 1e-12), descending=True)[0]
+    z = {gid: torch.sort(_standardised(scores[gid], _log_for(by_id[gid], scale)), descending=True)[0]
          for gid in chan}
     for _ in range(10 * len(chan) + 10):
         gap = removed(kept) - budget
         if gap < 0:   # remove more: the group whose weakest kept unit is weakest
-            cand = [g for g in chan if kept[g] - mult >= mult]
+            cand = [g for g in chan if kept[g] - mult >= max(mult, minimum.get(g, 0))]
             pick = min(cand, key=lambda g: float(z[g][kept[g] - 1]), default=None)
             step = -mult
         else:         # remove less: the group whose best removed unit is best

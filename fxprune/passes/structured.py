@@ -155,7 +155,8 @@ class Allocate(StepPass):
     def run(self, ctx):
         r, cost = self.step, ctx["cost"]
         alloc = allocate(ctx["groups"], ctx["scores"], cost, _in_scope(r, cost), r.target, r.allocation,
-                         r.channel_multiple, cumulative=getattr(get_criterion(r.criterion), "cumulative_costs", False))
+                         r.channel_multiple, cumulative=getattr(get_criterion(r.criterion), "cumulative_costs", False),
+                         max_extra=r.max_extra_removal, scale=r.global_scale)
         ctx.facts["allocation"] = alloc  # plan None: widths only, units picked block by block
         return {"scope": r.scope, "target": r.target, "achieved": round(alloc.achieved, 6),
                 "removed_params": alloc.removed, "in_scope_params": alloc.total}
@@ -171,7 +172,7 @@ class OlicaSplit(StepPass):
         r, cost = self.step, ctx["cost"]
         ffn = [g for g in ctx["groups"] if g.kind not in ATTENTION_KINDS]
         sp = olica_solve(ctx.model, ctx["attention_parts"], ffn, cost, _in_scope(r, cost), r.target, r.olica_k,
-                         r.channel_multiple, r.allocation, ctx.facts.get("scores"))
+                         r.channel_multiple, r.allocation, ctx.facts.get("scores"), r.global_scale)
         ctx.facts["allocation"] = sp
         return {"scope": r.scope, "target": r.target, "achieved": round(sp.achieved, 6),
                 "removed_params": sp.removed, "in_scope_params": sp.total, "split": "olica",

@@ -39,7 +39,13 @@ class StructuredStep(Step):
     activation-weighted SVD) or ``whitened`` (SVD whitened by the input Gram: least output error).
     ``lincal_layers`` > 0 inserts a low-rank linear calibration (rank ``lincal_rank_ratio * hidden``,
     ridge ``lincal_damping``) beside the pruned FFN of that many layers, chosen by how linearly
-    predictable their residual is; it composes with any criterion, reconstruction and attention mode."""
+    predictable their residual is; it composes with any criterion, reconstruction and attention mode.
+
+    ``max_extra_removal`` (``global`` allocation): no group keeps fewer units than its ``uniform``
+    width minus this fraction of its units (1 = unbounded, FLAP's allocation; OWL bounds its
+    non-uniform layer ratios the same way), so pooled scores cannot empty one layer. ``global_scale``
+    (``global``): standardise the logarithm of channel scores (``log``, the default) or the scores
+    (``linear``: FLAP's, and fxprune's before 2026-12-02)."""
 
     kind = "structured"
 
@@ -60,6 +66,8 @@ class StructuredStep(Step):
     lincal_layers: int = 0
     lincal_rank_ratio: float = 0.03
     lincal_damping: float = 0.05
+    max_extra_removal: float = 1.0
+    global_scale: str = "log"
 
     def __post_init__(self):
         from ..passes.criteria import CRITERIA
@@ -71,8 +79,8 @@ class StructuredStep(Step):
             raise RecipeError(f"field 'kinds': expected a list of {list(KINDS)}, got {kinds!r}")
         object.__setattr__(self, "kinds", tuple(kinds))
         for name, typ in (("target", float), ("damping", float), ("olica_k", float), ("lincal_rank_ratio", float),
-                          ("lincal_damping", float), ("channel_multiple", int), ("protect_first", int),
-                          ("protect_last", int), ("lincal_layers", int)):
+                          ("lincal_damping", float), ("max_extra_removal", float), ("channel_multiple", int),
+                          ("protect_first", int), ("protect_last", int), ("lincal_layers", int)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and not float(v).is_integer()):
                 raise RecipeError(f"field {name!r}: expected {'an integer' if typ is int else 'a number'}, got {v!r}")
@@ -85,6 +93,7 @@ class StructuredStep(Step):
             ("attention_unit", self.attention_unit in ATTENTION_UNITS, ATTENTION_UNITS),
             ("attention", self.attention in ATTENTION_MODES, ATTENTION_MODES),
             ("olica_qk", self.olica_qk in ("diag", "whitened"), ("diag", "whitened")),
+            ("global_scale", self.global_scale in ("log", "linear"), ("log", "linear")),
             ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
         ]
         for name, ok, allowed in checks:
@@ -95,6 +104,8 @@ class StructuredStep(Step):
         if self.attention == "olica" and self.allocation not in ("uniform", "global"):
             raise RecipeError("field 'allocation': attention 'olica' splits the budget by Olica's ratios; its FFN "
                               "share is allocated 'uniform' or 'global' (set one of them)")
+        if not 0 <= self.max_extra_removal <= 1:
+            raise RecipeError(f"field 'max_extra_removal': {self.max_extra_removal} must be in [0, 1]")
         if self.lincal_layers < 0 or not 0 < self.lincal_rank_ratio <= 1:
             raise RecipeError("fields 'lincal_layers' must be >= 0 and 'lincal_rank_ratio' in (0, 1]")
         if self.channel_multiple < 1 or self.protect_first < 0 or self.protect_last < 0 or self.damping < 0:

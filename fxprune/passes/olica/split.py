@@ -54,7 +54,8 @@ class OlicaSplit:
 
 
 def solve(model, parts, ffn_groups, cost, expr, target: float, k: float = 3.0,
-          channel_multiple: int = 8, allocation: str = "uniform", scores: dict | None = None) -> OlicaSplit:
+          channel_multiple: int = 8, allocation: str = "uniform", scores: dict | None = None,
+          scale: str = "log") -> OlicaSplit:
     s_qk, s_vo = ratios(target, k) if target > 0 else (0.0, 0.0)
     total = cost.evaluate(expr, {})
     budget = int(round(target * total))
@@ -77,7 +78,7 @@ def solve(model, parts, ffn_groups, cost, expr, target: float, k: float = 3.0,
         if scores is None:
             raise ValueError("olica split with global FFN allocation needs the FFN groups' scores")
         kept = _global_ffn(ffn_groups, scores, v_kept, lambda kk: qk_removed + total - cost.evaluate(expr, kk),
-                           budget, channel_multiple)
+                           budget, channel_multiple, scale)
         rem = qk_removed + total - cost.evaluate(expr, kept)
         ffn_kept = {g.id: kept[g.id] for g in ffn_groups if kept[g.id] < g.units}
         return OlicaSplit(s_qk, s_vo, v_kept, ranks, ffn_kept, qk_removed, rem, budget, total)
@@ -98,12 +99,13 @@ def solve(model, parts, ffn_groups, cost, expr, target: float, k: float = 3.0,
     return OlicaSplit(s_qk, s_vo, v_kept, ranks, ffn_kept, qk_removed, rem, budget, total)
 
 
-def _global_ffn(ffn_groups, scores, v_kept, removed, budget, channel_multiple) -> dict:
+def _global_ffn(ffn_groups, scores, v_kept, removed, budget, channel_multiple, scale: str = "log") -> dict:
     """FFN widths from pooled standardised scores, with the attention's value widths fixed: the FFN
     groups lose their lowest-scored units until the total removal (attention included) meets the budget."""
     def with_v(kept):
         return removed({**v_kept, **kept})
     if with_v({}) >= budget or not ffn_groups:  # the attention share alone meets the target
         return {**v_kept, **{g.id: g.units for g in ffn_groups}}
-    kept = _global(ffn_groups, {g.id: scores[g.id] for g in ffn_groups}, with_v, budget, channel_multiple)
+    kept = _global(ffn_groups, {g.id: scores[g.id] for g in ffn_groups}, with_v, budget, channel_multiple,
+                   scale=scale)
     return {**v_kept, **kept}
