@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
                     help="Lightning precision of the scoring (bf16-mixed: AMX/bf16 matmuls, about 2x faster on "
-                         "this CPU; results go to <tag>_bf16.jsonl, never mixed with fp32 chunks)")
+                         "this CPU; without --tag its results go to zeroshot_full_bf16.jsonl, never mixed with fp32 chunks)")
     args = ap.parse_args(argv)
     if args.precision != "32-true" and args.tag == "zeroshot_full":
         args.tag = "zeroshot_full_bf16"

@@ -97,13 +97,15 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
     out = [0.0] * len(seqs)
     bar = tqdm(total=len(seqs), desc="loglikelihood", leave=False, disable=not progress)
     shared = set()
+    trim = keeps_logits(model)  # the LM head can run on the scored positions alone
     for c, members in groups.items():
         # short contexts: one forward per item costs more than the tokens it saves (unshared requests
         # are batched up to max_batch_tokens); share only where it saves >= min_saved tokens
         if len(members) < 2 or (len(members) - 1) * len(c) < min_saved:
             continue
         with autocast():
-            for j, ll in zip([j for j, _ in members], _shared_context_lls(model, list(c), [k for _, k in members], device)):
+            for j, ll in zip([j for j, _ in members],
+                             _shared_context_lls(model, list(c), [k for _, k in members], device, trim)):
                 out[j] = ll
         shared.update(j for j, _ in members)
         bar.update(len(members))
@@ -143,9 +145,11 @@ def supports_shared_context(model: torch.nn.Module) -> bool:
     return has_kv_cache(model) and hasattr(model, "prepare_inputs_for_generation")
 
 
-def _shared_context_lls(model: torch.nn.Module, ctx: list[int], conts: list[list[int]], device) -> list[float]:
-    """Log-likelihoods of several continuations after one context, from one cached context forward."""
-    kw = {"logits_to_keep": 1} if keeps_logits(model) else {}  # only the last context position is scored
+def _shared_context_lls(model: torch.nn.Module, ctx: list[int], conts: list[list[int]], device,
+                        trim: bool = False) -> list[float]:
+    """Log-likelihoods of several continuations after one context, from one cached context forward
+    (``trim``: the model takes ``logits_to_keep``; only the context's last position is projected)."""
+    kw = {"logits_to_keep": 1} if trim else {}
     out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True, **kw)
     first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
     lls = [float(first[k[0]]) for k in conts]

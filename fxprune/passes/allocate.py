@@ -74,31 +74,35 @@ def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, 
     chan = [g for g in groups if g.kind not in COUNTED]
     removed = lambda kept: total - cost.evaluate(expr, kept)  # noqa: E731
     if allocation == "uniform":
-        kept = {}
-        for part in _by_units(attn):  # heads, experts, SSM head groups: one count per kind and size
-            kept.update(_uniform(part, [], removed, budget, total, target, channel_multiple))
-        kept.update(_uniform([], chan, removed, budget, total, target, channel_multiple, kept))
+        kept = _uniform_widths(attn, chan, removed, budget, total, target, channel_multiple)
     elif allocation == "pooled":  # one cost currency across kinds and layers (allocate_pooled.py)
         if scores is None:
             raise ValueError("pooled allocation needs scores")
         from .allocate_pooled import pooled
         got = pooled(attn + chan, scores, removed, budget, COUNTED, channel_multiple, cumulative)
         got = {g.id: max(got[g.id], _least(g)) for g in attn + chan}  # at least top_k experts stay
-        kept = _finish(got, attn + chan, scores, removed, budget, channel_multiple)
+        kept = _finish(got, attn + chan, scores, removed, budget, channel_multiple, None, "linear")
     else:
         if scores is None:
             raise ValueError("global allocation needs scores")
         floor = None
         if max_extra < 1.0:  # the uniform widths, less max_extra of each group's units
-            uni = {}
-            for part in _by_units(attn):
-                uni.update(_uniform(part, [], removed, budget, total, target, channel_multiple))
-            uni.update(_uniform([], chan, removed, budget, total, target, channel_multiple, uni))
+            uni = _uniform_widths(attn, chan, removed, budget, total, target, channel_multiple)
             floor = {g.id: uni[g.id] - int(max_extra * g.units) for g in attn + chan}
         kept = _global(attn + chan, scores, removed, budget, channel_multiple, floor, scale)
     kept = {g.id: kept[g.id] for g in groups if kept[g.id] < g.units}
     plan = None if scores is None else {gid: top_units(scores[gid], k) for gid, k in kept.items()}
     return Allocation(plan, kept, removed(kept), budget, total)
+
+
+def _uniform_widths(attn, chan, removed, budget, total, target, mult) -> dict:
+    """The ``uniform`` allocation: one count per kind and size of counted units (heads, experts, SSM
+    head groups), then one width for every channel group, together closest to the budget."""
+    kept = {}
+    for part in _by_units(attn):
+        kept.update(_uniform(part, [], removed, budget, total, target, mult))
+    kept.update(_uniform([], chan, removed, budget, total, target, mult, kept))
+    return kept
 
 
 def _by_units(groups) -> list[list]:
@@ -177,7 +181,7 @@ def _global(groups, scores, removed, budget, mult, floor: dict | None = None, sc
     return _finish(kept, groups, scores, removed, budget, mult, minimum if floor else None, scale)
 
 
-def _finish(kept, groups, scores, removed, budget, mult, minimum: dict | None = None, scale: str = "linear"):
+def _finish(kept, groups, scores, removed, budget, mult, minimum: dict | None, scale: str):
     """Round channel widths to ``mult`` and step them back towards the budget."""
     by_id = {g.id: g for g in groups}
     for gid, k in kept.items():

@@ -70,6 +70,7 @@ class StructuredStep(Step):
     global_scale: str = "log"
 
     def __post_init__(self):
+        from ..passes.allocate import SCALES
         from ..passes.criteria import CRITERIA
         from ..passes.reconstruct import RECONSTRUCTORS
         kinds = self.kinds
@@ -93,7 +94,7 @@ class StructuredStep(Step):
             ("attention_unit", self.attention_unit in ATTENTION_UNITS, ATTENTION_UNITS),
             ("attention", self.attention in ATTENTION_MODES, ATTENTION_MODES),
             ("olica_qk", self.olica_qk in ("diag", "whitened"), ("diag", "whitened")),
-            ("global_scale", self.global_scale in ("log", "linear"), ("log", "linear")),
+            ("global_scale", self.global_scale in SCALES, SCALES),
             ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
         ]
         for name, ok, allowed in checks:
