@@ -163,13 +163,14 @@ def _run_method(method, W, st, pat, cfg):
 
 
 def cfg_for(method, opts):
+    label = method
     method = method.split("@")[0].split("#")[0]
     if method == "sparsegpt":
         return SparseGPTConfig()
     if method == "wanda":
         return WandaConfig()
     if method.startswith("mrp"):
-        return MRPConfig(**opts.get(method, {}))
+        return MRPConfig(**opts.get(label, opts.get(method, {})))  # options by full label (mrp#direct), else base
     raise SystemExit(f"unknown method {method}")
 
 

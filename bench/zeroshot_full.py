@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="checkpoint of the single recipe (default out/bench/smollm2-RECIPE)")
     ap.add_argument("--tag", default="zeroshot_full")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--score", nargs="+", default=None,
+                    help="score only these models (dense and/or recipe names; default all): two processes can then "
+                         "share one results file, each scoring other models")
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
                     help="Lightning precision of the scoring (bf16-mixed: AMX/bf16 matmuls, about 2x faster on "
                          "this CPU; without --tag its results go to zeroshot_full_bf16.jsonl, never mixed with fp32 chunks)")
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
         for recipe in args.recipes:
             ckpt = ckpts[recipe] = Path(args.out if args.out and len(args.recipes) == 1
                                         else ROOT / "out" / "bench" / f"smollm2-{recipe}")
-            if not (ckpt / "config.json").is_file():
+            if not (ckpt / "config.json").is_file() and (not args.score or recipe in args.score):
                 cmd = [str(ROOT / ".venv" / "bin" / "fxprune"), "prune", "smollm2", "--recipe", recipe,
                        "--out", str(ckpt), "--json"]
                 print("running:", " ".join(cmd), flush=True)
@@ -120,7 +123,8 @@ def main(argv=None) -> int:
         from fxprune.data import tokenizer_for
         from fxprune.evaluation.tasks import load_task
         from fxprune.loading import load_model
-        loaded = {"dense": load_model("smollm2"), **{r: load_model(str(ckpts[r])) for r in args.recipes}}
+        loaded = {m: load_model("smollm2" if m == "dense" else str(ckpts[m]))
+                  for m in models if not args.score or m in args.score}
         engine = Engine(EngineConfig(precision=args.precision))
         for lm in loaded.values():
             lm.model = engine.prepare(lm.model)
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
             items, proto = load_task(task)
             for start in range(0, len(items), args.chunk):
                 for m in models:
-                    if (m, task, start) in done:
+                    if (m, task, start) in done or (args.score and m not in args.score):
                         continue
                     chunk = items[start:start + args.chunk]
                     t0 = time.perf_counter()

@@ -116,3 +116,47 @@ def inverse_hessian(H: torch.Tensor, alpha: float, name: str = "?") -> tuple[tor
     """``(H_damped, H_damped^-1)`` via Cholesky (the update formulas need the explicit inverse)."""
     L, Hd, _ = robust_cholesky(H, alpha, name)
     return Hd, torch.cholesky_inverse(L)
+
+
+def masked_pcg(A: torch.Tensor, M: torch.Tensor, B: torch.Tensor, keep: torch.Tensor, X0: torch.Tensor,
+               tol: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row ``r`` with index set ``I = keep[r]``: solve ``A_II x_I = B[r, I]`` (zeros off ``I``) by
+    conjugate gradients preconditioned with ``M_II`` (``A``, ``M`` symmetric positive definite,
+    ``(d, d)``; ``M ≈ A⁻¹`` makes few iterations), all rows at once: each iteration is two
+    ``(rows, d) × (d, d)`` products, and rows leave the batch when converged.
+
+    Stops a row when ``‖B_I − A_II x_I‖ ≤ tol ‖B_I‖``. Returns ``(X, converged)``: ``X`` is ``X0``
+    refined (zero off ``I``) and ``converged`` the rows that met ``tol`` within ``max_iter`` iterations
+    (the caller solves the others directly).
+    """
+    Kf = keep.to(B.dtype)
+    X = X0 * Kf
+    R = B * Kf - (X @ A) * Kf
+    bn = (B * Kf).norm(dim=1)
+    conv = R.norm(dim=1) <= tol * bn
+    act = torch.nonzero(~conv).squeeze(1)
+    if len(act) == 0 or max_iter <= 0:
+        return X, conv
+    x, r, k, bn = X[act], R[act], Kf[act], bn[act]
+    z = (r @ M) * k
+    p = z.clone()
+    rz = (r * z).sum(1)
+    for _ in range(max_iter):
+        ap = (p @ A) * k
+        alpha = rz / (p * ap).sum(1).clamp_min(torch.finfo(B.dtype).tiny)
+        x.addcmul_(alpha.unsqueeze(1), p)
+        r.addcmul_(alpha.unsqueeze(1), ap, value=-1)
+        done = r.norm(dim=1) <= tol * bn
+        if bool(done.any()):
+            X[act[done]] = x[done]
+            conv[act[done]] = True
+            left = ~done
+            if not bool(left.any()):
+                return X, conv
+            act, x, r, k, bn, p, rz = act[left], x[left], r[left], k[left], bn[left], p[left], rz[left]
+        z = (r @ M) * k
+        rz_new = (r * z).sum(1)
+        p = z.addcmul_((rz_new / rz).unsqueeze(1), p)
+        rz = rz_new
+    X[act] = x
+    return X, conv

@@ -299,3 +299,59 @@ def test_layer_loss_not_worse_than_sparsegpt_with_dead_channels_and_few_tokens()
         assert bool(torch.isfinite(mr.weight).all()) and mask_conforms(mr.mask, pattern)
         assert bool((mr.weight[:, [3, 17, 40]] == 0).all())
         assert _layer_loss(W, mr.weight.double(), X) <= _layer_loss(W, sg.weight.double(), X) * 1.0001
+
+
+# ---- the iterative exact solve (issue 17: preconditioned conjugate gradients on all rows at once) ----
+
+from fxprune.errors import RecipeError  # noqa: E402
+from fxprune.linalg import masked_pcg  # noqa: E402
+
+
+def _outlier_layer(seed, d_out=24, d_in=96, n=400):
+    """Activations with a few massive channels and correlated columns, as in LLM layers: the damped
+    Hessian is ill-conditioned (the case where an iterative solve could stop short)."""
+    W, X = _layer(seed, d_out=d_out, d_in=d_in, n=n)
+    X[[5, 50]] *= 40.0
+    return W, X
+
+
+def test_masked_pcg_equals_the_direct_solve_and_reports_rows_it_did_not_finish():
+    W, X = _outlier_layer(21)
+    H = 2 * X @ X.T / X.shape[1]
+    _, Hd, _ = robust_cholesky(H, 0.01)
+    Hinv = torch.linalg.inv(Hd)
+    assert float(torch.linalg.cond(Hd)) > 1e3
+    mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(3)) < 0.5
+    B = W @ Hd
+    X_, conv = masked_pcg(Hd, Hinv, B, ~mask, torch.zeros_like(W), tol=1e-12, max_iter=500)
+    assert bool(conv.all())
+    ref = optimal_update(W, Hd, mask)
+    torch.testing.assert_close(X_, ref * ~mask, rtol=1e-8, atol=1e-10)
+    # two iterations are not enough for every row: those are reported, and exact_refit solves them directly
+    _, conv2 = masked_pcg(Hd, Hinv, B, ~mask, torch.zeros_like(W), tol=1e-12, max_iter=2)
+    assert not bool(conv2.all())
+    torch.testing.assert_close(_mrp.exact_refit(W, Hd, Hinv, mask, torch.zeros_like(W), 1e-12, 2), ref,
+                               rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("pattern", [NM(2, 4), NM(4, 8), Unstructured(0.5), Unstructured(0.6, "layer")],
+                         ids=["2:4", "4:8", "50row", "60layer"])
+def test_pcg_and_direct_solvers_give_the_same_layer_in_float32(pattern):
+    """The default solver (pcg, float32, tolerance 1e-6) against one Cholesky per row: the same mask
+    (the sweep is shared), weights equal to float32 accuracy and no larger layer loss beyond 1e-5."""
+    W, X = _outlier_layer(22, d_in=192)
+    stats = _acc(X)
+    _mrp._factor_cache.clear()
+    it = prune_weight(W.float(), stats, pattern, MRPConfig(blocksize=32))
+    _mrp._factor_cache.clear()
+    di = prune_weight(W.float(), stats, pattern, MRPConfig(blocksize=32, solver="direct"))
+    assert torch.equal(it.mask, di.mask)
+    torch.testing.assert_close(it.weight, di.weight, rtol=1e-3, atol=1e-4)
+    assert _layer_loss(W, it.weight.double(), X) <= _layer_loss(W, di.weight.double(), X) * (1 + 1e-5)
+
+
+def test_solver_options_are_checked():
+    with pytest.raises(RecipeError, match="solver"):
+        MRPConfig(solver="cg")
+    with pytest.raises(RecipeError, match="pcg_tol"):
+        MRPConfig(pcg_tol=0.0)

@@ -43,7 +43,7 @@ from typing import Literal
 import torch
 
 from ...errors import RecipeError
-from ...linalg import dead_channels, robust_cholesky
+from ...linalg import dead_channels, masked_pcg, robust_cholesky
 from ..config import NM, Unstructured
 from ..masks import check_pattern, cumulative_count, lowest_global, lowest_per_row, nm_patterns, select
 from . import Pruned, register
@@ -153,6 +153,25 @@ def optimal_update(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, Hinv: t
         out[p_rows] = Wp - _row_systems_solve(Hinv, Wp, mask[p_rows], row_chunk) @ Hinv
     out[mask] = 0
     return out
+
+
+def exact_refit(W: torch.Tensor, H: torch.Tensor, Hinv: torch.Tensor, mask: torch.Tensor, X0: torch.Tensor,
+                tol: float, max_iter: int, row_chunk: int = 64) -> torch.Tensor:
+    """The same per-row optimum as ``optimal_update`` (refit ``H_RR w_R = (H wᵀ)_R``), solved iteratively:
+    conjugate gradients on all rows at once, preconditioned with ``(H⁻¹)_RR`` (the inverse of ``H_RR`` up
+    to a rank-``|P|`` term, so few iterations) and started from ``X0`` (the sweep's weights). Each
+    iteration is two ``(rows, d_in) × (d_in, d_in)`` products instead of one ``min(|R|,|P|)³/3``
+    factorisation per row. A row stops at relative residual ``tol``; rows not there after ``max_iter``
+    iterations are solved directly by ``optimal_update``."""
+    dt = H.dtype
+    W = W.to(dt)
+    keep = ~mask
+    X, conv = masked_pcg(H, Hinv, W @ H, keep, X0.to(dt), tol, max_iter)
+    if not bool(conv.all()):
+        rows = torch.nonzero(~conv).squeeze(1)
+        X[rows] = optimal_update(W[rows], H, mask[rows], Hinv=Hinv, row_chunk=row_chunk)
+    X[mask] = 0
+    return X
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +319,12 @@ class MRPConfig:
     chunk (chunks are also capped at ~4 MiB of gathered systems).
     ``update="sweep"`` skips the exact final solve and keeps the sweep's weights (joint removal per
     group/block with the columns to its left frozen): about SparseGPT's cost, not the exact optimum.
+
+    Solver of the exact update (``solver``): ``"pcg"`` (default) solves the same per-row systems by
+    preconditioned conjugate gradients on all rows at once (``exact_refit``), to a relative residual of
+    ``pcg_tol`` (default 1e-6 in float32, which is the residual the float32 direct solve itself leaves:
+    0.8-7e-6 on SmolLM2's layers; 1e-12 in float64), rows not converged after ``pcg_max_iter``
+    iterations solved directly; ``"direct"``: one Cholesky factorisation per row (``optimal_update``).
     """
 
     blocksize: int = 128
@@ -308,6 +333,9 @@ class MRPConfig:
     row_chunk: int = 64
     solve_dtype: Literal["float32", "float64"] = "float32"
     update: Literal["exact", "sweep"] = "exact"
+    solver: Literal["pcg", "direct"] = "pcg"
+    pcg_tol: float | None = None
+    pcg_max_iter: int = 200
     needs_calibration = True
 
     def __post_init__(self):
@@ -315,6 +343,10 @@ class MRPConfig:
             raise RecipeError(f"options.update must be 'exact' or 'sweep', got {self.update!r}")
         if self.mask_selection not in ("adaptive", "oneshot"):
             raise RecipeError(f"options.mask_selection must be 'adaptive' or 'oneshot', got {self.mask_selection!r}")
+        if self.solver not in ("pcg", "direct"):
+            raise RecipeError(f"options.solver must be 'pcg' or 'direct', got {self.solver!r}")
+        if self.pcg_tol is not None and not 0 < self.pcg_tol < 1:
+            raise RecipeError(f"options.pcg_tol must be in (0, 1), got {self.pcg_tol!r}")
 
 
 _factor_cache: dict = {}
@@ -358,6 +390,10 @@ def prune_mrp(W, stats, pattern, cfg: MRPConfig) -> Pruned:
         mask, swept = oneshot_mask(W0, Hinv, pattern), None
     if cfg.update == "sweep" and swept is not None:
         new = swept
+    elif cfg.solver == "pcg":
+        tol = cfg.pcg_tol if cfg.pcg_tol is not None else (1e-12 if dt == torch.float64 else 1e-6)
+        new = exact_refit(W0, Hd, Hinv, mask, swept if swept is not None else W0, tol, cfg.pcg_max_iter,
+                          cfg.row_chunk)
     else:
         new = optimal_update(W0, Hd, mask, Hinv=Hinv, row_chunk=cfg.row_chunk)
     return Pruned(new.to(W.dtype), mask)
