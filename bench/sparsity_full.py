@@ -13,6 +13,8 @@ peak RSS is its own.
     PYTHONPATH=$PWD nohup .venv/bin/python bench/sparsity_full.py run > bench/results/sparsity_full.log 2>&1 &
     # the table
     PYTHONPATH=$PWD .venv/bin/python bench/sparsity_full.py render
+    # another results file (e.g. a rerun after a kernel change, keyed by the same job names)
+    SPARSITY_FULL_TAG=sparsity_full_pcg PYTHONPATH=$PWD .venv/bin/python bench/sparsity_full.py run JOBS
     # smoke test of the pipeline (2 calibration / 2 evaluation windows, results under bench/results/tmp)
     SPARSITY_FULL_SMOKE=1 PYTHONPATH=$PWD .venv/bin/python bench/sparsity_full.py run dense@-#0 mrp@2:4#0 ...
 
@@ -34,8 +36,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "sparsity_full.jsonl"
-PARTIAL = RESULTS.with_name("sparsity_full_partial.jsonl")  # sparsify records written before evaluation
+RESULTS = ROOT / "bench" / "results" / (os.environ.get("SPARSITY_FULL_TAG", "sparsity_full") + ".jsonl")
+PARTIAL = RESULTS.with_name(RESULTS.stem + "_partial.jsonl")  # sparsify records written before evaluation
 TMP = ROOT / "bench" / "results" / "tmp"
 LLMC_PY = "/work/venv-llmc/bin/python"
 CALIB_N, CALIB_L, EVAL_L, EVAL_W = 128, 512, 512, 64
