@@ -16,6 +16,7 @@ identical on every rank and equal (up to float summation order) to a single-proc
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -41,8 +42,18 @@ class EngineConfig:
     num_nodes: int = 1
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX). Without either,
+    PyTorch's CPU bf16 matmuls run emulated: on an AVX2-only AMD EPYC, a (576, 1536) x (1536, 1536)
+    product took 318 ms through ``F.linear`` in bf16 against 47 ms in fp32 (2026-12-02)."""
+    cpu = getattr(torch, "cpu", None)
+    probes = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(f()) for f in probes if f is not None)
+
+
 class Engine:
-    """Runs calibration/evaluation loops under a ``lightning.fabric.Fabric``."""
+    """Runs calibration/evaluation loops under a ``lightning.fabric.Fabric``. Warns (``RuntimeWarning``)
+    when a bf16 precision is asked for on a CPU without hardware bf16 (see ``cpu_has_native_bf16``)."""
 
     def __init__(self, config: EngineConfig = EngineConfig(), fabric: Any = None):
         from lightning.fabric import Fabric
@@ -50,6 +61,10 @@ class Engine:
         self.fabric = fabric or Fabric(accelerator=config.accelerator, devices=config.devices,
                                        strategy=config.strategy, precision=config.precision,
                                        num_nodes=config.num_nodes)
+        if (str(config.precision).startswith("bf16") and self.fabric.device.type == "cpu"
+                and not cpu_has_native_bf16()):
+            warnings.warn(f"precision {config.precision!r} on a CPU without AVX512-BF16 or AMX: bf16 matmuls are "
+                          "emulated there and several times slower than 32-true", RuntimeWarning, stacklevel=2)
 
     # ---- distribution helpers
     @property
