@@ -9,6 +9,9 @@ whole-model runs while iterating.
     # time kernels on the dumped layers, interleaved, repeated; medians, spread and ratios
     PYTHONPATH=$PWD python bench/mrp_kernel.py time --patterns 2:4 4:8 0.5 0.6 --methods sparsegpt mrp --reps 3
 
+    # each solver's gap to the float64 optimum of the damped layer loss, and its CPU time
+    PYTHONPATH=$PWD python bench/mrp_kernel.py exactness --patterns 2:4 0.5 --tols 1e-5 1e-6 1e-7
+
     # cProfile one kernel on one layer
     PYTHONPATH=$PWD python bench/mrp_kernel.py profile --method mrp --pattern 2:4 --layer model.layers.10.mlp.down_proj
 """
@@ -306,6 +309,47 @@ def breakdown(args):
                                               "torch": torch.__version__, "rows": table}, indent=1))
 
 
+def exactness(args):
+    """How close each solver gets to the exact optimum of the damped layer loss: per layer, the float64
+    direct solve is the reference ``L*``; the float32 direct solve and the pcg solve at each tolerance
+    report their relative gap ``L/L* - 1`` and CPU seconds (same mask: the sweep's, computed once)."""
+    from fxprune.linalg import masked_pcg
+    from fxprune.sparsity.methods import mrp as M
+    torch.set_num_threads(args.threads)
+    rows = []
+    for spec in args.patterns:
+        pat = pattern_for("mrp", spec)
+        for name, W, st in load_layers(args.layers):
+            W = W.float()
+            M._factor_cache.clear()
+            dead, Hd, Hinv, U = M._factors(st, 0.01, torch.float32)
+            W0 = W.clone()
+            W0[:, dead] = 0
+            mask, swept = M.adaptive_mask(W0, U, pat, 128)
+            H64 = Hd.double()
+
+            def loss(X):
+                E = X.double() - W0.double()
+                return 0.5 * float(((E @ H64) * E).sum())
+            ref = loss(M.optimal_update(W0.double(), H64, mask))
+            c = time.process_time()
+            d32 = M.optimal_update(W0, Hd, mask, Hinv=Hinv)
+            row = {"pattern": spec, "layer": name, "loss_float64": ref,
+                   "direct_float32": {"gap": loss(d32) / ref - 1, "cpu_s": time.process_time() - c}}
+            for tol in args.tols:
+                c = time.process_time()
+                X, conv = masked_pcg(Hd, Hinv, W0 @ Hd, ~mask, swept, tol, 200)
+                t = time.process_time() - c
+                X[mask] = 0
+                row[f"pcg_{tol:g}"] = {"gap": loss(X) / ref - 1, "cpu_s": t, "converged": int(conv.sum()),
+                                       "rows": len(conv)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "torch": torch.__version__,
+                                              "rows": rows}, indent=1))
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -314,7 +358,7 @@ def main():
     d.add_argument("--blocks", type=int, nargs="+", default=[0, 10, 20, 29])
     d.add_argument("--threads", type=int, default=1)
     sub.add_parser("fixup")
-    for name in ("time", "profile", "breakdown"):
+    for name in ("time", "profile", "breakdown", "exactness"):
         p = sub.add_parser(name)
         p.add_argument("--layers", nargs="*", help="substrings of layer names (default: all dumped)")
         p.add_argument("--threads", type=int, default=1)
@@ -330,13 +374,18 @@ def main():
     b.add_argument("--patterns", nargs="+", default=["2:4", "4:8", "0.5", "0.6"])
     b.add_argument("--methods", nargs="+", default=["mrp@main", "mrp", "sparsegpt"])
     b.add_argument("--out")
+    e = sub.choices["exactness"]
+    e.add_argument("--patterns", nargs="+", default=["2:4", "0.5"])
+    e.add_argument("--tols", type=float, nargs="+", default=[1e-5, 1e-6, 1e-7])
+    e.add_argument("--out")
     p = sub.choices["profile"]
     p.add_argument("--method", default="mrp")
     p.add_argument("--pattern", default="2:4")
     p.add_argument("--sort", default="cumulative")
     p.add_argument("--top", type=int, default=40)
     args = ap.parse_args()
-    {"dump": dump, "fixup": fixup, "time": time_kernels, "profile": profile, "breakdown": breakdown}[args.cmd](args)
+    {"dump": dump, "fixup": fixup, "time": time_kernels, "profile": profile, "breakdown": breakdown,
+     "exactness": exactness}[args.cmd](args)
 
 
 if __name__ == "__main__":
