@@ -171,7 +171,7 @@ def test_joint_removal_equals_the_update_formula_on_the_block():
 @pytest.mark.parametrize("pattern", [NM(2, 4), NM(4, 8), Unstructured(0.5), Unstructured(0.6, "layer")],
                          ids=["2:4", "4:8", "50row", "60layer"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_mrp_final_weights_are_the_exact_refit_of_its_mask(pattern, dtype):
+def test_mrp_final_weights_are_the_refit_pcg_of_its_mask(pattern, dtype):
     W, X = _layer(13, d_out=20, d_in=48)
     acc = _acc(X)
     res = prune_weight(W.float(), acc, pattern, MRPConfig(blocksize=16, solve_dtype=dtype))
@@ -327,10 +327,10 @@ def test_masked_pcg_equals_the_direct_solve_and_reports_rows_it_did_not_finish()
     assert bool(conv.all())
     ref = optimal_update(W, Hd, mask)
     torch.testing.assert_close(X_, ref * ~mask, rtol=1e-8, atol=1e-10)
-    # two iterations are not enough for every row: those are reported, and exact_refit solves them directly
+    # two iterations are not enough for every row: those are reported, and refit_pcg solves them directly
     _, conv2 = masked_pcg(Hd, Hinv, B, ~mask, torch.zeros_like(W), tol=1e-12, max_iter=2)
     assert not bool(conv2.all())
-    torch.testing.assert_close(_mrp.exact_refit(W, Hd, Hinv, mask, torch.zeros_like(W), 1e-12, 2), ref,
+    torch.testing.assert_close(_mrp.refit_pcg(W, Hd, Hinv, mask, torch.zeros_like(W), 1e-12, 2), ref,
                                rtol=1e-8, atol=1e-10)
 
 

@@ -8,7 +8,7 @@ or, equivalently, by refitting the kept weights ``w_R = (H_RR)⁻¹ (H wᵀ)_R``
 
 This file has four pieces:
   * ``optimal_update``: the exact per-row solve for a given mask, direct (below);
-  * ``exact_refit``: the same solve by preconditioned conjugate gradients on all rows at once (the
+  * ``refit_pcg``: the same solve by preconditioned conjugate gradients on all rows at once (the
     default solver; below);
   * ``nm_group_choice``: the N:M pattern of one group of M columns with the lowest multiple-removal
     loss among all C(M,N) patterns (6 for 2:4, 70 for 4:8), batched over rows;
@@ -34,7 +34,7 @@ the chunk's largest size with distinct sentinel columns of an identity block app
 batched Cholesky and solved by two triangular solves; chunks are sized to stay in cache
 (``_CHUNK_FLOATS``, at most ``row_chunk`` rows). The unstructured sweep's joint removal within a
 block uses the same solver on the block's conditional Hessian.
-Iterative solve (``exact_refit``, ``solver="pcg"``): the refit systems of all rows as one batch of CG
+Iterative solve (``refit_pcg``, ``solver="pcg"``): the refit systems of all rows as one batch of CG
 iterations, each two ``(rows, d_in) × (d_in, d_in)`` products (``x ↦ (x H)_R`` and the preconditioner
 ``r ↦ (r H⁻¹)_R``: ``(H⁻¹)_RR`` is ``H_RR⁻¹`` plus a positive rank-``|P|`` term), started from the sweep's
 weights; on SmolLM2's layers 21-50 iterations reach a relative residual of 1e-6, for 0.69-0.81x the
@@ -165,7 +165,7 @@ def optimal_update(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, Hinv: t
     return out
 
 
-def exact_refit(W: torch.Tensor, H: torch.Tensor, Hinv: torch.Tensor, mask: torch.Tensor, X0: torch.Tensor,
+def refit_pcg(W: torch.Tensor, H: torch.Tensor, Hinv: torch.Tensor, mask: torch.Tensor, X0: torch.Tensor,
                 tol: float, max_iter: int, row_chunk: int = 64) -> torch.Tensor:
     """The same per-row optimum as ``optimal_update`` (refit ``H_RR w_R = (H wᵀ)_R``), solved iteratively:
     conjugate gradients on all rows at once, preconditioned with ``(H⁻¹)_RR`` (the inverse of ``H_RR`` up
@@ -331,7 +331,7 @@ class MRPConfig:
     group/block with the columns to its left frozen): about SparseGPT's cost, not the exact optimum.
 
     Solver of the exact update (``solver``): ``"pcg"`` (default) solves the same per-row systems by
-    preconditioned conjugate gradients on all rows at once (``exact_refit``), to a relative residual of
+    preconditioned conjugate gradients on all rows at once (``refit_pcg``), to a relative residual of
     ``pcg_tol`` (default 1e-6 in float32: the layer loss then lies within 2.1e-7, relative, of the
     exact optimum on SmolLM2's layers, 8e-6 on one; 1e-12 in float64), rows not converged after ``pcg_max_iter``
     iterations solved directly; ``"direct"``: one Cholesky factorisation per row (``optimal_update``),
@@ -403,7 +403,7 @@ def prune_mrp(W, stats, pattern, cfg: MRPConfig) -> Pruned:
         new = swept
     elif cfg.solver == "pcg":
         tol = cfg.pcg_tol if cfg.pcg_tol is not None else (1e-12 if dt == torch.float64 else 1e-6)
-        new = exact_refit(W0, Hd, Hinv, mask, swept if swept is not None else W0, tol, cfg.pcg_max_iter,
+        new = refit_pcg(W0, Hd, Hinv, mask, swept if swept is not None else W0, tol, cfg.pcg_max_iter,
                           cfg.row_chunk)
     else:
         new = optimal_update(W0, Hd, mask, Hinv=Hinv, row_chunk=cfg.row_chunk)
