@@ -131,8 +131,9 @@ def masked_pcg(A: torch.Tensor, M: torch.Tensor, B: torch.Tensor, keep: torch.Te
     """
     Kf = keep.to(B.dtype)
     X = X0 * Kf
-    R = B * Kf - (X @ A) * Kf
-    bn = (B * Kf).norm(dim=1)
+    Bk = B * Kf
+    R = Bk - (X @ A) * Kf
+    bn = Bk.norm(dim=1)
     conv = R.norm(dim=1) <= tol * bn
     act = torch.nonzero(~conv).squeeze(1)
     if len(act) == 0 or max_iter <= 0:

@@ -171,7 +171,7 @@ def test_joint_removal_equals_the_update_formula_on_the_block():
 @pytest.mark.parametrize("pattern", [NM(2, 4), NM(4, 8), Unstructured(0.5), Unstructured(0.6, "layer")],
                          ids=["2:4", "4:8", "50row", "60layer"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_mrp_final_weights_are_the_refit_pcg_of_its_mask(pattern, dtype):
+def test_mrp_final_weights_are_the_exact_refit_of_its_mask(pattern, dtype):
     W, X = _layer(13, d_out=20, d_in=48)
     acc = _acc(X)
     res = prune_weight(W.float(), acc, pattern, MRPConfig(blocksize=16, solve_dtype=dtype))

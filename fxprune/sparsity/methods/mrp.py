@@ -166,7 +166,7 @@ def optimal_update(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, Hinv: t
 
 
 def refit_pcg(W: torch.Tensor, H: torch.Tensor, Hinv: torch.Tensor, mask: torch.Tensor, X0: torch.Tensor,
-                tol: float, max_iter: int, row_chunk: int = 64) -> torch.Tensor:
+              tol: float, max_iter: int, row_chunk: int = 64) -> torch.Tensor:
     """The same per-row optimum as ``optimal_update`` (refit ``H_RR w_R = (H wᵀ)_R``), solved iteratively:
     conjugate gradients on all rows at once, preconditioned with ``(H⁻¹)_RR`` (the inverse of ``H_RR`` up
     to a rank-``|P|`` term, so few iterations) and started from ``X0`` (the sweep's weights). Each
@@ -404,7 +404,7 @@ def prune_mrp(W, stats, pattern, cfg: MRPConfig) -> Pruned:
     elif cfg.solver == "pcg":
         tol = cfg.pcg_tol if cfg.pcg_tol is not None else (1e-12 if dt == torch.float64 else 1e-6)
         new = refit_pcg(W0, Hd, Hinv, mask, swept if swept is not None else W0, tol, cfg.pcg_max_iter,
-                          cfg.row_chunk)
+                        cfg.row_chunk)
     else:
         new = optimal_update(W0, Hd, mask, Hinv=Hinv, row_chunk=cfg.row_chunk)
     return Pruned(new.to(W.dtype), mask)
