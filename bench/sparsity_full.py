@@ -78,6 +78,19 @@ def loadavg():
     return os.getloadavg()[0]
 
 
+def cpu_name():
+    """The CPU model and the matrix/vector extensions that decide these timings (AMX, AVX-512, AVX2)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    ext = next((e for e, f in (("AMX", "amx_tile"), ("AVX-512", "avx512f"), ("AVX2", "avx2")) if f in flags), "")
+    return f"{model}, {ext}" if ext else model
+
+
+# records written before the ``cpu`` field existed: which machine ran them (from the sessions' notes)
+CPU_BEFORE_FIELD = {"sparsity_full": "earlier machine (AMX)", "sparsity_full_pcg": "AMD EPYC, AVX2"}
+
+
 def git_rev():
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
@@ -92,7 +105,7 @@ def job(args):
     torch.set_num_threads(1)
     method, pattern, seed = parse(args.job)
     rec = {"job": args.job, "method": method, "pattern": label(pattern), "seed": seed, "git": git_rev(),
-           "torch": torch.__version__, "load_start": loadavg(),
+           "torch": torch.__version__, "cpu": cpu_name(), "load_start": loadavg(),
            "protocol": f"calib C4 train head {CALIB_N}x{CALIB_L} (seed {seed}); WikiText-2 L={EVAL_L}, first {EVAL_W} "
                        f"windows; 1 thread"}
     if method.startswith("llmc-"):
@@ -190,14 +203,21 @@ def render(args):
             f"process through model loading and sparsification, evaluation excluded). Source: {RESULTS.relative_to(ROOT)}.")
     out = [head, "", "| method | " + " | ".join(pats) + " |", "|---|" + "---|" * len(pats)]
 
+    machine = lambda r: r.get("cpu") or CPU_BEFORE_FIELD.get(RESULTS.stem, "unknown")  # noqa: E731
+    machines = list(dict.fromkeys(machine(r) for r in by.values()))
+    mark = {m: f" [{chr(65 + i)}]" if len(machines) > 1 else "" for i, m in enumerate(machines)}
+
     def cell(r):
         if r is None:
             return "—"
         ppl = "PPL pending" if r["ppl"] is None else f"{r['ppl']:.2f}"
         return (f"{ppl} ({r['sparsify_wall_s']:.0f} / {r['sparsify_cpu_s']:.0f} / "
-                f"{r['peak_rss_mb'] / 1024:.1f})")
+                f"{r['peak_rss_mb'] / 1024:.1f}){mark[machine(r)]}")
     for m, name in names:
         out.append(f"| {name} | " + " | ".join(cell(by.get((m, p, 0))) for p in pats) + " |")
+    if len(machines) > 1:
+        out += ["", "Machines (times are comparable only within one; perplexities across them): "
+                + "; ".join(f"[{chr(65 + i)}] {m}" for i, m in enumerate(machines)) + "."]
 
     def ratio_row(title, fn):
         cells = []
@@ -211,8 +231,14 @@ def render(args):
     ratio_row("mrp PPL vs our SparseGPT", lambda p: f"{g('mrp', p)['ppl'] / g('sparsegpt', p)['ppl'] - 1:+.1%}")
     ratio_row("mrp PPL vs llm-compressor SparseGPT",
               lambda p: f"{g('mrp', p)['ppl'] / g('llmc-sparsegpt', p)['ppl'] - 1:+.1%}")
-    ratio_row("mrp / our SparseGPT wall time", lambda p: f"{g('mrp', p)['sparsify_wall_s'] / g('sparsegpt', p)['sparsify_wall_s']:.2f}×")
-    ratio_row("mrp / our SparseGPT CPU time", lambda p: f"{g('mrp', p)['sparsify_cpu_s'] / g('sparsegpt', p)['sparsify_cpu_s']:.2f}×")
+
+    def time_ratio(p, key):  # only between two runs on one machine
+        a, b = g("mrp", p), g("sparsegpt", p)
+        if machine(a) != machine(b):
+            raise KeyError(p)
+        return f"{a[key] / b[key]:.2f}×"
+    ratio_row("mrp / our SparseGPT wall time", lambda p: time_ratio(p, "sparsify_wall_s"))
+    ratio_row("mrp / our SparseGPT CPU time", lambda p: time_ratio(p, "sparsify_cpu_s"))
     out += ["", "1-minute load average of the 2-core machine at each job's start / end (wall times scale with it; "
             "CPU times much less): " + "; ".join(f"{k[0]}@{k[1]}#{k[2]} {r['load_start']:.1f} / "
                                                    + (f"{r['load_end']:.1f}" if "load_end" in r else "?")
