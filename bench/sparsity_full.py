@@ -182,13 +182,16 @@ def run(args):
 
 
 def render(args):
-    rows = [json.loads(l) for l in RESULTS.read_text().splitlines()]
+    """The table of RESULTS; ``--merge TAG...``: records of other results files (e.g. a rerun on another
+    machine) replace RESULTS' for the same job, in order, into ``<RESULTS stem>_merged.md``."""
+    files = [RESULTS] + [RESULTS.with_name(t + ".jsonl") for t in (args.merge or [])]
     by = {}
     if PARTIAL.exists():  # sparsified, evaluation not (yet) recorded: shown with PPL "pending"
         for r in map(json.loads, PARTIAL.read_text().splitlines()):
-            by[(r["method"], r["pattern"], r["seed"])] = {**r, "ppl": None}
-    for r in rows:
-        by[(r["method"], r["pattern"], r["seed"])] = r  # last wins
+            by[(r["method"], r["pattern"], r["seed"])] = {**r, "ppl": None, "_src": RESULTS.stem}
+    for f in files:
+        for r in map(json.loads, f.read_text().splitlines()):
+            by[(r["method"], r["pattern"], r["seed"])] = {**r, "_src": f.stem}  # last wins
     dense = by.get(("dense", "-", 0))
     pats = ["2:4", "4:8", "50%", "60%"]
     names = [("magnitude", "magnitude"), ("wanda", "Wanda (ours)"), ("llmc-wanda", "Wanda (llm-compressor 0.14.0.1)"),
@@ -200,24 +203,27 @@ def render(args):
             f"test, L={EVAL_L}, first {EVAL_W} windows, token-level PPL; 1 thread per process, on a shared 2-core "
             "machine (2026-12-01: other agents' jobs beside it; 2026-12-02: two job queues and 1-2 other "
             "single-thread benchmarks beside each job; the load averages below say how busy). Cells: PPL (sparsify wall s / sparsify CPU s / peak RSS GiB of the "
-            f"process through model loading and sparsification, evaluation excluded). Source: {RESULTS.relative_to(ROOT)}.")
+            f"process through model loading and sparsification, evaluation excluded). Source: "
+            + ", ".join(str(f.relative_to(ROOT)) for f in files) + (" (later files replace earlier ones job by job)"
+                                                                   if len(files) > 1 else "") + ".")
     out = [head, "", "| method | " + " | ".join(pats) + " |", "|---|" + "---|" * len(pats)]
 
-    machine = lambda r: r.get("cpu") or CPU_BEFORE_FIELD.get(RESULTS.stem, "unknown")  # noqa: E731
-    machines = list(dict.fromkeys(machine(r) for r in by.values()))
+    machine = lambda r: r.get("cpu") or CPU_BEFORE_FIELD.get(r["_src"], "unknown")  # noqa: E731
+    rank = {f.stem: i for i, f in enumerate(files)}  # letters in the order of the files (oldest first)
+    machines = list(dict.fromkeys(machine(r) for r in sorted(by.values(), key=lambda r: rank[r["_src"]])))
     mark = {m: f" [{chr(65 + i)}]" if len(machines) > 1 else "" for i, m in enumerate(machines)}
 
     def cell(r):
         if r is None:
             return "—"
         ppl = "PPL pending" if r["ppl"] is None else f"{r['ppl']:.2f}"
+        solver = ""
+        if r["method"] == "mrp":  # the refit solver (before the field existed: one Cholesky per row)
+            solver = " pcg" if "solver='pcg'" in r.get("config", "") else " direct"
         return (f"{ppl} ({r['sparsify_wall_s']:.0f} / {r['sparsify_cpu_s']:.0f} / "
-                f"{r['peak_rss_mb'] / 1024:.1f}){mark[machine(r)]}")
+                f"{r['peak_rss_mb'] / 1024:.1f}){mark[machine(r)]}{solver}")
     for m, name in names:
         out.append(f"| {name} | " + " | ".join(cell(by.get((m, p, 0))) for p in pats) + " |")
-    if len(machines) > 1:
-        out += ["", "Machines (times are comparable only within one; perplexities across them): "
-                + "; ".join(f"[{chr(65 + i)}] {m}" for i, m in enumerate(machines)) + "."]
 
     def ratio_row(title, fn):
         cells = []
@@ -232,13 +238,18 @@ def render(args):
     ratio_row("mrp PPL vs llm-compressor SparseGPT",
               lambda p: f"{g('mrp', p)['ppl'] / g('llmc-sparsegpt', p)['ppl'] - 1:+.1%}")
 
-    def time_ratio(p, key):  # only between two runs on one machine
-        a, b = g("mrp", p), g("sparsegpt", p)
+    def time_ratio(p, key, m="mrp"):  # only between two runs on one machine
+        a, b = g(m, p), g("sparsegpt", p)
         if machine(a) != machine(b):
             raise KeyError(p)
         return f"{a[key] / b[key]:.2f}×"
     ratio_row("mrp / our SparseGPT wall time", lambda p: time_ratio(p, "sparsify_wall_s"))
     ratio_row("mrp / our SparseGPT CPU time", lambda p: time_ratio(p, "sparsify_cpu_s"))
+    ratio_row("llm-compressor SparseGPT / our SparseGPT CPU time",
+              lambda p: time_ratio(p, "sparsify_cpu_s", "llmc-sparsegpt"))
+    if len(machines) > 1:
+        out += ["", "Machines (times are comparable only within one, perplexities across them; time ratios only "
+                "within one): " + "; ".join(f"[{chr(65 + i)}] {m}" for i, m in enumerate(machines)) + "."]
     out += ["", "1-minute load average of the 2-core machine at each job's start / end (wall times scale with it; "
             "CPU times much less): " + "; ".join(f"{k[0]}@{k[1]}#{k[2]} {r['load_start']:.1f} / "
                                                    + (f"{r['load_end']:.1f}" if "load_end" in r else "?")
@@ -252,7 +263,7 @@ def render(args):
         if sum(r is not None for r in rs) < 2:
             continue
         v = [r["ppl"] for r in rs if r is not None]
-        out.append(f"| {name} | " + " | ".join(f"{r['ppl']:.2f}" if r else "—" for r in rs)
+        out.append(f"| {name} | " + " | ".join(f"{r['ppl']:.2f}{mark[machine(r)]}" if r else "—" for r in rs)
                    + f" | {statistics.mean(v):.2f} | {max(v) - min(v):.2f} |")
     both = [(by.get(("mrp", "50%", s)), by.get(("sparsegpt", "50%", s))) for s in range(3)]
     diffs = [a["ppl"] - b["ppl"] for a, b in both if a and b and a["ppl"] is not None and b["ppl"] is not None]
@@ -260,7 +271,7 @@ def render(args):
         out.append("")
         out.append("mrp − SparseGPT at 50%, per seed: " + ", ".join(f"{x:+.2f}" for x in diffs))
     text = "\n".join(out) + "\n"
-    RESULTS.with_suffix(".md").write_text(text)
+    (RESULTS.with_name(RESULTS.stem + "_merged.md") if args.merge else RESULTS.with_suffix(".md")).write_text(text)
     print(text)
 
 
@@ -272,7 +283,9 @@ def main():
     r.add_argument("--stop-after", help="HH:MM UTC: start no job after this time")
     j = sub.add_parser("job")
     j.add_argument("job")
-    sub.add_parser("render")
+    rd = sub.add_parser("render")
+    rd.add_argument("--merge", nargs="*", metavar="TAG", help="other results files (bench/results/TAG.jsonl) "
+                    "whose records replace this one's job by job; writes <stem>_merged.md")
     args = ap.parse_args()
     {"run": run, "job": job, "render": render}[args.cmd](args)
 
