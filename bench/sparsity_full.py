@@ -48,6 +48,8 @@ if os.environ.get("SPARSITY_FULL_SMOKE"):  # the whole pipeline on 2 windows, re
     TMP = TMP / "smoke"
 PATTERNS = ["2:4", "0.5", "4:8", "0.6"]
 GRAN = {"magnitude": "layer", "sparsegpt": "layer", "wanda": "row", "mrp": "row"}  # as bench/sparsity.py
+# job methods that are a method with options: the same method, another setting (e.g. mrp's direct solver)
+VARIANTS = {"mrp-direct": ("mrp", {"solver": "direct"})}
 
 # most important comparisons first (each SparseGPT run next to its mrp run: similar machine load)
 QUEUE = (["dense@-#0", "sparsegpt@2:4#0", "mrp@2:4#0", "llmc-sparsegpt@2:4#0",
@@ -123,18 +125,19 @@ def job(args):
         lm = fxprune.load("smollm2")
         model, tok = lm.model, lm.tokenizer
         if method != "dense":
-            sparsity = pattern if ":" in pattern else {"ratio": float(pattern), "granularity": GRAN[method]}
+            base, opts = VARIANTS.get(method, (method, {}))
+            sparsity = pattern if ":" in pattern else {"ratio": float(pattern), "granularity": GRAN[base]}
             calib = torch.cat(calibration_windows(resolve("c4"), tok, CALIB_N, CALIB_L, seed=seed))
             recipe = {"name": f"{method}-{pattern}", "calibration": {"samples": CALIB_N, "seq_len": CALIB_L,
                                                                     "seed": seed, "batch_size": 8},
-                      "steps": [{method: {"sparsity": sparsity}}]}
+                      "steps": [{base: {"sparsity": sparsity, **opts}}]}
             t, c = time.perf_counter(), time.process_time()
             res = fxprune.prune(model, recipe, calib)
             step = res.report["steps"][0]
             rec.update({"sparsify_wall_s": time.perf_counter() - t, "sparsify_cpu_s": time.process_time() - c,
                         "sparsity": step["passes"][-1]["sparsity_selected_linears"],
                         "config": repr(fxprune.load_recipe(recipe).steps[0].method),
-                        "granularity": None if ":" in pattern else GRAN[method],
+                        "granularity": None if ":" in pattern else GRAN[base],
                         "sum_output_error": sum(l["output_error"] or 0 for l in step["layers"])})
         # peak RSS through loading and sparsification (what llm-compressor's prune process measures)
         rec["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -196,7 +199,7 @@ def render(args):
     pats = ["2:4", "4:8", "50%", "60%"]
     names = [("magnitude", "magnitude"), ("wanda", "Wanda (ours)"), ("llmc-wanda", "Wanda (llm-compressor 0.14.0.1)"),
              ("sparsegpt", "SparseGPT (ours)"), ("llmc-sparsegpt", "SparseGPT (llm-compressor 0.14.0.1)"),
-             ("mrp", "**multiple-removal, exact (`mrp`)**")]
+             ("mrp", "**multiple-removal, exact (`mrp`)**"), ("mrp-direct", "mrp, direct solver (one Cholesky per row)")]
     head = (f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to fp32), dense PPL "
             + (f"{dense['ppl']:.3f}" if dense else "(not run)")
             + f"; calibration C4 train head {CALIB_N} x {CALIB_L} tokens (seed 0 unless noted); WikiText-2 raw "
@@ -218,7 +221,7 @@ def render(args):
             return "—"
         ppl = "PPL pending" if r["ppl"] is None else f"{r['ppl']:.2f}"
         solver = ""
-        if r["method"] == "mrp":  # the refit solver (before the field existed: one Cholesky per row)
+        if r["method"].startswith("mrp"):  # the refit solver (before the field existed: one Cholesky per row)
             solver = " pcg" if "solver='pcg'" in r.get("config", "") else " direct"
         return (f"{ppl} ({r['sparsify_wall_s']:.0f} / {r['sparsify_cpu_s']:.0f} / "
                 f"{r['peak_rss_mb'] / 1024:.1f}){mark[machine(r)]}{solver}")
