@@ -52,7 +52,7 @@ def test_interrupt_at_random_moments_leaves_complete_output_and_no_temporaries(t
     t0 = time.perf_counter()
     save_pruned(models[1], out, overwrite=True)
     one_save = time.perf_counter() - t0
-    interrupted = 0
+    interrupted = resent = 0
     try:
         for trial in range(20):
             timer = threading.Timer(rng.uniform(0, 2 * one_save), os.kill, (os.getpid(), sig))
@@ -60,9 +60,18 @@ def test_interrupt_at_random_moments_leaves_complete_output_and_no_temporaries(t
                 timer.start()
                 deadline = time.monotonic() + 30
                 i = trial
+                fired = None
                 while time.monotonic() < deadline:
                     save_pruned(models[i % 2], out, overwrite=True)
                     i += 1
+                    if timer.finished.is_set() and fired is None:
+                        fired = time.monotonic()
+                    if fired is not None and time.monotonic() - fired > 1.0:
+                        # the KeyboardInterrupt was lost: CPython drops an exception raised inside a gc
+                        # callback or a __del__ ("Exception ignored in ...", seen in CI with hypothesis's
+                        # gc callback); a user presses Ctrl-C again, and so does this test
+                        os.kill(os.getpid(), sig)
+                        fired, resent = time.monotonic(), resent + 1
             except KeyboardInterrupt:
                 interrupted += 1
             finally:
@@ -74,6 +83,7 @@ def test_interrupt_at_random_moments_leaves_complete_output_and_no_temporaries(t
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert interrupted == 20
+    assert resent <= 2  # a lost signal is rare; more would mean fxprune swallows them
 
 
 @pytest.mark.slow
