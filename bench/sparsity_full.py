@@ -204,8 +204,9 @@ def render(args):
             + (f"{dense['ppl']:.3f}" if dense else "(not run)")
             + f"; calibration C4 train head {CALIB_N} x {CALIB_L} tokens (seed 0 unless noted); WikiText-2 raw "
             f"test, L={EVAL_L}, first {EVAL_W} windows, token-level PPL; 1 thread per process, on a shared 2-core "
-            "machine (2026-12-01: other agents' jobs beside it; 2026-12-02: two job queues and 1-2 other "
-            "single-thread benchmarks beside each job; the load averages below say how busy). Cells: PPL (sparsify wall s / sparsify CPU s / peak RSS GiB of the "
+            "machine (2026-12-01: other agents' jobs beside it; 2026-12-02, machine [A] where marked: two job queues "
+            "and 1-2 other single-thread benchmarks beside each job; afternoon and evening, machine [B]: two "
+            "single-thread jobs at a time; the load averages below say how busy). Cells: PPL (sparsify wall s / sparsify CPU s / peak RSS GiB of the "
             f"process through model loading and sparsification, evaluation excluded). Source: "
             + ", ".join(str(f.relative_to(ROOT)) for f in files) + (" (later files replace earlier ones job by job)"
                                                                    if len(files) > 1 else "") + ".")
