@@ -148,10 +148,73 @@ def test_shared_context_equals_separate_forwards(family):
     reqs = [("Question: why?\nAnswer:", " because"), ("Question: why?\nAnswer:", " no"),
             ("Question: why?\nAnswer:", " it is what it is"), ("Hi", " there you go"), ("Hi", " x"),
             ("alone", " here")]
-    shared = loglikelihoods(model, tok, reqs, progress=False, share_context=True)
+    shared = loglikelihoods(model, tok, reqs, progress=False, share_context=True, packing=False)
     separate = loglikelihoods(model, tok, reqs, progress=False, share_context=False)
     assert shared == pytest.approx(separate, abs=1e-4)
     assert not supports_shared_context(_toy())
+
+
+_REQS = [("Question: why?\nAnswer:", " because"), ("Question: why?\nAnswer:", " no"),
+         ("Question: why?\nAnswer:", " it is what it is"), ("Hi", " there you go"), ("Hi", " x"),
+         ("a much longer context that has many more tokens than the others in it", " yes"),
+         ("a much longer context that has many more tokens than the others in it", " no, not at all"),
+         ("alone", " here")]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "qwen2", "mistral"])
+def test_packed_scoring_equals_separate_sequences(family):
+    """One tree-masked row per item (context once, every choice after it, positions restarting after the
+    context), several items per batch, gives each request's own log-likelihood; the per-model probe
+    agrees, so the default path packs."""
+    from fxprune.evaluation import zeroshot
+    from fxprune.evaluation.packing import accepts_packing, packed_inputs
+    model = tiny_model(family).eval()
+    tok = ByteTokenizer(model.config.vocab_size)
+    assert accepts_packing(model)
+    separate = loglikelihoods(model, tok, _REQS, progress=False, share_context=False)
+    packed = loglikelihoods(model, tok, _REQS, progress=False, packing=True, max_batch_tokens=64)
+    assert packed == pytest.approx(separate, abs=1e-4)
+    default = loglikelihoods(model, tok, _REQS, progress=False)
+    assert zeroshot._PACKING_CHECKED[model] is True
+    assert default == pytest.approx(separate, abs=1e-4)
+    # the row layout: context once, then each continuation but its last token; positions restart
+    ids, pos, mask, scored = packed_inputs([([5, 6, 7], [[8, 9], [10, 11, 12]])])
+    assert ids[0].tolist() == [5, 6, 7, 8, 10, 11] and pos[0].tolist() == [0, 1, 2, 3, 3, 4]
+    assert scored[0] == [[2, 3], [2, 4, 5]]
+    assert not mask[0, 0, 4, 3] and mask[0, 0, 4, 2] and mask[0, 0, 5, 4]  # segments never see each other
+
+
+class _IgnoresPositions(torch.nn.Module):
+    """Takes ``position_ids`` but drops them (as models with positions derived otherwise would)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kw):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+
+def test_packing_probe_falls_back_when_positions_are_ignored():
+    model = _IgnoresPositions(tiny_model("gpt2"))  # learned positions: wrong ones show
+    tok = ByteTokenizer(128)
+    separate = loglikelihoods(model, tok, _REQS, progress=False, share_context=False)
+    forced = loglikelihoods(model, tok, _REQS, progress=False, share_context=True, packing=True)
+    assert forced != pytest.approx(separate, abs=1e-3)  # packing this model really is wrong
+    with pytest.warns(RuntimeWarning, match="packed shared-context scoring disagrees"):
+        checked = loglikelihoods(model, tok, _REQS, progress=False, share_context=True)
+    assert checked == pytest.approx(separate, abs=1e-4)
+
+
+def test_packing_respects_the_sliding_window():
+    """A group longer than the local attention span is not packed (the tree mask is global)."""
+    from fxprune.evaluation.packing import attention_window
+    model = tiny_model("mistral", sliding_window=12).eval()
+    assert attention_window(model) == 12
+    tok = ByteTokenizer(128)
+    separate = loglikelihoods(model, tok, _REQS, progress=False, share_context=False, packing=False)
+    packed = loglikelihoods(model, tok, _REQS, progress=False, packing=True)
+    assert packed == pytest.approx(separate, abs=1e-4)
 
 
 def test_tasks_all_is_the_seven():

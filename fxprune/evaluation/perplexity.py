@@ -37,11 +37,12 @@ def keeps_logits(model: torch.nn.Module) -> bool:
 
 
 def logits_of(model: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              positions: torch.Tensor | None = None) -> torch.Tensor:
+              positions: torch.Tensor | None = None, **extra) -> torch.Tensor:
     """Logits ``[b, L, V]``; with ``positions`` (1-D, sorted sequence indices) and a model that
     ``keeps_logits``, only those positions' logits ``[b, len(positions), V]`` (the LM head runs on them
-    alone: the same values, less work). Without ``keeps_logits`` the positions are selected afterwards."""
-    kw = {"input_ids": ids}
+    alone: the same values, less work). Without ``keeps_logits`` the positions are selected afterwards.
+    ``extra`` keyword arguments (e.g. ``position_ids``) go to the model unchanged."""
+    kw = {"input_ids": ids, **extra}
     if positions is not None and keeps_logits(model):
         kw["logits_to_keep"] = positions.to(ids.device)
         positions = None

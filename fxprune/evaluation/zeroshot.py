@@ -20,7 +20,12 @@ context token (a fifth of SmolLM2's multiply-adds per token).
 
 Shared contexts (``share_context``, on by default for models with a KV cache): the choices of one
 item share their context tokens (lm-eval feeds ``enc(context)`` followed by the continuation tokens,
-so the prefix is exactly common). The context is run once with ``use_cache=True``; its last logits
+so the prefix is exactly common). Packed (``packing.py``, the default where the model takes position
+ids and 4-D masks and a once-per-model probe on a real item agrees): one row per item holds the context
+once and every choice after it under a tree mask, rows batched up to the token budget; measured on
+SmolLM2 (fp32, one thread, 40 items per task) 1.2–2.2× faster than separate sequences on HellaSwag,
+BoolQ, ARC, OBQA and WinoGrande, PIQA unchanged, log-likelihoods within 1e-4. Otherwise (cached): the
+context is run once with ``use_cache=True``; its last logits
 score every choice's first token, and the cache, repeated once per choice, scores the remaining
 continuation tokens in one right-padded batch. The inputs are the same token sequences as without
 sharing, so the log-likelihoods agree to float rounding (tested to 1e-4); BoolQ (one-token answers)
@@ -30,6 +35,7 @@ needs one forward per item instead of two, HellaSwag about half the tokens. Item
 from __future__ import annotations
 
 from contextlib import nullcontext
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Sequence
 
@@ -37,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import tokenize
+from .packing import accepts_packing, attention_window, packed_length, packed_lls
 from .perplexity import keeps_logits, logits_of
 from .tasks import MCItem
 
@@ -70,12 +77,16 @@ def encode_request(tokenizer: Any, context: str, continuation: str, prefix_token
 def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tuple[str, str]], *,
                    max_length: int | None = None, max_batch_tokens: int = 4096,
                    autocast: Callable[[], ContextManager] = nullcontext, progress: bool = True,
-                   share_context: bool | None = None) -> list[float]:
+                   share_context: bool | None = None, packing: bool | None = None) -> list[float]:
     """Sum of continuation log-probabilities for each ``(context, continuation)`` request.
 
-    ``share_context``: score requests with identical context tokens from one cached context forward
-    (True: every such group; None: where the model has a standard KV cache, see
-    ``supports_shared_context``, and the group saves at least 128 context tokens; False: never)."""
+    ``share_context``: score requests with identical context tokens together (True: every such group;
+    None: where the model has a standard KV cache, see ``supports_shared_context``; False: never).
+    Shared groups are scored packed (``packing.py``: one tree-masked row per item, batched) where the
+    model takes position ids and 4-D masks and one real item scores the same packed as unpacked
+    (``packing`` None: check once per model; True: pack without the check; False: never pack); else from
+    one cached context forward per group saving at least 128 context tokens (``None``) or every group
+    (``True``)."""
     from tqdm.auto import tqdm
     prefix = getattr(tokenizer, "eos_token_id", None)
     if prefix is None:
@@ -98,6 +109,16 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
     bar = tqdm(total=len(seqs), desc="loglikelihood", leave=False, disable=not progress)
     shared = set()
     trim = keeps_logits(model)  # the LM head can run on the scored positions alone
+    if groups and packing is not False and accepts_packing(model):
+        span = attention_window(model)
+        fits = {c: m for c, m in groups.items() if span is None or len(c) + max(len(k) for _, k in m) - 1 <= span}
+        if fits and packing is None:
+            with autocast():
+                packing = _packing_agrees(model, fits, seqs, device, trim)
+        if fits and packing:
+            _packed(model, fits, out, device, trim, max_batch_tokens, autocast, bar)
+            shared.update(j for members in fits.values() for j, _ in members)
+            groups = {c: m for c, m in groups.items() if c not in fits}
     for c, members in groups.items():
         # short contexts: one forward per item costs more than the tokens it saves (unshared requests
         # are batched up to max_batch_tokens); share only where it saves >= min_saved tokens
@@ -109,7 +130,60 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
                 out[j] = ll
         shared.update(j for j, _ in members)
         bar.update(len(members))
-    order = sorted((i for i in range(len(seqs)) if i not in shared), key=lambda i: -len(seqs[i][0]))
+    rest = [i for i in range(len(seqs)) if i not in shared]
+    with autocast():
+        _unshared(model, seqs, rest, out, device, max_batch_tokens, bar)
+    bar.close()
+    return out
+
+
+_PACKING_CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _packing_agrees(model, groups, seqs, device, trim) -> bool:
+    """Whether packed scoring of one real item (the first group with most choices) matches its unpacked
+    requests (0.01 nats + 1%: bf16 rounding passes, a misplaced position or mask does not); remembered
+    per model, a disagreement is warned about once."""
+    if model in _PACKING_CHECKED:
+        return _PACKING_CHECKED[model]
+    c, members = max(groups.items(), key=lambda kv: len(kv[1]))
+    plain = [0.0] * len(seqs)
+    _unshared(model, seqs, [j for j, _ in members], plain, device, 1 << 30, None)
+    try:
+        packed = packed_lls(model, [(list(c), [k for _, k in members])], device, trim)[0]
+        why = "disagrees with separate sequences (positions or masks are derived otherwise)"
+    except Exception as e:  # noqa: BLE001 - a model that rejects 4-D masks is scored unpacked
+        packed, why = None, f"fails ({type(e).__name__}: {e})"
+    ok = packed is not None and all(abs(a - plain[j]) <= 0.01 + 0.01 * abs(plain[j])
+                                    for a, (j, _) in zip(packed, members))
+    if not ok:
+        import warnings
+        warnings.warn(f"{type(model).__name__}: packed shared-context scoring {why}; scoring unpacked",
+                      RuntimeWarning)
+    _PACKING_CHECKED[model] = ok
+    return ok
+
+
+def _packed(model, groups, out, device, trim, max_batch_tokens, autocast, bar) -> None:
+    """Every group in packed rows, longest first, batched up to ``max_batch_tokens`` (padded)."""
+    order = sorted(((list(c), members) for c, members in groups.items()),
+                   key=lambda g: -packed_length((g[0], [k for _, k in g[1]])))
+    i = 0
+    while i < len(order):
+        longest = packed_length((order[i][0], [k for _, k in order[i][1]]))
+        batch = order[i:i + max(1, max_batch_tokens // max(longest, 1))]
+        with autocast():
+            lls = packed_lls(model, [(c, [k for _, k in members]) for c, members in batch], device, trim)
+        for (_, members), row in zip(batch, lls):
+            for (j, _), ll in zip(members, row):
+                out[j] = ll
+            bar.update(len(members))
+        i += len(batch)
+
+
+def _unshared(model, seqs, rest, out, device, max_batch_tokens, bar) -> None:
+    """Requests ``rest`` as separate right-padded sequences, longest first, up to ``max_batch_tokens``."""
+    order = sorted(rest, key=lambda i: -len(seqs[i][0]))
     i = 0
     while i < len(order):
         longest = len(seqs[order[i]][0])
@@ -124,8 +198,7 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
         # only the positions that score a continuation token go through the LM head
         needed = sorted({p for j in idx for p in range(len(seqs[j][0]) - len(seqs[j][1]), len(seqs[j][0]))})
         column = {p: c for c, p in enumerate(needed)}
-        with autocast():
-            logits = logits_of(model, ids.to(device), mask.to(device), positions=torch.tensor(needed, dtype=torch.long))
+        logits = logits_of(model, ids.to(device), mask.to(device), positions=torch.tensor(needed, dtype=torch.long))
         for r, j in enumerate(idx):
             inp, cont = seqs[j]
             if not cont:
@@ -133,10 +206,9 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
             pos = torch.tensor([column[p] for p in range(len(inp) - len(cont), len(inp))])
             lp = F.log_softmax(logits[r, pos].float(), dim=-1)
             out[j] = float(lp.gather(-1, torch.tensor(cont, device=lp.device)[:, None]).sum())
-        bar.update(len(idx))
+        if bar is not None:
+            bar.update(len(idx))
         i += n
-    bar.close()
-    return out
 
 
 def supports_shared_context(model: torch.nn.Module) -> bool:
