@@ -141,7 +141,8 @@ def main(argv=None) -> int:
                     rec = {"model": m, "task": task, "start": start, "items": r.items,
                            "acc_count": round(r.acc * r.items), "acc_norm_count": round(r.acc_norm * r.items),
                            "seconds": round(time.perf_counter() - t0, 2), "sha256": proto["sha256"],
-                           "file": proto["file"], "scorer": "fxprune own (shared context)",
+                           "file": proto["file"], "scorer": "fxprune own (shared context, packed where the probe agrees)",
+                           "cpu_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None,
                            "source": "smollm2" if m == "dense" else str(ckpts[m]), "threads": 1,
                            "precision": args.precision}
                     with jsonl.open("a") as f:
