@@ -129,6 +129,8 @@ def main(argv=None) -> int:
         for lm in loaded.values():
             lm.model = engine.prepare(lm.model)
         done = _done(jsonl)
+        cpuinfo = Path("/proc/cpuinfo")
+        cpu_bf16 = "avx512_bf16" in cpuinfo.read_text() if cpuinfo.exists() else None
         for task in args.tasks:
             items, proto = load_task(task)
             for start in range(0, len(items), args.chunk):
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
                            "acc_count": round(r.acc * r.items), "acc_norm_count": round(r.acc_norm * r.items),
                            "seconds": round(time.perf_counter() - t0, 2), "sha256": proto["sha256"],
                            "file": proto["file"], "scorer": "fxprune own (shared context, packed where the probe agrees)",
-                           "cpu_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None,
+                           "cpu_bf16": cpu_bf16,
                            "source": "smollm2" if m == "dense" else str(ckpts[m]), "threads": 1,
                            "precision": args.precision}
                     with jsonl.open("a") as f:

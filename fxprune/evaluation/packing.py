@@ -107,9 +107,9 @@ def packed_inputs(groups: Sequence[Group], mask_dtype: torch.dtype | None = None
     return ids, pos, mask, scored
 
 
-def packed_lls(model: torch.nn.Module, groups: Sequence[Group], device, trim: bool = False) -> list[list[float]]:
-    """Log-likelihoods ``[group][continuation]`` of a batch of groups from one packed forward
-    (``trim``: the model takes ``logits_to_keep``, so the LM head runs on scored positions only)."""
+def packed_lls(model: torch.nn.Module, groups: Sequence[Group], device) -> list[list[float]]:
+    """Log-likelihoods ``[group][continuation]`` of a batch of groups from one packed forward (``logits_of``
+    runs the LM head on the scored positions only where the model takes ``logits_to_keep``)."""
     cfg = getattr(model, "config", None)
     mask_dtype = None
     if getattr(cfg, "_attn_implementation", None) != "sdpa":

@@ -114,9 +114,9 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
         fits = {c: m for c, m in groups.items() if span is None or len(c) + max(len(k) for _, k in m) - 1 <= span}
         if fits and packing is None:
             with autocast():
-                packing = _packing_agrees(model, fits, seqs, device, trim)
+                packing = _packing_agrees(model, fits, seqs, device)
         if fits and packing:
-            _packed(model, fits, out, device, trim, max_batch_tokens, autocast, bar)
+            _packed(model, fits, out, device, max_batch_tokens, autocast, bar)
             shared.update(j for members in fits.values() for j, _ in members)
             groups = {c: m for c, m in groups.items() if c not in fits}
     for c, members in groups.items():
@@ -140,7 +140,7 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, requests: Sequence[tu
 _PACKING_CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
-def _packing_agrees(model, groups, seqs, device, trim) -> bool:
+def _packing_agrees(model, groups, seqs, device) -> bool:
     """Whether packed scoring of one real item (the first group with most choices) matches its unpacked
     requests (0.01 nats + 1%: bf16 rounding passes, a misplaced position or mask does not); remembered
     per model, a disagreement is warned about once."""
@@ -150,7 +150,7 @@ def _packing_agrees(model, groups, seqs, device, trim) -> bool:
     plain = [0.0] * len(seqs)
     _unshared(model, seqs, [j for j, _ in members], plain, device, 1 << 30, None)
     try:
-        packed = packed_lls(model, [(list(c), [k for _, k in members])], device, trim)[0]
+        packed = packed_lls(model, [(list(c), [k for _, k in members])], device)[0]
         why = "disagrees with separate sequences (positions or masks are derived otherwise)"
     except Exception as e:  # noqa: BLE001 - a model that rejects 4-D masks is scored unpacked
         packed, why = None, f"fails ({type(e).__name__}: {e})"
@@ -164,20 +164,19 @@ def _packing_agrees(model, groups, seqs, device, trim) -> bool:
     return ok
 
 
-def _packed(model, groups, out, device, trim, max_batch_tokens, autocast, bar) -> None:
+def _packed(model, groups, out, device, max_batch_tokens, autocast, bar) -> None:
     """Every group in packed rows, longest first, batched up to ``max_batch_tokens`` (padded)."""
-    order = sorted(((list(c), members) for c, members in groups.items()),
-                   key=lambda g: -packed_length((g[0], [k for _, k in g[1]])))
+    order = sorted((((list(c), [k for _, k in members]), [j for j, _ in members]) for c, members in groups.items()),
+                   key=lambda g: -packed_length(g[0]))
     i = 0
     while i < len(order):
-        longest = packed_length((order[i][0], [k for _, k in order[i][1]]))
-        batch = order[i:i + max(1, max_batch_tokens // max(longest, 1))]
+        batch = order[i:i + max(1, max_batch_tokens // max(packed_length(order[i][0]), 1))]
         with autocast():
-            lls = packed_lls(model, [(c, [k for _, k in members]) for c, members in batch], device, trim)
-        for (_, members), row in zip(batch, lls):
-            for (j, _), ll in zip(members, row):
+            lls = packed_lls(model, [g for g, _ in batch], device)
+        for (_, idx), row in zip(batch, lls):
+            for j, ll in zip(idx, row):
                 out[j] = ll
-            bar.update(len(members))
+            bar.update(len(idx))
         i += len(batch)
 
 
