@@ -180,3 +180,24 @@ def test_sweep_eval_precision_changes_evaluation_only(root, tmp_path):
     assert all("eval_precision" not in r["settings"] for r in a)
     for x, y in zip(a, b):
         assert x["ppl"] != y["ppl"] and abs(x["ppl"] / y["ppl"] - 1) < 0.05
+
+
+def test_sweep_several_window_lengths(root, tmp_path, capsys):
+    """``--seq-len 16,32 --windows 3,2``: one perplexity column per length, each equal to the sweep run
+    at that length alone (same pruned models); ``ppl`` is the first length's; one plot per length."""
+    recipe = str(_recipe(tmp_path))
+    args = ["sweep", "tiny:llama", "--recipes", recipe, "--targets", "0.3", "--calib-samples", "8"]
+    assert main([*args, "--out", str(tmp_path / "both"), "--seq-len", "16,32", "--windows", "3,2"]) == 0
+    assert main([*args, "--out", str(tmp_path / "l32"), "--seq-len", "32", "--windows", "2"]) == 0
+    both, l32 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("both", "l32"))
+    assert [r["recipe"] for r in both] == [r["recipe"] for r in l32] and len(both) == 2
+    for a, b in zip(both, l32):
+        assert a["ppl"] == a["ppl_L16"] and a["ppl_L16"] != a["ppl_L32"]
+        assert abs(a["ppl_L32"] / b["ppl"] - 1) < 1e-6
+    assert_png(tmp_path / "both" / "sweep_ppl.png")
+    assert_png(tmp_path / "both" / "sweep_ppl_L32.png")
+    settings = json.loads((tmp_path / "both" / "results.jsonl").read_text().splitlines()[0])["settings"]
+    assert settings["seq_len"] == [16, 32] and settings["windows"] == [3, 2]
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--seq-len", "16,32", "--windows", "3,2,1"]) == 2
+    assert "RecipeError" in capsys.readouterr().err and not (tmp_path / "bad" / "results.jsonl").exists()

@@ -38,8 +38,9 @@ def add_arguments(p):
     p.add_argument("--calib", default=None, help="calibration data for every recipe (default: each recipe's)")
     p.add_argument("--calib-samples", type=int, default=None, help="override the recipes' calibration samples")
     p.add_argument("--eval-ppl", default="wikitext2", help="perplexity set ('' for none)")
-    p.add_argument("--seq-len", type=int, default=128, help="perplexity window length")
-    p.add_argument("--windows", type=int, default=64, help="perplexity windows (first N)")
+    p.add_argument("--seq-len", default="128", help="perplexity window length; several, comma-separated "
+                                                    "(e.g. 128,512: one perplexity column each)")
+    p.add_argument("--windows", default="64", help="perplexity windows (first N); one number, or one per --seq-len")
     p.add_argument("--tasks", default="", help="zero-shot tasks ('all' = the seven)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each task (recorded)")
     p.add_argument("--widths-run", default=None, help="RECIPE@TARGET whose layer widths are plotted "
@@ -67,6 +68,23 @@ def _float_list(s: str) -> list[float]:
     if not vals or any(not 0 <= v < 1 for v in vals):
         raise RecipeError(f"--targets {s!r}: give fractions in [0, 1)")
     return vals
+
+
+def _ppl_protocols(seq_len: str, windows: str) -> list[tuple[int, int]]:
+    """``--seq-len 128,512 --windows 256,64`` -> [(128, 256), (512, 64)]; one ``--windows`` value applies
+    to every length."""
+    from ..errors import RecipeError
+    try:
+        lens = [int(x) for x in str(seq_len).split(",") if x.strip()]
+        wins = [int(x) for x in str(windows).split(",") if x.strip()]
+    except ValueError as e:
+        raise RecipeError(f"--seq-len {seq_len!r} / --windows {windows!r}: {e}") from e
+    if len(wins) == 1:
+        wins = wins * len(lens)
+    if not lens or len(wins) != len(lens) or len(set(lens)) != len(lens):
+        raise RecipeError(f"--seq-len {seq_len!r} / --windows {windows!r}: give distinct lengths and one "
+                          f"window count, or one per length")
+    return list(zip(lens, wins))
 
 
 def _key(recipe: str, target: float) -> str:
@@ -98,6 +116,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         flat = {k: r.get(k) for k in TABLE_COLUMNS}
+        for length, v in (r.get("ppl_by_len") or {}).items():
+            flat[f"ppl_L{length}"] = v
         zs = r.get("zeroshot") or {}
         for t, v in (zs.get("tasks") or {}).items():
             flat[f"{t}_acc"], flat[f"{t}_acc_norm"] = v["acc"], v["acc_norm"]
@@ -123,11 +143,16 @@ def write_outputs(out: Path, rows: list[dict], widths_run: str | None, final: bo
     plots = {}
     st = rows[0].get("settings", {}) if rows else {}
     if any(r.get("ppl") is not None for r in rows):
-        with owned.file("sweep_ppl.png") as tmp:
-            plot_sweep(pruned, tmp, metric="ppl", log_y=True,
-                       label=f"perplexity ({st.get('ppl_set')}, L={st.get('seq_len')}, {st.get('windows')} windows)",
-                       dense=dense.get("ppl") if dense else None)
-        plots["ppl"] = str(out / "sweep_ppl.png")
+        lens, wins = st.get("seq_len"), st.get("windows")
+        protocols = list(zip(lens, wins)) if isinstance(lens, list) else [(lens, wins)]
+        for i, (length, n) in enumerate(protocols):  # sweep_ppl.png: the first length; sweep_ppl_L<L>.png: more
+            metric, name = ("ppl", "sweep_ppl.png") if i == 0 else (f"ppl_L{length}", f"sweep_ppl_L{length}.png")
+            pts = [{**r, metric: (r.get("ppl_by_len") or {}).get(str(length))} for r in pruned] if i else pruned
+            ref = (dense.get("ppl_by_len") or {}).get(str(length)) if i and dense else (dense or {}).get("ppl")
+            with owned.file(name) as tmp:
+                plot_sweep(pts, tmp, metric=metric, log_y=True,
+                           label=f"perplexity ({st.get('ppl_set')}, L={length}, {n} windows)", dense=ref)
+            plots[metric] = str(out / name)
     if any(r.get("zs_acc") is not None for r in rows):
         lim = st.get("limit")
         with owned.file("sweep_zeroshot.png") as tmp:
@@ -172,8 +197,11 @@ def run(args) -> int:
     out = Path(args.out)
     from ..output import OwnedDir  # new/empty, or this sweep's own directory (resume); checked before work
     OwnedDir(out, kind="sweep", create=True)
-    settings = {"model": args.model, "ppl_set": args.eval_ppl or None, "seq_len": args.seq_len,
-                "windows": args.windows, "tasks": tasks, "limit": args.limit, "overrides": overrides}
+    protocols = _ppl_protocols(args.seq_len, args.windows)
+    # one length: recorded as plain numbers (sweeps written before several lengths existed stay resumable)
+    lens, wins = ([p[0] for p in protocols], [p[1] for p in protocols]) if len(protocols) > 1 else protocols[0]
+    settings = {"model": args.model, "ppl_set": args.eval_ppl or None, "seq_len": lens,
+                "windows": wins, "tasks": tasks, "limit": args.limit, "overrides": overrides}
     if args.eval_precision != "32-true":  # recorded only when not the default (older sweeps stay resumable)
         settings["eval_precision"] = args.eval_precision
     jsonl = out / "results.jsonl"
@@ -193,16 +221,19 @@ def run(args) -> int:
     else:
         from ..calibration.engine import EngineConfig
         evaluator = Engine(EngineConfig(precision=args.eval_precision))
-    ppl_windows = evaluation_windows(tok, args.eval_ppl, args.seq_len, args.windows, root=args.data_root) \
-        if args.eval_ppl else None
+    ppl_windows = [(length, evaluation_windows(tok, args.eval_ppl, length, n, root=args.data_root))
+                   for length, n in protocols] if args.eval_ppl else []
     calib_cache: dict = {}
     params_before = count_params(dense_model)
 
     def evaluate(model) -> dict:
         t0 = time.perf_counter()
         res = {}
-        if ppl_windows is not None:
-            res["ppl"] = evaluator.perplexity(model, ppl_windows.ids).ppl
+        by_len = {str(length): evaluator.perplexity(model, w.ids).ppl for length, w in ppl_windows}
+        if by_len:
+            res["ppl"] = next(iter(by_len.values()))  # the first --seq-len
+            if len(by_len) > 1:
+                res["ppl_by_len"] = by_len
         if tasks:
             zs = evaluate_suite(model, tok, tasks, limit=args.limit, root=args.data_root, engine=evaluator)
             res["zeroshot"] = zs
