@@ -64,15 +64,18 @@ def packed_length(group: Group) -> int:
     return len(ctx) + sum(len(k) - 1 for k in conts)
 
 
-def _row_layout(group: Group) -> tuple[list[int], list[int], list[int]]:
-    """(tokens, segment id per token: 0 context, r+1 for continuation r, position ids) of one row."""
+def _row_layout(group: Group) -> tuple[list[int], list[int], list[int], list[list[int]]]:
+    """(tokens, segment id per token: 0 context, r+1 for continuation r, position ids, scored) of one
+    row; ``scored[r]``: the row positions whose logits predict continuation r's tokens in order (the
+    context's last position, then the segment's own)."""
     ctx, conts = group
-    tokens, seg, pos = list(ctx), [0] * len(ctx), list(range(len(ctx)))
+    tokens, seg, pos, scored = list(ctx), [0] * len(ctx), list(range(len(ctx))), []
     for r, k in enumerate(conts):
+        scored.append([len(ctx) - 1] + list(range(len(tokens), len(tokens) + len(k) - 1)))
         tokens += k[:-1]
         seg += [r + 1] * (len(k) - 1)
         pos += list(range(len(ctx), len(ctx) + len(k) - 1))
-    return tokens, seg, pos
+    return tokens, seg, pos, scored
 
 
 def packed_inputs(groups: Sequence[Group], mask_dtype: torch.dtype | None = None
@@ -83,20 +86,15 @@ def packed_inputs(groups: Sequence[Group], mask_dtype: torch.dtype | None = None
     ``scored[b][r]`` lists the row positions whose logits predict continuation ``r``'s tokens in order.
     Padding tokens attend to themselves (no fully masked row) and are never scored."""
     rows = [_row_layout(g) for g in groups]
-    T = max(len(t) for t, _, _ in rows)
+    T = max(len(r[0]) for r in rows)
     ids = torch.zeros(len(rows), T, dtype=torch.long)
     seg = torch.full((len(rows), T), -1, dtype=torch.long)
     pos = torch.zeros(len(rows), T, dtype=torch.long)
-    scored = []
-    for b, ((tokens, s, p), (ctx, conts)) in enumerate(zip(rows, groups)):
+    for b, (tokens, s, p, _) in enumerate(rows):
         ids[b, :len(tokens)] = torch.tensor(tokens)
         seg[b, :len(tokens)] = torch.tensor(s)
         pos[b, :len(tokens)] = torch.tensor(p)
-        offset, lists = len(ctx), []
-        for k in conts:
-            lists.append([len(ctx) - 1] + list(range(offset, offset + len(k) - 1)))
-            offset += len(k) - 1
-        scored.append(lists)
+    scored = [r[3] for r in rows]
     i = torch.arange(T)
     causal = i[None, :] <= i[:, None]                                    # [T(query), T(key)]
     same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # key in context or query's segment
