@@ -200,4 +200,4 @@ def test_sweep_several_window_lengths(root, tmp_path, capsys):
     assert settings["seq_len"] == [16, 32] and settings["windows"] == [3, 2]
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "bad"), "--seq-len", "16,32", "--windows", "3,2,1"]) == 2
-    assert "RecipeError" in capsys.readouterr().err and not (tmp_path / "bad" / "results.jsonl").exists()
+    assert "RecipeError" in capsys.readouterr().err and not (tmp_path / "bad").exists()

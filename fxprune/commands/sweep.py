@@ -5,7 +5,8 @@ Each finished combination is one line of ``DIR/results.jsonl`` (written only whe
 complete, then flushed); a rerun with the same options skips the lines already there, so an
 interrupted sweep resumes at the combination it was in. At the end (and after every combination)
 ``DIR/results.csv``, ``DIR/results.json`` and the plots are rewritten from the JSON lines:
-``sweep_ppl.png`` (perplexity vs parameters removed, one line per recipe, dense marked),
+``sweep_ppl.png`` (perplexity vs parameters removed, one line per recipe, dense marked; with several
+``--seq-len`` values one ``ppl_L<L>`` column and one ``sweep_ppl_L<L>.png`` per further length),
 ``sweep_zeroshot.png`` (zero-shot average acc, when tasks are asked) and ``widths_<recipe>_<t>.png``
 (kept width of every layer per group kind, for ``--widths-run RECIPE@T``, default: the first recipe at
 the largest target).
@@ -194,10 +195,10 @@ def run(args) -> int:
         overrides["samples"] = args.calib_samples
     for r in recipes:  # fail on a bad recipe name before any work
         recipe_at(r, targets[0], overrides)
+    protocols = _ppl_protocols(args.seq_len, args.windows)
     out = Path(args.out)
     from ..output import OwnedDir  # new/empty, or this sweep's own directory (resume); checked before work
     OwnedDir(out, kind="sweep", create=True)
-    protocols = _ppl_protocols(args.seq_len, args.windows)
     # one length: recorded as plain numbers (sweeps written before several lengths existed stay resumable)
     lens, wins = ([p[0] for p in protocols], [p[1] for p in protocols]) if len(protocols) > 1 else protocols[0]
     settings = {"model": args.model, "ppl_set": args.eval_ppl or None, "seq_len": lens,
