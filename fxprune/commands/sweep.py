@@ -146,13 +146,14 @@ def write_outputs(out: Path, rows: list[dict], widths_run: str | None, final: bo
     if any(r.get("ppl") is not None for r in rows):
         lens, wins = st.get("seq_len"), st.get("windows")
         protocols = list(zip(lens, wins)) if isinstance(lens, list) else [(lens, wins)]
+        flat_dense = next((f for f in flat if f["recipe"] == "dense"), {})
+        flat_pruned = [f for f in flat if f["recipe"] != "dense"]  # table rows: ppl and ppl_L<L> columns
         for i, (length, n) in enumerate(protocols):  # sweep_ppl.png: the first length; sweep_ppl_L<L>.png: more
             metric, name = ("ppl", "sweep_ppl.png") if i == 0 else (f"ppl_L{length}", f"sweep_ppl_L{length}.png")
-            pts = [{**r, metric: (r.get("ppl_by_len") or {}).get(str(length))} for r in pruned] if i else pruned
-            ref = (dense.get("ppl_by_len") or {}).get(str(length)) if i and dense else (dense or {}).get("ppl")
             with owned.file(name) as tmp:
-                plot_sweep(pts, tmp, metric=metric, log_y=True,
-                           label=f"perplexity ({st.get('ppl_set')}, L={length}, {n} windows)", dense=ref)
+                plot_sweep(flat_pruned, tmp, metric=metric, log_y=True,
+                           label=f"perplexity ({st.get('ppl_set')}, L={length}, {n} windows)",
+                           dense=flat_dense.get(metric))
             plots[metric] = str(out / name)
     if any(r.get("zs_acc") is not None for r in rows):
         lim = st.get("limit")
