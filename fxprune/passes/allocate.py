@@ -3,6 +3,8 @@
 * ``uniform``: every attention group keeps the same number of units (the count whose removed share
   of attention parameters is closest to the target), every FFN/SSM group the same width, solved so
   the total removal is closest to the target.
+* ``measured``: each group's cost curve is measured on the calibration loss (``ops/probe.py``: the
+  group alone pruned at a few ratios, the rest dense) and the curves share ``pooled``'s greedy.
 * ``global`` (FLAP's "AL-AM" reading): scores are standardised within each group, pooled across
   layers and kinds, and the lowest units are removed until the target is met: widths adapt per layer.
   ``scale="log"`` (the default) standardises the logarithm of channel energies, ``"linear"`` the
@@ -63,8 +65,12 @@ def _round(k: int, units: int, multiple: int) -> int:
 
 def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, allocation: str,
              channel_multiple: int = 8, cumulative: bool = False, max_extra: float = 1.0,
-             scale: str = "log") -> Allocation:
+             scale: str = "log", costs: dict | None = None) -> Allocation:
     """Plan for ``groups`` (already filtered by kind/protection) removing ``target`` of ``expr``.
+
+    ``measured`` reads ``costs`` (group id -> cumulative cost of removing its 1, 2, ... lowest-scored
+    units: ``allocate_pooled.measured_costs`` of the probe curves) for the widths and ``scores`` for
+    which units go.
 
     ``uniform`` needs no scores: with ``scores=None`` it returns widths only (``plan=None``) and the
     units are chosen later, block by block, from pruned-stream scores."""
@@ -75,11 +81,12 @@ def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, 
     removed = lambda kept: total - cost.evaluate(expr, kept)  # noqa: E731
     if allocation == "uniform":
         kept = _uniform_widths(attn, chan, removed, budget, total, target, channel_multiple)
-    elif allocation == "pooled":  # one cost currency across kinds and layers (allocate_pooled.py)
-        if scores is None:
-            raise ValueError("pooled allocation needs scores")
+    elif allocation in ("pooled", "measured"):  # one cost currency across kinds and layers (allocate_pooled.py)
+        if scores is None or (allocation == "measured" and costs is None):
+            raise ValueError(f"{allocation} allocation needs scores" + (" and measured costs" if costs is None else ""))
         from .allocate_pooled import pooled
-        got = pooled(attn + chan, scores, removed, budget, COUNTED, channel_multiple, cumulative)
+        got = pooled(attn + chan, scores if allocation == "pooled" else costs, removed, budget, COUNTED,
+                     channel_multiple, cumulative or allocation == "measured")
         got = {g.id: max(got[g.id], _least(g)) for g in attn + chan}  # at least top_k experts stay
         kept = _finish(got, attn + chan, scores, removed, budget, channel_multiple, None, "linear")
     else:

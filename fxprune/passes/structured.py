@@ -1,6 +1,6 @@
 """The passes of a structured-pruning step (``steps/structured.py`` lists them in order).
 
-Planning (the dry run):  analyse -> select_groups -> score -> allocate | olica_split
+Planning (the dry run):  analyse -> select_groups -> score | measure_loss -> allocate | olica_split
 Applying:                reconstruct_blocks | remove_planned -> insert_linear_calibration -> verify
 
 ``score`` runs only when the allocation needs every unit's score up front (global allocation, or no
@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import torch
+
 from ..analysis.analyser import analyse
 from ..analysis.groups import ATTENTION_KINDS, Kind
 from ..calibration import find_blocks
 from ..calibration.runner import Stream
 from ..errors import AnalysisError, RecipeError
+from ..evaluation.perplexity import perplexity
 from ..kinds import FAMILY
 from ..surgery import prune, verify_pruned
 from .allocate import allocate
@@ -147,16 +150,69 @@ class Score(BlockwisePass):
         return {}
 
 
+class MeasureLoss(BlockwisePass):
+    """``measured`` allocation: scores every unit and measures, group by group, what removing a share of
+    its units costs in calibration loss (``ops/probe.py``) on the dense stream. The probe windows are the
+    first ``probe_samples`` calibration windows; their loss runs the whole model, so every block must be
+    in memory."""
+
+    name, requires, ensures = "measure_loss", ("groups", "block_of", "analysis"), ("scores", "costs")
+    stream = Stream.DENSE
+
+    def ops(self, ctx):
+        from ..calibration.runner import block_source, _NO_SOURCE
+        from .ops.probe import ProbeLoss
+        r = self.step
+        if block_source(ctx.model) is not _NO_SOURCE:
+            raise RecipeError("allocation 'measured' runs the whole model on its probe windows: it needs every "
+                              "block in memory (this model is loaded block by block from disk); use 'global'")
+        by_block = _by_block([g.id for g in ctx["groups"]], ctx["block_of"])
+        windows = self.env.windows[: r.probe_samples]
+        engine, autocast = self.env.engine, probe_autocast(r.probe_precision, self.env.engine)
+        shard = torch.stack(engine.shard(list(windows)))
+
+        def loss() -> float:
+            res = perplexity(ctx.model, shard, batch_size=self.env.batch_size, reduce=engine.reduce_sum,
+                             autocast=autocast, device=engine.fabric.device, progress=False)
+            return res.nll / max(res.tokens, 1)
+        return [ProbeLoss(ctx.model, ctx["analysis"], by_block, get_criterion(r.criterion),
+                          get_reconstructor(r.reconstruction), r.damping, r.probe_ratios, r.channel_multiple, loss)]
+
+    def finish(self, ctx, ops):
+        from .allocate_pooled import measured_costs
+        op = ops[0]
+        by_id = {g.id: g for g in ctx["groups"]}
+        ctx.facts["scores"] = op.scores
+        ctx.facts["costs"] = {gid: measured_costs(c, by_id[gid].units) for gid, c in op.curves.items()}
+        return {"probe_windows": min(self.step.probe_samples, int(self.env.windows.shape[0])),
+                "probe_loss_dense": round(op.base, 6) if op.base is not None else None,
+                "probes": sum(len(c) for c in op.curves.values()),
+                "curves": {gid: [[k, round(c, 6)] for k, c in curve] for gid, curve in op.curves.items()}}
+
+
+def probe_autocast(precision: str, engine):
+    """The probe forwards' precision: ``32`` (none), ``bf16`` (autocast), or ``auto``: bf16 on CUDA and on
+    a CPU that multiplies bf16 in hardware (``cpu_has_native_bf16``), else none."""
+    from contextlib import nullcontext
+
+    from ..calibration.engine import cpu_has_native_bf16
+    device = engine.fabric.device
+    bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cuda" or
+                                                            (device.type == "cpu" and cpu_has_native_bf16())))
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+
+
 class Allocate(StepPass):
     """Kept units per group meeting the step's target (``passes/allocate.py``)."""
 
     name, requires, ensures = "allocate", ("scores", "cost", "groups"), ("allocation",)
+    optional = ("costs",)  # measured allocation: the probe's cost curves
 
     def run(self, ctx):
         r, cost = self.step, ctx["cost"]
         alloc = allocate(ctx["groups"], ctx["scores"], cost, _in_scope(r, cost), r.target, r.allocation,
                          r.channel_multiple, cumulative=getattr(get_criterion(r.criterion), "cumulative_costs", False),
-                         max_extra=r.max_extra_removal, scale=r.global_scale)
+                         max_extra=r.max_extra_removal, scale=r.global_scale, costs=ctx.facts.get("costs"))
         ctx.facts["allocation"] = alloc  # plan None: widths only, units picked block by block
         return {"scope": r.scope, "target": r.target, "achieved": round(alloc.achieved, 6),
                 "removed_params": alloc.removed, "in_scope_params": alloc.total}

@@ -14,7 +14,8 @@ from ..errors import RecipeError
 from . import Step, dataclass_from, register_step
 
 SCOPES = ("decoder_linear", "all")
-ALLOCATIONS = ("uniform", "global", "pooled")
+ALLOCATIONS = ("uniform", "global", "pooled", "measured")
+PROBE_PRECISIONS = ("auto", "32", "bf16")
 ATTENTION_UNITS = ("q_per_kv", "kv_groups")
 ATTENTION_MODES = ("heads", "olica")
 KINDS = ("attention", "ffn", "ssm", "experts")
@@ -45,7 +46,13 @@ class StructuredStep(Step):
     width minus this fraction of its units (1 = unbounded, FLAP's allocation; OWL bounds its
     non-uniform layer ratios the same way), so pooled scores cannot empty one layer. ``global_scale``
     (``global``): standardise the logarithm of channel scores (``log``, the default) or the scores
-    (``linear``: FLAP's, and fxprune's before 2026-12-02)."""
+    (``linear``: FLAP's, and fxprune's before 2026-12-02).
+
+    ``measured`` allocation: every group's cost curve is measured on the calibration loss, the group
+    alone pruned (criterion's units, reconstructor's fold) at each of ``probe_ratios`` of its units on
+    the first ``probe_samples`` calibration windows (``probe_precision``: ``auto`` = bf16 where the
+    hardware multiplies bf16, else fp32); the curves then share ``pooled``'s greedy. Costs one forward
+    of the probe windows per group and ratio."""
 
     kind = "structured"
 
@@ -68,6 +75,9 @@ class StructuredStep(Step):
     lincal_damping: float = 0.05
     max_extra_removal: float = 1.0
     global_scale: str = "log"
+    probe_samples: int = 16
+    probe_ratios: tuple = (0.125, 0.25, 0.5, 0.75)
+    probe_precision: str = "auto"
 
     def __post_init__(self):
         from ..passes.allocate import SCALES
@@ -79,9 +89,17 @@ class StructuredStep(Step):
         if not isinstance(kinds, (list, tuple)):
             raise RecipeError(f"field 'kinds': expected a list of {list(KINDS)}, got {kinds!r}")
         object.__setattr__(self, "kinds", tuple(kinds))
+        ratios = self.probe_ratios
+        if isinstance(ratios, (int, float)) and not isinstance(ratios, bool):
+            ratios = (ratios,)
+        if (not isinstance(ratios, (list, tuple)) or not ratios
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in ratios)):
+            raise RecipeError(f"field 'probe_ratios': expected a non-empty list of numbers in (0, 1), got {ratios!r}")
+        object.__setattr__(self, "probe_ratios", tuple(sorted(float(x) for x in ratios)))
         for name, typ in (("target", float), ("damping", float), ("olica_k", float), ("lincal_rank_ratio", float),
                           ("lincal_damping", float), ("max_extra_removal", float), ("channel_multiple", int),
-                          ("protect_first", int), ("protect_last", int), ("lincal_layers", int)):
+                          ("protect_first", int), ("protect_last", int), ("lincal_layers", int),
+                          ("probe_samples", int)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and not float(v).is_integer()):
                 raise RecipeError(f"field {name!r}: expected {'an integer' if typ is int else 'a number'}, got {v!r}")
@@ -95,6 +113,7 @@ class StructuredStep(Step):
             ("attention", self.attention in ATTENTION_MODES, ATTENTION_MODES),
             ("olica_qk", self.olica_qk in ("diag", "whitened"), ("diag", "whitened")),
             ("global_scale", self.global_scale in SCALES, SCALES),
+            ("probe_precision", self.probe_precision in PROBE_PRECISIONS, PROBE_PRECISIONS),
             ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
         ]
         for name, ok, allowed in checks:
@@ -109,6 +128,8 @@ class StructuredStep(Step):
             raise RecipeError(f"field 'max_extra_removal': {self.max_extra_removal} must be in [0, 1]")
         if self.lincal_layers < 0 or not 0 < self.lincal_rank_ratio <= 1:
             raise RecipeError("fields 'lincal_layers' must be >= 0 and 'lincal_rank_ratio' in (0, 1]")
+        if self.probe_samples < 1:
+            raise RecipeError(f"field 'probe_samples': {self.probe_samples} must be >= 1")
         if self.channel_multiple < 1 or self.protect_first < 0 or self.protect_last < 0 or self.damping < 0:
             raise RecipeError("fields 'channel_multiple' must be >= 1, 'protect_first'/'protect_last'/'damping' >= 0")
 
@@ -119,12 +140,16 @@ class StructuredStep(Step):
     def to_dict(self) -> dict:
         d = asdict(self)
         d["kinds"] = list(self.kinds)
+        d["probe_ratios"] = list(self.probe_ratios)
         return {"structured": d}
 
     def planning(self, env) -> list:
         from ..passes import structured as P
         alloc = P.OlicaSplit(self) if self.attention == "olica" else P.Allocate(self)
-        score = [] if self.attention == "olica" and self.allocation == "uniform" else [P.Score(self, env)]
+        if self.allocation == "measured":
+            score = [P.MeasureLoss(self, env)]
+        else:
+            score = [] if self.attention == "olica" and self.allocation == "uniform" else [P.Score(self, env)]
         return [P.Analyse(), P.SelectGroups(self), *score, alloc]
 
     def applying(self, env) -> list:

@@ -1,0 +1,102 @@
+"""Measure what removing units costs in calibration loss, one group at a time (read-only).
+
+For each group of the block, on the block's dense-stream statistics: score the units (the step's
+criterion), then for each probe ratio ``r`` remove the ``r`` share of lowest-scored units *the way the
+step will* (the reconstructor's fold, the consumers' columns zeroed: masking semantics, which slicing
+equals), run ``loss()`` (mean next-token NLL of the whole model on the probe windows) and put the group
+back bit for bit. Every other group stays dense, so each curve is one layer's own cost (EvoPress's
+per-layer "level" database, measured on the loss instead of searched).
+
+Leaves ``scores`` (group id -> unit scores) and ``curves`` (group id -> [(units removed, loss increase)]).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ...analysis.groups import Kind
+from ...analysis.renorm import mask_renorms
+from ...errors import RecipeError
+from ..allocate import COUNTED, _multiple, top_units
+from ..consumers import stats_request
+from .base import GroupsOp
+from .remove_units import consumer_layers
+
+
+def probe_counts(units: int, ratios, multiple: int) -> list[int]:
+    """Units removed at each probe ratio: rounded so the kept width is a multiple of ``multiple`` (when
+    the group is wider than it), at least one unit, at most all but ``multiple``; duplicates dropped."""
+    out = []
+    for r in ratios:
+        kept = units - int(round(r * units))
+        if units > multiple:
+            kept = max(multiple, int(round(kept / multiple)) * multiple)
+        k = min(units - 1, max(1, units - kept))
+        if k not in out:
+            out.append(k)
+    return sorted(out)
+
+
+class ProbeLoss(GroupsOp):
+    name, modifies = "probe_loss", False
+
+    def __init__(self, model, analysis, by_block: dict, criterion, reconstructor, damping: float, ratios,
+                 multiple: int, loss: Callable[[], float]):
+        super().__init__(model, analysis, by_block)
+        self.crit, self.rec, self.damping = criterion, reconstructor, damping
+        self.ratios, self.multiple, self.loss = tuple(ratios), multiple, loss
+        self.scores: dict = {}
+        self.curves: dict = {}
+        self.base: float | None = None
+
+    def request(self, ctx):
+        return stats_request(self.groups(ctx.index), self.rec.needs | self.crit.needs, self.crit.needs_heads,
+                             self.crit.producer_needs)
+
+    def apply(self, ctx, stats):
+        if self.base is None:
+            self.base = self.loss()
+        for g in self.groups(ctx.index):
+            if g.kind == Kind.MOE_EXPERTS:
+                raise RecipeError(f"allocation 'measured': group {g.id} (experts) cannot be probed yet; "
+                                  "leave 'experts' out of kinds or use 'global'")
+            s = self.crit.score(g, self.model, stats)
+            self.scores[g.id] = s
+            mult = 1 if g.kind in COUNTED else _multiple(g, self.multiple)
+            self.curves[g.id] = [(k, self._cost(g, top_units(s, g.units - k), stats))
+                                 for k in probe_counts(g.units, self.ratios, mult)]
+
+    def _cost(self, g, keep_units: list[int], stats) -> float:
+        sub = {g.id: keep_units}
+        layers = consumer_layers(self.model, self.analysis, sub)
+        members = g.members_by_role("consumer")
+        saved = {m.param: self.model.get_parameter(m.param).detach().clone() for m in members}
+        biases = {layer.name: (None if layer.bias() is None else layer.bias().detach().clone()) for layer, _ in layers}
+        handles = []
+        try:
+            with torch.no_grad():
+                for layer, keep in layers:
+                    self.rec.fold(layer, keep, stats, self.damping)
+                handles = mask_renorms(self.model, self.analysis, sub)
+                keep_t = torch.as_tensor(keep_units, dtype=torch.long)
+                for m in members:
+                    p = self.model.get_parameter(m.param)
+                    ui = m.full_unit_index(g.units)
+                    idx = [slice(None)] * p.dim()
+                    idx[m.dim] = (ui >= 0) & ~torch.isin(ui, keep_t)
+                    p[tuple(idx)] = 0
+            return self.loss() - self.base
+        finally:
+            for h in handles:
+                h.remove()
+            with torch.no_grad():
+                for name, t in saved.items():
+                    self.model.get_parameter(name).copy_(t)
+                for layer, _ in layers:
+                    b = biases[layer.name]
+                    if b is None:
+                        layer.module.bias = None  # the fold added one: the module had none
+                    else:
+                        layer.bias().copy_(b)
+

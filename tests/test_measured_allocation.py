@@ -1,0 +1,137 @@
+"""Issue 13 lever: the ``measured`` allocation (per-group cost curves measured on the calibration loss)."""
+import copy
+
+import pytest
+import torch
+
+from fxprune.analysis.analyser import analyse
+from fxprune.calibration import Engine
+from fxprune.calibration.runner import Stream
+from fxprune.errors import RecipeError
+from fxprune.evaluation.perplexity import perplexity
+from fxprune.models.tiny import tiny_model
+from fxprune.passes.allocate import top_units
+from fxprune.passes.allocate_pooled import measured_costs
+from fxprune.passes.consumers import stats_request
+from fxprune.passes.criteria import get_criterion
+from fxprune.passes.ops.probe import ProbeLoss, probe_counts
+from fxprune.passes.ops.remove_units import consumer_layers
+from fxprune.passes.reconstruct import get_reconstructor
+from fxprune.pipeline import prune_model
+from fxprune.recipe import load_recipe
+from fxprune.report import find_pass
+from fxprune.surgery import prune
+
+from test_quality_robust import _rescale_down, _windows, tiny_gemma
+
+
+def _recipe(**fields):
+    step = {"criterion": "goa", "reconstruction": "liar", "allocation": "measured", "target": 0.25,
+            "kinds": ["ffn"], "channel_multiple": 4, "probe_precision": "32", **fields}
+    return load_recipe({"steps": [{"structured": step}]})
+
+
+def _w(n=8, L=24, seed=0):
+    return torch.randint(0, 128, (n, L), generator=torch.Generator().manual_seed(seed))
+
+
+def test_probe_counts_round_the_kept_width_to_the_multiple():
+    assert probe_counts(96, (0.125, 0.25, 0.5, 0.75), 8) == [16, 24, 48, 72]
+    assert probe_counts(2, (0.25, 0.5, 0.75), 1) == [1]  # duplicates dropped, never all units
+    assert probe_counts(10, (0.99,), 8) == [2]           # at least the multiple stays
+
+
+def test_measured_costs_interpolate_extend_and_stay_nondecreasing():
+    c = measured_costs([(2, 1.0), (4, 3.0)], 6)
+    torch.testing.assert_close(c, torch.tensor([0.5, 1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64))
+    c = measured_costs([(2, -0.5), (4, 2.0), (6, 1.0)], 6)  # a gain is clipped, a dip is flattened
+    assert c.tolist() == [0.0, 0.0, 0.75, 2.0, 2.0, 2.0]
+
+
+def _nll(model, w):
+    r = perplexity(model, w, batch_size=4, progress=False)
+    return r.nll / r.tokens
+
+
+def test_probe_cost_is_the_loss_of_the_sliced_model_and_the_model_is_restored():
+    """The probe's cost for a group and ratio equals the loss increase of the model actually pruned to
+    that plan (LIAR fold, then surgery), and the probe leaves every parameter as it found it."""
+    m = tiny_model("llama")
+    w = _w()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    a = analyse(m)
+    gid = "model.layers.0.mlp"
+    crit, rec = get_criterion("goa"), get_reconstructor("liar")
+    base = _nll(m, w)
+    op = ProbeLoss(m, a, {0: [gid]}, crit, rec, 0.01, (0.25, 0.5), 4, lambda: _nll(m, w))
+    Engine().run_blocks(m, w, [op], batch_size=4, stream=Stream.DENSE)
+    assert {n for n, _ in m.named_parameters()} == set(before)  # no bias left behind by the folds
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]), n
+    assert op.base == pytest.approx(base, abs=1e-7)
+    (k1, c1), (k2, c2) = op.curves[gid]
+    assert (k1, k2) == (24, 48) and c1 != c2  # tiny llama FFN: 96 channels
+    # the same removal done for real on a copy: block 0's dense-stream statistics, fold, slice
+    g = a.group(gid)
+    for k, c in op.curves[gid]:
+        ref = copy.deepcopy(m)
+        stats = Engine().calibrate(ref, w, stats_request([g], rec.needs), batch_size=4)
+        keep = top_units(op.scores[gid], g.units - k)
+        for layer, mask in consumer_layers(ref, a, {gid: keep}):
+            rec.fold(layer, mask, stats, 0.01)
+        prune(ref, {gid: keep}, a)
+        assert _nll(ref, w) - base == pytest.approx(c, abs=1e-5)
+
+
+def test_measured_allocation_takes_the_budget_where_the_loss_does_not_move():
+    """Layer 0's FFN is made nearly silent: removing its channels costs almost nothing in loss, so the
+    measured allocation takes the budget there; per-layer z-scores (global) see two alike layers."""
+    m = tiny_model("llama")
+    with torch.no_grad():
+        m.model.layers[0].mlp.down_proj.weight.mul_(1e-3)
+    w = _w(16)
+    res = prune_model(copy.deepcopy(m), _recipe(), w)
+    kept = {g: len(k) for g, k in res.plan.items()}
+    assert kept.get("model.layers.1.mlp", 96) == 96 and kept["model.layers.0.mlp"] <= 96 - 40
+    glob = prune_model(copy.deepcopy(m), _recipe(allocation="global"), w)
+    assert {g: len(k) for g, k in glob.plan.items()} != kept
+    alloc = find_pass(res.report, "allocate")
+    assert alloc["removed_params"] >= 0.2 * alloc["in_scope_params"]
+    probe = find_pass(res.report, "measure_loss")
+    assert probe["probes"] == 2 * 4 and set(probe["curves"]) == {"model.layers.0.mlp", "model.layers.1.mlp"}
+
+
+def test_measured_allocation_at_target_zero_is_the_dense_model():
+    m = tiny_model("llama")
+    w = _w()
+    ref = m(input_ids=w).logits
+    res = prune_model(m, _recipe(target=0.0), w)
+    assert res.plan == {}
+    torch.testing.assert_close(m(input_ids=w).logits, ref, rtol=0, atol=0)
+
+
+def test_measured_allocation_is_invariant_to_a_rescaling_the_post_norm_undoes():
+    """Gemma-like post-FFN norms: scaling a layer's down_proj changes no output, so no loss, so no plan."""
+    w = _windows()
+    base = prune_model(tiny_gemma(), _recipe(target=0.3), w).plan
+    m = tiny_gemma()
+    _rescale_down(m, [0.25, 8.0])
+    assert {g: len(k) for g, k in prune_model(m, _recipe(target=0.3), w).plan.items()} == \
+        {g: len(k) for g, k in base.items()}
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"probe_ratios": [0.0, 0.5]}, "probe_ratios"),
+    ({"probe_ratios": []}, "probe_ratios"),
+    ({"probe_ratios": "half"}, "probe_ratios"),
+    ({"probe_samples": 0}, "probe_samples"),
+    ({"probe_precision": "fp8"}, "probe_precision"),
+])
+def test_bad_probe_fields_are_refused(fields, message):
+    with pytest.raises(RecipeError, match=message):
+        _recipe(**fields)
+
+
+def test_measured_allocation_refuses_olica_attention():
+    with pytest.raises(RecipeError, match="allocation"):
+        _recipe(attention="olica", kinds=["attention", "ffn"])
