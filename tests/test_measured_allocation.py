@@ -63,7 +63,7 @@ def test_probe_cost_is_the_loss_of_the_sliced_model_and_the_model_is_restored():
     gid = "model.layers.0.mlp"
     crit, rec = get_criterion("goa"), get_reconstructor("liar")
     base = _nll(m, w)
-    op = ProbeLoss(m, a, {0: [gid]}, crit, rec, 0.01, (0.25, 0.5), 4, lambda: _nll(m, w))
+    op = ProbeLoss(m, a, {0: [gid]}, crit, rec, 0.01, (0.25, 0.5), 4, lambda skip=None: _nll(m, w))
     Engine().run_blocks(m, w, [op], batch_size=4, stream=Stream.DENSE)
     assert {n for n, _ in m.named_parameters()} == set(before)  # no bias left behind by the folds
     for n, p in m.named_parameters():
@@ -81,6 +81,39 @@ def test_probe_cost_is_the_loss_of_the_sliced_model_and_the_model_is_restored():
             rec.fold(layer, mask, stats, 0.01)
         prune(ref, {gid: keep}, a)
         assert _nll(ref, w) - base == pytest.approx(c, abs=1e-5)
+
+
+def _probe(m, w, gid, blocks):
+    from fxprune.passes.sensitivity import probe_nll
+
+    def loss(skip=None):
+        s, n = probe_nll(m, w, 4, None, skip)
+        return s / n
+    op = ProbeLoss(m, analyse(m), {1: [gid]}, get_criterion("goa"), get_reconstructor("liar"), 0.01, (0.25, 0.5),
+                   4, loss, blocks, w.shape[0])
+    Engine().run_blocks(m, w, [op], batch_size=4, stream=Stream.DENSE)
+    return op
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_probe_skipping_the_blocks_before_equals_the_whole_forward(family):
+    """Block 1's probes skip block 0 (its outputs are the runner's block-1 inputs): the same costs as
+    running the whole model, and every block runs its own forward again afterwards."""
+    from fxprune.calibration import find_blocks
+    m = tiny_model(family)
+    w = _w(6)  # 6 probe rows over batches of 4: the second batch is partial
+    a = analyse(m)
+    gid = next(g.id for g in a.prunable() if find_blocks(m).index_of(g.module) == 1 and "attn" not in g.id)
+    with torch.no_grad():
+        ref = m(input_ids=w).logits
+    whole = _probe(m, w, gid, None)
+    skipped = _probe(m, w, gid, find_blocks(m))
+    assert skipped.blocks is not None and skipped.prefix_check < 1e-6
+    for (k1, c1), (k2, c2) in zip(whole.curves[gid], skipped.curves[gid]):
+        assert k1 == k2 and c1 == pytest.approx(c2, abs=1e-6)
+    assert not any("forward" in vars(b) for b in find_blocks(m).blocks)
+    with torch.no_grad():
+        torch.testing.assert_close(m(input_ids=w).logits, ref, rtol=0, atol=0)
 
 
 def test_measured_allocation_takes_the_budget_where_the_loss_does_not_move():

@@ -67,3 +67,47 @@ def output_fisher(model: torch.nn.Module, windows: torch.Tensor, modules: list[s
     if missing:
         raise RuntimeError(f"output_fisher: no gradient reached {missing[:3]} (not on the loss path?)")
     return {**sums, "__tokens__": torch.tensor(float(tokens))}
+
+
+class SkipPrefix:
+    """While active, the blocks ``blocks`` (a prefix of the model's repeated blocks) do not run: each
+    returns the hidden states ``rows`` of ``hidden`` set for the current batch, shaped like ``like`` (the
+    block's own output: a tensor, or a tuple whose first element is the hidden states). The model's
+    forward then runs only what follows the prefix (the remaining blocks, the final norm, the LM head)
+    on hidden states captured earlier: the probe of block ``i`` skips the ``i`` blocks before it."""
+
+    def __init__(self, blocks, hidden: torch.Tensor, like):
+        self.blocks, self.hidden, self.like = list(blocks), hidden, like
+        self.rows: slice | None = None
+
+    def _out(self, *args, **kwargs):
+        h = self.hidden[self.rows]
+        return h if isinstance(self.like, torch.Tensor) else (h,) + tuple(self.like[1:])
+
+    def __enter__(self):
+        for b in self.blocks:
+            b.forward = self._out  # an instance attribute shadows the class's forward
+        return self
+
+    def __exit__(self, *exc):
+        for b in self.blocks:
+            del b.forward
+
+
+def probe_nll(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, autocast=None,
+              skip: SkipPrefix | None = None) -> tuple[float, int]:
+    """(Σ next-token NLL, predicted tokens) of ``model`` over ``ids`` [n, L]; with ``skip``, the
+    skipped blocks return ``skip.hidden``'s rows of each batch (``ids`` row ``r`` = hidden row ``r``)."""
+    from contextlib import nullcontext
+
+    from ..evaluation.perplexity import window_nll
+    total, count = 0.0, 0
+    with torch.no_grad(), (skip or nullcontext()):
+        for i in range(0, ids.shape[0], batch_size):
+            if skip is not None:
+                skip.rows = slice(i, min(i + batch_size, ids.shape[0]))
+            with (autocast or nullcontext)():
+                s, c = window_nll(model, ids[i:i + batch_size])
+            total += float(s)
+            count += int(c)
+    return total, count

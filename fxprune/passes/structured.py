@@ -18,7 +18,6 @@ from ..analysis.groups import ATTENTION_KINDS, Kind
 from ..calibration import find_blocks
 from ..calibration.runner import Stream
 from ..errors import AnalysisError, RecipeError
-from ..evaluation.perplexity import perplexity
 from ..kinds import FAMILY
 from ..surgery import prune, verify_pruned
 from .allocate import allocate
@@ -33,6 +32,7 @@ from .olica.split import solve as olica_solve
 from .ops import (CaptureForLinCal, CaptureRefitTargets, FitLinCal, OlicaAttention, Refit, RemoveUnits,
                   ScoreBlocks)
 from .reconstruct import get_reconstructor
+from .sensitivity import probe_nll
 
 _FAMILY = FAMILY  # kind -> recipe family (kinds.py: moe_experts -> experts, moe_ffn -> ffn, ssm_heads -> ssm)
 
@@ -169,14 +169,18 @@ class MeasureLoss(BlockwisePass):
         by_block = _by_block([g.id for g in ctx["groups"]], ctx["block_of"])
         windows = self.env.windows[: r.probe_samples]
         engine, autocast = self.env.engine, probe_autocast(r.probe_precision, self.env.engine)
-        shard = torch.stack(engine.shard(list(windows)))
+        shard = torch.stack(engine.shard(list(windows))).to(engine.fabric.device)
 
-        def loss() -> float:
-            res = perplexity(ctx.model, shard, batch_size=self.env.batch_size, reduce=engine.reduce_sum,
-                             autocast=autocast, device=engine.fabric.device, progress=False)
-            return res.nll / max(res.tokens, 1)
+        def loss(skip=None) -> float:
+            s = torch.tensor(probe_nll(ctx.model, shard, self.env.batch_size, autocast, skip), dtype=torch.float64)
+            s = engine.reduce_sum(s)
+            return float(s[0]) / max(float(s[1]), 1.0)
+        # the prefix skip reads the runner's block inputs of the probe windows: this rank's first rows are
+        # the probe windows only when there is one rank
+        blocks = find_blocks(ctx.model) if engine.world_size == 1 else None
         return [ProbeLoss(ctx.model, ctx["analysis"], by_block, get_criterion(r.criterion),
-                          get_reconstructor(r.reconstruction), r.damping, r.probe_ratios, r.channel_multiple, loss)]
+                          get_reconstructor(r.reconstruction), r.damping, r.probe_ratios, r.channel_multiple, loss,
+                          blocks, int(shard.shape[0]))]
 
     def finish(self, ctx, ops):
         from .allocate_pooled import measured_costs
@@ -186,6 +190,8 @@ class MeasureLoss(BlockwisePass):
         ctx.facts["costs"] = {gid: measured_costs(c, by_id[gid].units) for gid, c in op.curves.items()}
         return {"probe_windows": min(self.step.probe_samples, int(self.env.windows.shape[0])),
                 "probe_loss_dense": round(op.base, 6) if op.base is not None else None,
+                "prefix_skipped": op.blocks is not None,
+                "prefix_check": None if op.prefix_check is None else float(f"{op.prefix_check:.3g}"),
                 "probes": sum(len(c) for c in op.curves.values()),
                 "curves": {gid: [[k, round(c, 6)] for k, c in curve] for gid, curve in op.curves.items()}}
 

@@ -4,7 +4,9 @@ For each group of the block, on the block's dense-stream statistics: score the u
 criterion), then for each probe ratio ``r`` remove the ``r`` share of lowest-scored units *the way the
 step will* (the reconstructor's fold, the consumers' columns zeroed: masking semantics, which slicing
 equals), run ``loss()`` (mean next-token NLL of the whole model on the probe windows) and put the group
-back bit for bit. Every other group stays dense, so each curve is one layer's own cost (EvoPress's
+back bit for bit. The probe of block ``i`` skips the ``i`` blocks before it (their dense outputs on
+the probe windows are the runner's block-``i`` inputs; ``sensitivity.SkipPrefix``), checked once against
+the whole forward. Every other group stays dense, so each curve is one layer's own cost (EvoPress's
 per-layer "level" database, measured on the loss instead of searched).
 
 Leaves ``scores`` (group id -> unit scores) and ``curves`` (group id -> [(units removed, loss increase)]).
@@ -20,6 +22,7 @@ from ...analysis.renorm import mask_renorms
 from ...errors import RecipeError
 from ..allocate import COUNTED, _multiple, top_units
 from ..consumers import stats_request
+from ..sensitivity import SkipPrefix
 from .base import GroupsOp
 from .remove_units import consumer_layers
 
@@ -42,21 +45,49 @@ class ProbeLoss(GroupsOp):
     name, modifies = "probe_loss", False
 
     def __init__(self, model, analysis, by_block: dict, criterion, reconstructor, damping: float, ratios,
-                 multiple: int, loss: Callable[[], float]):
+                 multiple: int, loss: Callable[..., float], blocks=None, probe_rows: int = 0):
         super().__init__(model, analysis, by_block)
         self.crit, self.rec, self.damping = criterion, reconstructor, damping
         self.ratios, self.multiple, self.loss = tuple(ratios), multiple, loss
+        self.blocks, self.probe_rows = blocks, probe_rows  # blocks=None: every probe runs the whole model
         self.scores: dict = {}
         self.curves: dict = {}
-        self.base: float | None = None
+        self.base: float | None = None        # the dense model's loss (whole forward)
+        self.prefix_check: float | None = None  # |skipped - whole| dense loss at the first skipping block
 
     def request(self, ctx):
         return stats_request(self.groups(ctx.index), self.rec.needs | self.crit.needs, self.crit.needs_heads,
                              self.crit.producer_needs)
 
+    def _skip(self, ctx):
+        """The prefix skip for block ``ctx.index`` (None: run the whole model). Checked once against the
+        whole forward; a model whose blocks do not compose that way (the dense losses differ by more
+        than 1%) runs whole from then on."""
+        if self.blocks is None or ctx.index == 0:
+            return None
+        hidden, n = [], 0
+        for inp in ctx.inputs:
+            if n >= self.probe_rows:
+                break
+            hidden.append(inp.hidden)
+            n += inp.hidden.shape[0]
+        like = ctx.block(*ctx.inputs[0].args, **ctx.inputs[0].kwargs)
+        if n < self.probe_rows or not isinstance(like, (torch.Tensor, tuple)):
+            self.blocks = None
+            return None
+        skip = SkipPrefix(self.blocks.blocks[:ctx.index], torch.cat(hidden, 0)[: self.probe_rows], like)
+        if self.prefix_check is None:
+            self.prefix_check = abs(self.loss(skip) - self.base)
+            if self.prefix_check > 0.01 * max(1.0, abs(self.base)):
+                self.blocks = None
+                return None
+        return skip
+
     def apply(self, ctx, stats):
         if self.base is None:
             self.base = self.loss()
+        skip = self._skip(ctx)
+        base = self.base if skip is None else self.loss(skip)  # the same forward the probes take
         for g in self.groups(ctx.index):
             if g.kind == Kind.MOE_EXPERTS:
                 raise RecipeError(f"allocation 'measured': group {g.id} (experts) cannot be probed yet; "
@@ -64,10 +95,11 @@ class ProbeLoss(GroupsOp):
             s = self.crit.score(g, self.model, stats)
             self.scores[g.id] = s
             mult = 1 if g.kind in COUNTED else _multiple(g, self.multiple)
-            self.curves[g.id] = [(k, self._cost(g, top_units(s, g.units - k), stats))
+            self.curves[g.id] = [(k, self._cost(g, top_units(s, g.units - k), stats, skip) - base)
                                  for k in probe_counts(g.units, self.ratios, mult)]
 
-    def _cost(self, g, keep_units: list[int], stats) -> float:
+    def _cost(self, g, keep_units: list[int], stats, skip) -> float:
+        """The probe loss with ``g`` keeping ``keep_units`` (folded, masked), then ``g`` put back."""
         sub = {g.id: keep_units}
         layers = consumer_layers(self.model, self.analysis, sub)
         members = g.members_by_role("consumer")
@@ -86,7 +118,7 @@ class ProbeLoss(GroupsOp):
                     idx = [slice(None)] * p.dim()
                     idx[m.dim] = (ui >= 0) & ~torch.isin(ui, keep_t)
                     p[tuple(idx)] = 0
-            return self.loss() - self.base
+            return self.loss(skip)
         finally:
             for h in handles:
                 h.remove()
