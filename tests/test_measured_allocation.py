@@ -168,3 +168,12 @@ def test_bad_probe_fields_are_refused(fields, message):
 def test_measured_allocation_refuses_olica_attention():
     with pytest.raises(RecipeError, match="allocation"):
         _recipe(attention="olica", kinds=["attention", "ffn"])
+
+
+def test_measured_allocation_refuses_a_model_without_an_lm_head():
+    from transformers import BertConfig, BertModel
+    cfg = BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    m = BertModel(cfg).eval()
+    from fxprune.errors import FxPruneError
+    with pytest.raises(FxPruneError, match="measure_loss.*BertModel returns no next-token logits"):
+        prune_model(m, _recipe(), _w())

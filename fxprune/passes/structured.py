@@ -168,6 +168,7 @@ class MeasureLoss(BlockwisePass):
                               "block in memory (this model is loaded block by block from disk); use 'global'")
         by_block = _by_block([g.id for g in ctx["groups"]], ctx["block_of"])
         windows = self.env.windows[: r.probe_samples]
+        _check_language_model(ctx.model, windows[:1].to(self.env.engine.fabric.device))
         engine, autocast = self.env.engine, probe_autocast(r.probe_precision, self.env.engine)
         shard = torch.stack(engine.shard(list(windows))).to(engine.fabric.device)
 
@@ -194,6 +195,18 @@ class MeasureLoss(BlockwisePass):
                 "prefix_check": None if op.prefix_check is None else float(f"{op.prefix_check:.3g}"),
                 "probes": sum(len(c) for c in op.curves.values()),
                 "curves": {gid: [[k, round(c, 6)] for k, c in curve] for gid, curve in op.curves.items()}}
+
+
+def _check_language_model(model, ids) -> None:
+    """The probe's loss is next-token NLL: the model must return logits over its vocabulary."""
+    from ..calibration.runner import forward_kwargs
+    with torch.no_grad():
+        out = model(**forward_kwargs(model, {"input_ids": ids}))
+    logits = getattr(out, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.shape[:2] != ids.shape or logits.shape[-1] <= int(ids.max()):
+        raise RecipeError(f"allocation 'measured': {type(model).__name__} returns no next-token logits over its "
+                          "vocabulary (not a language model with an LM head); its costs are measured on the "
+                          "calibration loss. Use 'global' or 'pooled'")
 
 
 def probe_autocast(precision: str, engine):
