@@ -198,3 +198,14 @@ def test_heap_threshold_is_fixed_on_glibc_and_the_users_setting_wins(monkeypatch
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert fix_heap_threshold() is True
+
+
+def test_measured_allocation_is_refused_when_blocks_are_on_disk(ckpt, tmp_path):
+    """The probe runs the whole model: an onloaded skeleton is refused before any block is touched."""
+    from fxprune.recipe import load_recipe
+    rec = load_recipe({"steps": [{"structured": {"criterion": "goa", "allocation": "measured", "target": 0.2,
+                                                 "kinds": ["ffn"]}}]})
+    om = open_onloaded(ckpt, dtype=torch.float32, out=tmp_path / "o")
+    with pytest.raises(fxprune.errors.FxPruneError, match="measured.*every block in memory"):
+        fxprune.prune(om.model, rec, _windows())
+    assert om.blocks_written == 0
