@@ -129,14 +129,20 @@ def apply_mask(model: nn.Module, analysis: Analysis, plan: Plan) -> nn.Module:
             if g.kind == Kind.MOE_EXPERTS:
                 _mask_router(model, g, keep_t)
                 continue
-            for m in g.members_by_role("consumer"):
-                _, _, p = _get_param(model, m.param)
-                ui = m.full_unit_index(g.units)
-                drop = (ui >= 0) & ~torch.isin(ui, keep_t)
-                idx = [slice(None)] * p.dim()
-                idx[m.dim] = drop
-                p[tuple(idx)] = 0
+            zero_consumed(model, g, keep_t)
     return model
+
+
+@torch.no_grad()
+def zero_consumed(model: nn.Module, g: Group, keep: torch.Tensor) -> None:
+    """Zero the consumer columns of ``g``'s units not in ``keep`` (in place): the removed units'
+    values reach nothing downstream."""
+    for m in g.members_by_role("consumer"):
+        _, _, p = _get_param(model, m.param)
+        ui = m.full_unit_index(g.units)
+        idx = [slice(None)] * p.dim()
+        idx[m.dim] = (ui >= 0) & ~torch.isin(ui, keep)
+        p[tuple(idx)] = 0
 
 
 class _RouterMask(TorchFunctionMode):

@@ -20,6 +20,7 @@ import torch
 from ...analysis.groups import Kind
 from ...analysis.renorm import mask_renorms
 from ...errors import RecipeError
+from ...surgery import zero_consumed
 from ..allocate import COUNTED, _multiple, top_units
 from ..consumers import stats_request
 from ..sensitivity import SkipPrefix
@@ -102,8 +103,7 @@ class ProbeLoss(GroupsOp):
         """The probe loss with ``g`` keeping ``keep_units`` (folded, masked), then ``g`` put back."""
         sub = {g.id: keep_units}
         layers = consumer_layers(self.model, self.analysis, sub)
-        members = g.members_by_role("consumer")
-        saved = {m.param: self.model.get_parameter(m.param).detach().clone() for m in members}
+        saved = {m.param: self.model.get_parameter(m.param).detach().clone() for m in g.members_by_role("consumer")}
         biases = {layer.name: (None if layer.bias() is None else layer.bias().detach().clone()) for layer, _ in layers}
         handles = []
         try:
@@ -111,13 +111,7 @@ class ProbeLoss(GroupsOp):
                 for layer, keep in layers:
                     self.rec.fold(layer, keep, stats, self.damping)
                 handles = mask_renorms(self.model, self.analysis, sub)
-                keep_t = torch.as_tensor(keep_units, dtype=torch.long)
-                for m in members:
-                    p = self.model.get_parameter(m.param)
-                    ui = m.full_unit_index(g.units)
-                    idx = [slice(None)] * p.dim()
-                    idx[m.dim] = (ui >= 0) & ~torch.isin(ui, keep_t)
-                    p[tuple(idx)] = 0
+                zero_consumed(self.model, g, torch.as_tensor(keep_units, dtype=torch.long))
             return self.loss(skip)
         finally:
             for h in handles:
