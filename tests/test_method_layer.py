@@ -65,12 +65,15 @@ def test_pass_manager_refuses_undeclared_reads_and_writes():
 
 def test_every_shipped_recipe_runs_its_passes_within_their_contracts():
     """The real passes declare what they read and write: a structured (global, GOA refit, Olica with
-    linear calibration) and a sparsity recipe run end to end under the checked manager."""
+    linear calibration, measured allocation with attention) and a sparsity recipe run end to end under the checked manager."""
     for spec in ({"calibration": {"batch_size": 4}, "steps": [{"structured": {
                      "criterion": "goa", "reconstruction": "goa", "allocation": "global", "target": 0.2}}]},
                  {"calibration": {"batch_size": 4}, "steps": [{"structured": {
                      "criterion": "olica", "reconstruction": "none", "attention": "olica", "target": 0.2,
                      "lincal_layers": 1}}]},
+                 {"calibration": {"batch_size": 4}, "steps": [{"structured": {
+                     "criterion": "goa", "reconstruction": "liar", "allocation": "measured", "target": 0.2,
+                     "probe_samples": 4, "probe_ratios": [0.5]}}]},
                  {"calibration": {"batch_size": 4}, "steps": [{"wanda": {"sparsity": 0.5}}]}):
         out = prune_model(tiny_model("llama"), spec, _windows())
         assert out.report["params_after"] <= out.report["params_before"]
