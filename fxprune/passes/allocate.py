@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..analysis.groups import Kind
+from ..errors import RecipeError
 from ..kinds import ATTENTION_KINDS
 from .cost import CostModel
 
@@ -88,7 +89,13 @@ def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, 
         got = pooled(attn + chan, scores if allocation == "pooled" else costs, removed, budget, COUNTED,
                      channel_multiple, cumulative or allocation == "measured")
         got = {g.id: max(got[g.id], _least(g)) for g in attn + chan}  # at least top_k experts stay
-        kept = _finish(got, attn + chan, scores, removed, budget, channel_multiple, None, "linear")
+        # measured: no group loses more units than its largest probe removed (allocate_pooled.measured_costs)
+        floor = None if allocation == "pooled" else {g.id: g.units - len(costs[g.id]) for g in attn + chan}
+        kept = _finish(got, attn + chan, scores, removed, budget, channel_multiple, floor, "linear")
+        if floor is not None and removed(kept) < 0.99 * budget:
+            raise RecipeError(f"allocation 'measured': target {target} needs {budget} parameters removed, but no "
+                              f"group may lose more than its largest probe removed ({removed(kept)} reachable); "
+                              "add a larger ratio to 'probe_ratios'")
     else:
         if scores is None:
             raise ValueError("global allocation needs scores")
