@@ -73,7 +73,7 @@ def test_every_shipped_recipe_runs_its_passes_within_their_contracts():
                      "lincal_layers": 1}}]},
                  {"calibration": {"batch_size": 4}, "steps": [{"structured": {
                      "criterion": "goa", "reconstruction": "liar", "allocation": "measured", "target": 0.2,
-                     "probe_samples": 4, "probe_ratios": [0.5]}}]},
+                     "probe_samples": 4, "probe_ratios": [0.25, 0.75]}}]},
                  {"calibration": {"batch_size": 4}, "steps": [{"wanda": {"sparsity": 0.5}}]}):
         out = prune_model(tiny_model("llama"), spec, _windows())
         assert out.report["params_after"] <= out.report["params_before"]

@@ -147,7 +147,8 @@ class StructuredStep(Step):
         from ..passes import structured as P
         alloc = P.OlicaSplit(self) if self.attention == "olica" else P.Allocate(self)
         if self.allocation == "measured":
-            score = [P.MeasureLoss(self, env)]
+            from ..passes.measure_loss import MeasureLoss
+            score = [MeasureLoss(self, env)]
         else:
             score = [] if self.attention == "olica" and self.allocation == "uniform" else [P.Score(self, env)]
         return [P.Analyse(), P.SelectGroups(self), *score, alloc]
