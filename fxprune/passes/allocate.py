@@ -84,7 +84,8 @@ def allocate(groups, scores: dict | None, cost: CostModel, expr, target: float, 
         kept = _uniform_widths(attn, chan, removed, budget, total, target, channel_multiple)
     elif allocation in ("pooled", "measured"):  # one cost currency across kinds and layers (allocate_pooled.py)
         if scores is None or (allocation == "measured" and costs is None):
-            raise ValueError(f"{allocation} allocation needs scores" + (" and measured costs" if costs is None else ""))
+            raise ValueError(f"{allocation} allocation needs scores" + (" and measured costs" if allocation == "measured"
+                                                                       else ""))
         from .allocate_pooled import pooled
         got = pooled(attn + chan, scores if allocation == "pooled" else costs, removed, budget, COUNTED,
                      channel_multiple, cumulative or allocation == "measured")
