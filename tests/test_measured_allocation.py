@@ -188,3 +188,14 @@ def test_measured_allocation_refuses_a_model_without_an_lm_head():
     from fxprune.errors import FxPruneError
     with pytest.raises(FxPruneError, match="measure_loss.*BertModel returns no next-token logits"):
         prune_model(m, _recipe(), _w())
+
+
+def test_skip_prefix_puts_back_a_forward_the_block_had_of_its_own():
+    from fxprune.passes.sensitivity import SkipPrefix
+    blocks = [torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]
+    own = blocks[0].forward  # a bound method set on the instance, as accelerate's hooks do
+    blocks[0].forward = own
+    with SkipPrefix(blocks, torch.ones(3, 2), torch.zeros(1)) as skip:
+        skip.rows = slice(0, 2)
+        assert torch.equal(blocks[1](torch.zeros(2)), torch.ones(2, 2))
+    assert vars(blocks[0])["forward"] is own and "forward" not in vars(blocks[1])

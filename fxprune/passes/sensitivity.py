@@ -85,13 +85,17 @@ class SkipPrefix:
         return h if isinstance(self.like, torch.Tensor) else (h,) + tuple(self.like[1:])
 
     def __enter__(self):
+        self._own = [vars(b).get("forward") for b in self.blocks]  # e.g. accelerate's hooks patch it
         for b in self.blocks:
             b.forward = self._out  # an instance attribute shadows the class's forward
         return self
 
     def __exit__(self, *exc):
-        for b in self.blocks:
-            del b.forward
+        for b, own in zip(self.blocks, self._own):
+            if own is None:
+                del b.forward
+            else:
+                b.forward = own
 
 
 def probe_nll(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, autocast=None,
