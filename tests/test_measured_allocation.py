@@ -93,11 +93,12 @@ def test_probe_cost_is_the_loss_of_the_sliced_model_and_the_model_is_restored():
 
 
 def _probe(m, w, gid, blocks):
-    from fxprune.passes.sensitivity import probe_nll
+    from contextlib import nullcontext
 
     def loss(skip=None):
-        s, n = probe_nll(m, w, 4, None, skip)
-        return s / n
+        with skip or nullcontext():
+            r = perplexity(m, w, batch_size=4, progress=False)
+        return r.nll / r.tokens
     op = ProbeLoss(m, analyse(m), {1: [gid]}, get_criterion("goa"), get_reconstructor("liar"), 0.01, (0.25, 0.5),
                    4, loss, blocks, w.shape[0])
     Engine().run_blocks(m, w, [op], batch_size=4, stream=Stream.DENSE)
@@ -190,12 +191,14 @@ def test_measured_allocation_refuses_a_model_without_an_lm_head():
         prune_model(m, _recipe(), _w())
 
 
-def test_skip_prefix_puts_back_a_forward_the_block_had_of_its_own():
+def test_skip_prefix_walks_the_batches_and_puts_back_a_forward_the_block_had_of_its_own():
     from fxprune.passes.sensitivity import SkipPrefix
     blocks = [torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]
     own = blocks[0].forward  # a bound method set on the instance, as accelerate's hooks do
     blocks[0].forward = own
-    with SkipPrefix(blocks, torch.ones(3, 2), torch.zeros(1)) as skip:
-        skip.rows = slice(0, 2)
-        assert torch.equal(blocks[1](torch.zeros(2)), torch.ones(2, 2))
+    hidden = torch.arange(6.0).reshape(3, 2)
+    with SkipPrefix(blocks, hidden, torch.zeros(1)):
+        assert torch.equal(blocks[0](torch.zeros(2, 2)), hidden[:2])  # the first batch: rows 0-1
+        assert torch.equal(blocks[1](torch.zeros(2, 2)), hidden[:2])  # later skipped blocks: the same rows
+        assert torch.equal(blocks[0](torch.zeros(1, 2)), hidden[2:])  # the next batch: row 2
     assert vars(blocks[0])["forward"] is own and "forward" not in vars(blocks[1])

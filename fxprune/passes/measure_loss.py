@@ -2,15 +2,17 @@
 every group's cost curve measured on the calibration loss (``ops/probe.py``), before ``allocate``."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from ..calibration import find_blocks
 from ..calibration.runner import Stream
 from ..errors import RecipeError
+from ..evaluation.perplexity import perplexity
 from .blockwise import BlockwisePass
 from .criteria import get_criterion
 from .reconstruct import get_reconstructor
-from .sensitivity import probe_nll
 from .structured import _by_block
 
 
@@ -37,9 +39,10 @@ class MeasureLoss(BlockwisePass):
         shard = torch.stack(engine.shard(list(windows))).to(engine.fabric.device)
 
         def loss(skip=None) -> float:
-            s = torch.tensor(probe_nll(ctx.model, shard, self.env.batch_size, autocast, skip), dtype=torch.float64)
-            s = engine.reduce_sum(s)
-            return float(s[0]) / max(float(s[1]), 1.0)
+            with skip or nullcontext():
+                res = perplexity(ctx.model, shard, batch_size=self.env.batch_size, reduce=engine.reduce_sum,
+                                 autocast=autocast, device=engine.fabric.device, progress=False)
+            return res.nll / max(res.tokens, 1)
         # the prefix skip reads the runner's block inputs of the probe windows: this rank's first rows are
         # the probe windows only when there is one rank
         blocks = find_blocks(ctx.model) if engine.world_size == 1 else None
@@ -76,8 +79,6 @@ def _check_language_model(model, ids) -> None:
 def probe_autocast(precision: str, engine):
     """The probe forwards' precision: ``32`` (none), ``bf16`` (autocast), or ``auto``: bf16 on CUDA and on
     a CPU that multiplies bf16 in hardware (``cpu_has_native_bf16``), else none."""
-    from contextlib import nullcontext
-
     from ..calibration.engine import cpu_has_native_bf16
     device = engine.fabric.device
     bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cuda" or

@@ -15,6 +15,8 @@ before a post-norm leaves the loss, and these costs, unchanged), which per-layer
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -71,23 +73,29 @@ def output_fisher(model: torch.nn.Module, windows: torch.Tensor, modules: list[s
 
 class SkipPrefix:
     """While active, the blocks ``blocks`` (a prefix of the model's repeated blocks) do not run: each
-    returns the hidden states ``rows`` of ``hidden`` set for the current batch, shaped like ``like`` (the
-    block's own output: a tensor, or a tuple whose first element is the hidden states). The model's
-    forward then runs only what follows the prefix (the remaining blocks, the final norm, the LM head)
-    on hidden states captured earlier: the probe of block ``i`` skips the ``i`` blocks before it."""
+    returns the rows of ``hidden`` for the current batch, shaped like ``like`` (the block's own output: a
+    tensor, or a tuple whose first element is the hidden states). The batches are taken in order: each
+    call of the first skipped block moves on by the rows it receives. The model's forward then runs only
+    what follows the prefix (the remaining blocks, the final norm, the LM head) on hidden states captured
+    earlier: the probe of block ``i`` skips the ``i`` blocks before it. Any loop over the windows of
+    ``hidden`` in order can run inside it (``evaluation.perplexity``)."""
 
     def __init__(self, blocks, hidden: torch.Tensor, like):
         self.blocks, self.hidden, self.like = list(blocks), hidden, like
-        self.rows: slice | None = None
 
-    def _out(self, *args, **kwargs):
+    def _out(self, first: bool, *args, **kwargs):
+        if first:  # a new batch enters the model: its rows follow the previous batch's
+            n = (args[0] if args else kwargs["hidden_states"]).shape[0]
+            self.rows = slice(self._next, self._next + n)
+            self._next += n
         h = self.hidden[self.rows]
         return h if isinstance(self.like, torch.Tensor) else (h,) + tuple(self.like[1:])
 
     def __enter__(self):
+        self._next, self.rows = 0, None
         self._own = [vars(b).get("forward") for b in self.blocks]  # e.g. accelerate's hooks patch it
-        for b in self.blocks:
-            b.forward = self._out  # an instance attribute shadows the class's forward
+        for i, b in enumerate(self.blocks):
+            b.forward = partial(self._out, i == 0)  # an instance attribute shadows the class's forward
         return self
 
     def __exit__(self, *exc):
@@ -96,22 +104,3 @@ class SkipPrefix:
                 del b.forward
             else:
                 b.forward = own
-
-
-def probe_nll(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, autocast=None,
-              skip: SkipPrefix | None = None) -> tuple[float, int]:
-    """(Σ next-token NLL, predicted tokens) of ``model`` over ``ids`` [n, L]; with ``skip``, the
-    skipped blocks return ``skip.hidden``'s rows of each batch (``ids`` row ``r`` = hidden row ``r``)."""
-    from contextlib import nullcontext
-
-    from ..evaluation.perplexity import window_nll
-    total, count = 0.0, 0
-    with torch.no_grad(), (skip or nullcontext()):
-        for i in range(0, ids.shape[0], batch_size):
-            if skip is not None:
-                skip.rows = slice(i, min(i + batch_size, ids.shape[0]))
-            with (autocast or nullcontext)():
-                s, c = window_nll(model, ids[i:i + batch_size])
-            total += float(s)
-            count += int(c)
-    return total, count

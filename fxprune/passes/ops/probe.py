@@ -55,6 +55,7 @@ class ProbeLoss(GroupsOp):
         self.curves: dict = {}
         self.base: float | None = None        # the dense model's loss (whole forward)
         self.prefix_check: float | None = None  # |skipped - whole| dense loss at the first skipping block
+        self.like = None                         # a block's output, for the skipped blocks' return shape
 
     def request(self, ctx):
         return stats_request(self.groups(ctx.index), self.rec.needs | self.crit.needs, self.crit.needs_heads,
@@ -72,11 +73,12 @@ class ProbeLoss(GroupsOp):
                 break
             hidden.append(inp.hidden)
             n += inp.hidden.shape[0]
-        like = ctx.block(*ctx.inputs[0].args, **ctx.inputs[0].kwargs)
-        if n < self.probe_rows or not isinstance(like, (torch.Tensor, tuple)):
+        if self.like is None:  # what a block returns (every block is of one class): run one once
+            self.like = ctx.block(*ctx.inputs[0].args, **ctx.inputs[0].kwargs)
+        if n < self.probe_rows or not isinstance(self.like, (torch.Tensor, tuple)):
             self.blocks = None
             return None
-        skip = SkipPrefix(self.blocks.blocks[:ctx.index], torch.cat(hidden, 0)[: self.probe_rows], like)
+        skip = SkipPrefix(self.blocks.blocks[:ctx.index], torch.cat(hidden, 0)[: self.probe_rows], self.like)
         if self.prefix_check is None:
             self.prefix_check = abs(self.loss(skip) - self.base)
             if self.prefix_check > 0.01 * max(1.0, abs(self.base)):
