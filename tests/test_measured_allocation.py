@@ -171,6 +171,7 @@ def test_measured_allocation_is_invariant_to_a_rescaling_the_post_norm_undoes():
     ({"probe_ratios": "half"}, "probe_ratios"),
     ({"probe_samples": 0}, "probe_samples"),
     ({"probe_precision": "fp8"}, "probe_precision"),
+    ({"probe_metric": "ppl"}, "probe_metric"),
 ])
 def test_bad_probe_fields_are_refused(fields, message):
     with pytest.raises(RecipeError, match=message):
@@ -202,3 +203,56 @@ def test_skip_prefix_walks_the_batches_and_puts_back_a_forward_the_block_had_of_
         assert torch.equal(blocks[1](torch.zeros(2, 2)), hidden[:2])  # later skipped blocks: the same rows
         assert torch.equal(blocks[0](torch.zeros(1, 2)), hidden[2:])  # the next batch: row 2
     assert vars(blocks[0])["forward"] is own and "forward" not in vars(blocks[1])
+
+
+def test_soft_nll_differences_are_kl_divergences_from_the_reference():
+    """``soft_nll(q) - soft_nll(p)`` against p's stored distributions is KL(p || q) per token (p's entropy
+    cancels), and a model scored against its own distributions has the smallest soft NLL."""
+    import torch.nn.functional as F
+    from fxprune.evaluation.divergence import reference_logprobs, soft_nll
+    p, q = tiny_model("llama"), tiny_model("llama")
+    with torch.no_grad():
+        q.model.layers[1].mlp.down_proj.weight.mul_(3.0)
+    w = _w(6)
+    ref = reference_logprobs(p, w, batch_size=4)
+    assert [r.shape[0] for r in ref] == [4, 2] and ref[0].dtype == torch.bfloat16
+    lp = torch.cat(ref).float()
+    with torch.no_grad():
+        lq = F.log_softmax(q(input_ids=w).logits[:, :-1].float(), -1)
+        lpp = F.log_softmax(p(input_ids=w).logits[:, :-1].float(), -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1).mean()
+    kl_self = (lp.exp() * (lp - lpp)).sum(-1).mean()  # not exactly 0: the reference is stored in bf16
+    d = soft_nll(q, w, ref, batch_size=4) - soft_nll(p, w, ref, batch_size=4)
+    assert d == pytest.approx(float(kl - kl_self), rel=1e-4) and d > 1e-4
+    with pytest.raises(ValueError, match="reference batch 0"):
+        soft_nll(q, w, ref, batch_size=2)
+
+
+def test_kl_probe_cost_is_the_kl_increase_of_the_sliced_model():
+    """With ``probe_metric: kl`` a probe's cost is the increase, over the dense model, of the sliced
+    model's cross-entropy against the dense distributions; the plan still reaches the target."""
+    from fxprune.evaluation.divergence import reference_logprobs, soft_nll
+    m = tiny_model("llama")
+    w = _w()
+    a = analyse(m)
+    gid = "model.layers.1.mlp"
+    ref = reference_logprobs(m, w, batch_size=4)
+    crit, rec = get_criterion("goa"), get_reconstructor("liar")
+    op = ProbeLoss(m, a, {1: [gid]}, crit, rec, 0.01, (0.25, 0.5), 4,
+                   lambda skip=None: soft_nll(m, w, ref, batch_size=4))
+    Engine().run_blocks(m, w, [op], batch_size=4, stream=Stream.DENSE)
+    base = soft_nll(m, w, ref, batch_size=4)
+    g = a.group(gid)
+    for k, c in op.curves[gid]:
+        pruned = copy.deepcopy(m)
+        stats = Engine().calibrate(pruned, w, stats_request([g], rec.needs), batch_size=4)
+        keep = top_units(op.scores[gid], g.units - k)
+        for layer, mask in consumer_layers(pruned, a, {gid: keep}):
+            rec.fold(layer, mask, stats, 0.01)
+        prune(pruned, {gid: keep}, a)
+        assert soft_nll(pruned, w, ref, batch_size=4) - base == pytest.approx(c, abs=1e-5) and c > 0
+    res = prune_model(copy.deepcopy(m), _recipe(probe_metric="kl"), w)
+    probe = find_pass(res.report, "measure_loss")
+    assert probe["probe_metric"] == "kl" and probe["probes"] == 2 * 4
+    alloc = find_pass(res.report, "allocate")
+    assert alloc["removed_params"] >= 0.25 * alloc["in_scope_params"] * 0.99

@@ -9,6 +9,7 @@ import torch
 from ..calibration import find_blocks
 from ..calibration.runner import Stream
 from ..errors import RecipeError
+from ..evaluation.divergence import reference_logprobs, soft_nll
 from ..evaluation.perplexity import perplexity
 from .blockwise import BlockwisePass
 from .criteria import get_criterion
@@ -20,7 +21,8 @@ class MeasureLoss(BlockwisePass):
     """``measured`` allocation: scores every unit and measures, group by group, what removing a share of
     its units costs in calibration loss (``ops/probe.py``) on the dense stream. The probe windows are the
     first ``probe_samples`` calibration windows; their loss runs the whole model, so every block must be
-    in memory."""
+    in memory. ``probe_metric: kl`` scores each probe against the dense model's distributions on those
+    windows instead of their next tokens (``evaluation/divergence.py``)."""
 
     name, requires, ensures = "measure_loss", ("groups", "block_of", "analysis"), ("scores", "costs")
     stream = Stream.DENSE
@@ -38,11 +40,18 @@ class MeasureLoss(BlockwisePass):
         engine, autocast = self.env.engine, probe_autocast(r.probe_precision, self.env.engine)
         shard = torch.stack(engine.shard(list(windows))).to(engine.fabric.device)
 
-        def loss(skip=None) -> float:
-            with skip or nullcontext():
-                res = perplexity(ctx.model, shard, batch_size=self.env.batch_size, reduce=engine.reduce_sum,
-                                 autocast=autocast, device=engine.fabric.device, progress=False)
-            return res.nll / max(res.tokens, 1)
+        kw = dict(batch_size=self.env.batch_size, autocast=autocast, device=engine.fabric.device)
+        if r.probe_metric == "kl":  # the dense model's distributions, once: every probe is scored against them
+            reference = reference_logprobs(ctx.model, shard, **kw)
+
+            def loss(skip=None) -> float:
+                with skip or nullcontext():
+                    return soft_nll(ctx.model, shard, reference, reduce=engine.reduce_sum, **kw)
+        else:
+            def loss(skip=None) -> float:
+                with skip or nullcontext():
+                    res = perplexity(ctx.model, shard, reduce=engine.reduce_sum, progress=False, **kw)
+                return res.nll / max(res.tokens, 1)
         # the prefix skip reads the runner's block inputs of the probe windows: this rank's first rows are
         # the probe windows only when there is one rank
         blocks = find_blocks(ctx.model) if engine.world_size == 1 else None
@@ -57,6 +66,7 @@ class MeasureLoss(BlockwisePass):
         ctx.facts["scores"] = op.scores
         ctx.facts["costs"] = {gid: measured_costs(c, by_id[gid].units) for gid, c in op.curves.items()}
         return {"probe_windows": min(self.step.probe_samples, int(self.env.windows.shape[0])),
+                "probe_metric": self.step.probe_metric,
                 "probe_loss_dense": round(op.base, 6) if op.base is not None else None,
                 "prefix_skipped": op.blocks is not None,
                 "prefix_check": None if op.prefix_check is None else float(f"{op.prefix_check:.3g}"),

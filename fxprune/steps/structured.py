@@ -16,6 +16,7 @@ from . import Step, dataclass_from, register_step
 SCOPES = ("decoder_linear", "all")
 ALLOCATIONS = ("uniform", "global", "pooled", "measured")
 PROBE_PRECISIONS = ("auto", "32", "bf16")
+PROBE_METRICS = ("loss", "kl")
 ATTENTION_UNITS = ("q_per_kv", "kv_groups")
 ATTENTION_MODES = ("heads", "olica")
 KINDS = ("attention", "ffn", "ssm", "experts")
@@ -52,7 +53,10 @@ class StructuredStep(Step):
     alone pruned (criterion's units, reconstructor's fold) at each of ``probe_ratios`` of its units on
     the first ``probe_samples`` calibration windows (``probe_precision``: ``auto`` = bf16 where the
     hardware multiplies bf16, else fp32); the curves then share ``pooled``'s greedy. Costs one forward
-    of the probe windows per group and ratio."""
+    of the probe windows per group and ratio. ``probe_metric``: ``loss`` (next-token NLL on the windows'
+    own tokens) or ``kl`` (cross-entropy against the dense model's distributions, i.e. the increase of
+    ``KL(dense ‖ probe)``: no sampling noise from the next tokens; keeps the dense log-probabilities of
+    the probe windows in bf16)."""
 
     kind = "structured"
 
@@ -78,6 +82,7 @@ class StructuredStep(Step):
     probe_samples: int = 16
     probe_ratios: tuple = (0.125, 0.25, 0.5, 0.75)
     probe_precision: str = "auto"
+    probe_metric: str = "loss"
 
     def __post_init__(self):
         from ..passes.allocate import SCALES
@@ -114,6 +119,7 @@ class StructuredStep(Step):
             ("olica_qk", self.olica_qk in ("diag", "whitened"), ("diag", "whitened")),
             ("global_scale", self.global_scale in SCALES, SCALES),
             ("probe_precision", self.probe_precision in PROBE_PRECISIONS, PROBE_PRECISIONS),
+            ("probe_metric", self.probe_metric in PROBE_METRICS, PROBE_METRICS),
             ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
         ]
         for name, ok, allowed in checks:

@@ -1,0 +1,55 @@
+"""Cross-entropy of a model against a reference model's next-token distributions (soft targets).
+
+``reference_logprobs`` keeps the reference's log-probabilities of every predicted position (bf16, one
+tensor per batch: ``windows × (L−1) × vocab × 2`` bytes); ``soft_nll`` is then the mean over predicted
+tokens of ``−Σ_v p_ref(v) log q(v)``. Its difference between two models is their difference in
+``KL(p_ref ‖ q)`` (the reference's own entropy cancels), the second-order part of a loss change without
+the first-order term that the sampled next tokens add: the same quantity with less noise on few windows.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, ContextManager
+
+import torch
+
+from .perplexity import logits_of
+
+
+@torch.no_grad()
+def reference_logprobs(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 1,
+                       autocast: Callable[[], ContextManager] = nullcontext,
+                       device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """``model``'s log-probabilities at positions 0…L−2 of ``windows`` [n, L], bf16, one tensor per batch."""
+    device = device or next(model.parameters()).device
+    out = []
+    for i in range(0, windows.shape[0], batch_size):
+        with autocast():
+            logits = logits_of(model, windows[i:i + batch_size].to(device))[:, :-1]
+        out.append(torch.log_softmax(logits.float(), -1).to(torch.bfloat16))
+    return out
+
+
+@torch.no_grad()
+def soft_nll(model: torch.nn.Module, windows: torch.Tensor, reference: list[torch.Tensor], batch_size: int = 1,
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             autocast: Callable[[], ContextManager] = nullcontext,
+             device: torch.device | str | None = None) -> float:
+    """Mean over predicted tokens of ``−Σ_v p_ref(v) log q(v)`` (``reference`` from ``reference_logprobs``
+    with the same ``windows`` and ``batch_size``); ``reduce`` sums across ranks."""
+    device = device or next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    for b, i in enumerate(range(0, windows.shape[0], batch_size)):
+        with autocast():
+            logits = logits_of(model, windows[i:i + batch_size].to(device))[:, :-1]
+        ref = reference[b].to(logits.device)
+        if ref.shape != logits.shape:
+            raise ValueError(f"soft_nll: reference batch {b} has shape {tuple(ref.shape)}, the model's logits "
+                             f"{tuple(logits.shape)} (same windows and batch_size as reference_logprobs?)")
+        logq = torch.log_softmax(logits.float(), -1)
+        total += -(ref.float().exp() * logq).sum(-1).double().sum().to(device)
+        count += float(logits.shape[0] * logits.shape[1])
+    if reduce is not None:
+        total, count = reduce(total), reduce(count)
+    return float(total) / max(float(count), 1.0)
