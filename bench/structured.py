@@ -51,23 +51,29 @@ def one_run(cfg: dict) -> dict:
     engine = Engine()
     out = {"config": cfg}
     if cfg["criterion"] != "dense":
+        extra = dict(cfg.get("extra", {}))
+        stages = int(extra.pop("stages", 1))
+        step = {"criterion": cfg["criterion"], "reconstruction": cfg["reconstruction"],
+                "allocation": cfg["allocation"], "kinds": list(cfg["kinds"]), **extra}
         recipe = load_recipe({"calibration": {"source": "c4", "samples": cfg["calib_samples"],
                                               "seq_len": cfg["calib_len"], "seed": 0},
-                              "steps": [{"structured": {"criterion": cfg["criterion"],
-                                                        "reconstruction": cfg["reconstruction"],
-                                                        "allocation": cfg["allocation"], "target": cfg["target"],
-                                                        "kinds": list(cfg["kinds"]), **cfg.get("extra", {})}}]})
+                              "steps": [{"structured": {**step, "target": t}}
+                                        for t in stage_targets(cfg["target"], stages)]})
         calib = calibration_windows(tok, recipe.calibration)
         t0 = time.perf_counter()
         res = prune_model(loaded.model, recipe, calib.ids, engine)
         out["prune_seconds"] = time.perf_counter() - t0
         out["params_before"], out["params_after"] = res.report["params_before"], res.report["params_after"]
-        try:
-            alloc = find_pass(res.report, "allocate")
-        except KeyError:
-            alloc = find_pass(res.report, "olica_split")
-        out["achieved_decoder_linear"] = alloc["achieved"]  # of the recipe's scope
-        out["passes"] = res.report["steps"][0]["passes"]
+        allocs = []
+        for st in res.report["steps"]:
+            try:
+                allocs.append(find_pass({"steps": [st]}, "allocate"))
+            except KeyError:
+                allocs.append(find_pass({"steps": [st]}, "olica_split"))
+        # of the recipe's scope in the model as given: the stages' removals over the first stage's scope
+        out["achieved_decoder_linear"] = (allocs[0]["achieved"] if len(allocs) == 1 else
+                                          sum(a["removed_params"] for a in allocs) / allocs[0]["in_scope_params"])
+        out["passes"] = [p for st in res.report["steps"] for p in st["passes"]]
         out["peak_rss_prune_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for L, n in ((128, cfg["w128"]), (512, cfg["w512"])):
         if n:
@@ -75,6 +81,16 @@ def one_run(cfg: dict) -> dict:
             out[f"ppl_L{L}"] = engine.perplexity(loaded.model, w.ids).ppl
             out[f"eval_windows_L{L}"] = int(w.ids.shape[0])
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def stage_targets(target: float, stages: int) -> list[float]:
+    """Per-step targets that remove ``target`` of the scope in ``stages`` equal shares: each step's target
+    is of the scope *as that step finds it* (a structured step's target is relative to its input)."""
+    share, left, out = target / stages, 1.0, []
+    for _ in range(stages):
+        out.append(share / left)
+        left -= share
     return out
 
 

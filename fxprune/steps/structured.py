@@ -16,7 +16,7 @@ from . import Step, dataclass_from, register_step
 SCOPES = ("decoder_linear", "all")
 ALLOCATIONS = ("uniform", "global", "pooled", "measured")
 PROBE_PRECISIONS = ("auto", "32", "bf16")
-PROBE_METRICS = ("loss", "kl")
+PROBE_METRICS = ("kl", "loss")
 ATTENTION_UNITS = ("q_per_kv", "kv_groups")
 ATTENTION_MODES = ("heads", "olica")
 KINDS = ("attention", "ffn", "ssm", "experts")
@@ -53,10 +53,10 @@ class StructuredStep(Step):
     alone pruned (criterion's units, reconstructor's fold) at each of ``probe_ratios`` of its units on
     the first ``probe_samples`` calibration windows (``probe_precision``: ``auto`` = bf16 where the
     hardware multiplies bf16, else fp32); the curves then share ``pooled``'s greedy. Costs one forward
-    of the probe windows per group and ratio. ``probe_metric``: ``loss`` (next-token NLL on the windows'
-    own tokens) or ``kl`` (cross-entropy against the dense model's distributions, i.e. the increase of
-    ``KL(dense ‖ probe)``: no sampling noise from the next tokens; keeps the dense log-probabilities of
-    the probe windows in bf16)."""
+    of the probe windows per group and ratio. ``probe_metric``: ``kl`` (the default: cross-entropy against the dense
+    model's distributions, i.e. the increase of ``KL(dense ‖ probe)``, without the sampling noise of the
+    next tokens; keeps the dense log-probabilities of the probe windows in bf16) or ``loss`` (next-token
+    NLL on the windows' own tokens)."""
 
     kind = "structured"
 
@@ -79,10 +79,10 @@ class StructuredStep(Step):
     lincal_damping: float = 0.05
     max_extra_removal: float = 1.0
     global_scale: str = "log"
-    probe_samples: int = 16
+    probe_samples: int = 8
     probe_ratios: tuple = (0.125, 0.25, 0.5, 0.75)
     probe_precision: str = "auto"
-    probe_metric: str = "loss"
+    probe_metric: str = "kl"
 
     def __post_init__(self):
         from ..passes.allocate import SCALES
