@@ -209,21 +209,22 @@ def test_soft_nll_differences_are_kl_divergences_from_the_reference():
     """``soft_nll(q) - soft_nll(p)`` against p's stored distributions is KL(p || q) per token (p's entropy
     cancels), and a model scored against its own distributions has the smallest soft NLL."""
     import torch.nn.functional as F
-    from fxprune.evaluation.divergence import reference_logprobs, soft_nll
+    from fxprune.evaluation.divergence import reference_probs, soft_nll
     p, q = tiny_model("llama"), tiny_model("llama")
     with torch.no_grad():
         q.model.layers[1].mlp.down_proj.weight.mul_(3.0)
     w = _w(6)
-    ref = reference_logprobs(p, w, batch_size=4)
+    ref = reference_probs(p, w, batch_size=4)
     assert [r.shape[0] for r in ref] == [4, 2] and ref[0].dtype == torch.bfloat16
-    lp = torch.cat(ref).float()
+    pr = torch.cat(ref).float()  # the stored (bf16-rounded) reference probabilities
     with torch.no_grad():
         lq = F.log_softmax(q(input_ids=w).logits[:, :-1].float(), -1)
         lpp = F.log_softmax(p(input_ids=w).logits[:, :-1].float(), -1)
-    kl = (lp.exp() * (lp - lq)).sum(-1).mean()
-    kl_self = (lp.exp() * (lp - lpp)).sum(-1).mean()  # not exactly 0: the reference is stored in bf16
+    assert float((pr.sum(-1) - 1).abs().max()) < 1e-2
+    kl = (pr * (lpp - lq)).sum(-1).mean()  # KL(p||q) - KL(p||p) against the stored reference
     d = soft_nll(q, w, ref, batch_size=4) - soft_nll(p, w, ref, batch_size=4)
-    assert d == pytest.approx(float(kl - kl_self), rel=1e-4) and d > 1e-4
+    assert d == pytest.approx(float(kl), rel=1e-4) and d > 1e-4
+    assert soft_nll(p, w, ref, batch_size=4) == pytest.approx(float(-(pr * lpp).sum(-1).mean()), rel=1e-6)
     with pytest.raises(ValueError, match="reference batch 0"):
         soft_nll(q, w, ref, batch_size=2)
 
@@ -231,12 +232,12 @@ def test_soft_nll_differences_are_kl_divergences_from_the_reference():
 def test_kl_probe_cost_is_the_kl_increase_of_the_sliced_model():
     """With ``probe_metric: kl`` a probe's cost is the increase, over the dense model, of the sliced
     model's cross-entropy against the dense distributions; the plan still reaches the target."""
-    from fxprune.evaluation.divergence import reference_logprobs, soft_nll
+    from fxprune.evaluation.divergence import reference_probs, soft_nll
     m = tiny_model("llama")
     w = _w()
     a = analyse(m)
     gid = "model.layers.1.mlp"
-    ref = reference_logprobs(m, w, batch_size=4)
+    ref = reference_probs(m, w, batch_size=4)
     crit, rec = get_criterion("goa"), get_reconstructor("liar")
     op = ProbeLoss(m, a, {1: [gid]}, crit, rec, 0.01, (0.25, 0.5), 4,
                    lambda skip=None: soft_nll(m, w, ref, batch_size=4))

@@ -1,8 +1,9 @@
 """Cross-entropy of a model against a reference model's next-token distributions (soft targets).
 
-``reference_logprobs`` keeps the reference's log-probabilities of every predicted position (bf16, one
-tensor per batch: ``windows × (L−1) × vocab × 2`` bytes); ``soft_nll`` is then the mean over predicted
-tokens of ``−Σ_v p_ref(v) log q(v)``. Its difference between two models is their difference in
+``reference_probs`` keeps the reference's probabilities of every predicted position (bf16, one tensor
+per batch: ``windows × (L−1) × vocab × 2`` bytes); ``soft_nll`` is then the mean over predicted tokens
+of ``−Σ_v p_ref(v) log q(v) = lse(z) Σ_v p_ref(v) − Σ_v p_ref(v) z_v`` (``z`` the logits), taken a few
+rows at a time without materialising ``log q``. Its difference between two models is their difference in
 ``KL(p_ref ‖ q)`` (the reference's own entropy cancels), the second-order part of a loss change without
 the first-order term that the sampled next tokens add: the same quantity with less noise on few windows.
 """
@@ -17,16 +18,17 @@ from .perplexity import logits_of
 
 
 @torch.no_grad()
-def reference_logprobs(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 1,
-                       autocast: Callable[[], ContextManager] = nullcontext,
-                       device: torch.device | str | None = None) -> list[torch.Tensor]:
-    """``model``'s log-probabilities at positions 0…L−2 of ``windows`` [n, L], bf16, one tensor per batch."""
+def reference_probs(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 1,
+                    autocast: Callable[[], ContextManager] = nullcontext,
+                    device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """``model``'s next-token probabilities at positions 0…L−2 of ``windows`` [n, L], bf16, one tensor
+    per batch."""
     device = device or next(model.parameters()).device
     out = []
     for i in range(0, windows.shape[0], batch_size):
         with autocast():
             logits = logits_of(model, windows[i:i + batch_size].to(device))[:, :-1]
-        out.append(torch.log_softmax(logits.float(), -1).to(torch.bfloat16))
+        out.append(torch.softmax(logits.float(), -1).to(torch.bfloat16))
     return out
 
 
@@ -35,7 +37,7 @@ def soft_nll(model: torch.nn.Module, windows: torch.Tensor, reference: list[torc
              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
              autocast: Callable[[], ContextManager] = nullcontext,
              device: torch.device | str | None = None) -> float:
-    """Mean over predicted tokens of ``−Σ_v p_ref(v) log q(v)`` (``reference`` from ``reference_logprobs``
+    """Mean over predicted tokens of ``−Σ_v p_ref(v) log q(v)`` (``reference`` from ``reference_probs``
     with the same ``windows`` and ``batch_size``); ``reduce`` sums across ranks."""
     device = device or next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -46,10 +48,20 @@ def soft_nll(model: torch.nn.Module, windows: torch.Tensor, reference: list[torc
         ref = reference[b].to(logits.device)
         if ref.shape != logits.shape:
             raise ValueError(f"soft_nll: reference batch {b} has shape {tuple(ref.shape)}, the model's logits "
-                             f"{tuple(logits.shape)} (same windows and batch_size as reference_logprobs?)")
-        logq = torch.log_softmax(logits.float(), -1)
-        total += -(ref.float().exp() * logq).sum(-1).double().sum().to(device)
+                             f"{tuple(logits.shape)} (same windows and batch_size as reference_probs?)")
+        total += _soft_nll_sum(logits.reshape(-1, logits.shape[-1]), ref.reshape(-1, ref.shape[-1])).to(device)
         count += float(logits.shape[0] * logits.shape[1])
     if reduce is not None:
         total, count = reduce(total), reduce(count)
     return float(total) / max(float(count), 1.0)
+
+
+def _soft_nll_sum(z: torch.Tensor, p: torch.Tensor, rows: int = 64) -> torch.Tensor:
+    """``Σ_t −Σ_v p[t, v] log softmax(z[t])_v`` in float64, ``rows`` rows at a time (fp32 copies of a
+    few rows only: the bf16 ``p`` is never expanded whole)."""
+    total = torch.zeros((), dtype=torch.float64, device=z.device)
+    for i in range(0, z.shape[0], rows):
+        zc, pc = z[i:i + rows].float(), p[i:i + rows].float()
+        pz = torch.bmm(pc.unsqueeze(1), zc.unsqueeze(2)).view(-1)
+        total += (torch.logsumexp(zc, -1) * pc.sum(-1) - pz).double().sum()
+    return total

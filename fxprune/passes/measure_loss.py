@@ -9,7 +9,7 @@ import torch
 from ..calibration import find_blocks
 from ..calibration.runner import Stream
 from ..errors import RecipeError
-from ..evaluation.divergence import reference_logprobs, soft_nll
+from ..evaluation.divergence import reference_probs, soft_nll
 from ..evaluation.perplexity import perplexity
 from .blockwise import BlockwisePass
 from .criteria import get_criterion
@@ -42,7 +42,7 @@ class MeasureLoss(BlockwisePass):
 
         kw = dict(batch_size=self.env.batch_size, autocast=autocast, device=engine.fabric.device)
         if r.probe_metric == "kl":  # the dense model's distributions, once: every probe is scored against them
-            reference = reference_logprobs(ctx.model, shard, **kw)
+            reference = reference_probs(ctx.model, shard, **kw)
 
             def loss(skip=None) -> float:
                 with skip or nullcontext():
