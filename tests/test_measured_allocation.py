@@ -94,14 +94,17 @@ def test_probe_cost_is_the_loss_of_the_sliced_model_and_the_model_is_restored():
 
 def _probe(m, w, gid, blocks):
     from contextlib import nullcontext
+    calls = []
 
     def loss(skip=None):
+        calls.append(skip is not None)
         with skip or nullcontext():
             r = perplexity(m, w, batch_size=4, progress=False)
         return r.nll / r.tokens
     op = ProbeLoss(m, analyse(m), {1: [gid]}, get_criterion("goa"), get_reconstructor("liar"), 0.01, (0.25, 0.5),
                    4, loss, blocks, w.shape[0])
     Engine().run_blocks(m, w, [op], batch_size=4, stream=Stream.DENSE)
+    op.calls = calls
     return op
 
 
@@ -119,6 +122,9 @@ def test_probe_skipping_the_blocks_before_equals_the_whole_forward(family):
     whole = _probe(m, w, gid, None)
     skipped = _probe(m, w, gid, find_blocks(m))
     assert skipped.blocks is not None and skipped.prefix_check < 1e-6
+    # the skipped blocks return what they returned in the dense base's own forward: the check finds the two
+    # equal, so block 1 needs no base of its own (dense base, check, two probes)
+    assert skipped.exact and skipped.calls == [False, True, True, True]
     for (k1, c1), (k2, c2) in zip(whole.curves[gid], skipped.curves[gid]):
         assert k1 == k2 and c1 == pytest.approx(c2, abs=1e-6)
     assert not any("forward" in vars(b) for b in find_blocks(m).blocks)

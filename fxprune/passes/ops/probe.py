@@ -3,11 +3,12 @@
 For each group of the block, on the block's dense-stream statistics: score the units (the step's
 criterion), then for each probe ratio ``r`` remove the ``r`` share of lowest-scored units *the way the
 step will* (the reconstructor's fold, the consumers' columns zeroed: masking semantics, which slicing
-equals), run ``loss()`` (mean next-token NLL of the whole model on the probe windows) and put the group
-back bit for bit. The probe of block ``i`` skips the ``i`` blocks before it (their dense outputs on
-the probe windows are the runner's block-``i`` inputs; ``sensitivity.SkipPrefix``), checked once against
-the whole forward. Every other group stays dense, so each curve is one layer's own cost (EvoPress's
-per-layer "level" database, measured on the loss instead of searched).
+equals), run ``loss()`` (the step's probe metric of the whole model on the probe windows) and put the
+group back bit for bit. The probe of block ``i`` skips the ``i`` blocks before it
+(``sensitivity.SkipPrefix``): their outputs on the probe windows are recorded in the dense base's own
+whole forward (``blocks x windows x L x hidden`` floats), so a skipped probe differs from a whole one
+only where the probe changed the model (checked once). Every other group stays dense, so each curve is
+one layer's own cost (EvoPress's per-layer "level" database, measured on the loss instead of searched).
 
 Leaves ``scores`` (group id -> unit scores) and ``curves`` (group id -> [(units removed, loss increase)]).
 """
@@ -55,42 +56,63 @@ class ProbeLoss(GroupsOp):
         self.curves: dict = {}
         self.base: float | None = None        # the dense model's loss (whole forward)
         self.prefix_check: float | None = None  # |skipped - whole| dense loss at the first skipping block
+        self.exact = False                       # the check found them equal: one base for every block
         self.like = None                         # a block's output, for the skipped blocks' return shape
+        self.hidden: list = []                   # per block, its outputs on the probe windows (dense, whole forward)
 
     def request(self, ctx):
         return stats_request(self.groups(ctx.index), self.rec.needs | self.crit.needs, self.crit.needs_heads,
                              self.crit.producer_needs)
 
+    def _dense_base(self) -> float:
+        """The dense model's loss (whole forward), recording what every block returns on the probe
+        windows: block ``i - 1``'s outputs are then block ``i``'s inputs in the very forward whose loss
+        is the base, so the probe of block ``i`` can skip the blocks before it without moving the base."""
+        if self.blocks is None:
+            return self.loss()
+        outs: list[list] = [[] for _ in self.blocks.blocks]
+
+        def keep(j):
+            def hook(module, args, out):
+                if self.like is None:
+                    self.like = out
+                outs[j].append((out if isinstance(out, torch.Tensor) else out[0]).detach()
+                               if isinstance(out, (torch.Tensor, tuple)) else None)
+            return hook
+        handles = [b.register_forward_hook(keep(j)) for j, b in enumerate(self.blocks.blocks)]
+        try:
+            base = self.loss()
+        finally:
+            for h in handles:
+                h.remove()
+        if not isinstance(self.like, (torch.Tensor, tuple)) or any(o is None for out in outs for o in out) \
+                or any(sum(o.shape[0] for o in out) < self.probe_rows for out in outs):
+            self.blocks = None  # blocks that return something else, or did not see every probe row
+        else:
+            self.hidden = [torch.cat(out, 0)[: self.probe_rows] for out in outs]
+        return base
+
     def _skip(self, ctx):
         """The prefix skip for block ``ctx.index`` (None: run the whole model). Checked once against the
-        whole forward; a model whose blocks do not compose that way (the dense losses differ by more
-        than 1%) runs whole from then on."""
+        whole forward: equal (to 1e-6), the dense base serves every block; within 1%, each block's base
+        is its own skipped forward; further apart, the whole model runs from then on."""
         if self.blocks is None or ctx.index == 0:
             return None
-        hidden, n = [], 0
-        for inp in ctx.inputs:
-            if n >= self.probe_rows:
-                break
-            hidden.append(inp.hidden)
-            n += inp.hidden.shape[0]
-        if self.like is None:  # what a block returns (every block is of one class): run one once
-            self.like = ctx.block(*ctx.inputs[0].args, **ctx.inputs[0].kwargs)
-        if n < self.probe_rows or not isinstance(self.like, (torch.Tensor, tuple)):
-            self.blocks = None
-            return None
-        skip = SkipPrefix(self.blocks.blocks[:ctx.index], torch.cat(hidden, 0)[: self.probe_rows], self.like)
+        skip = SkipPrefix(self.blocks.blocks[:ctx.index], self.hidden[ctx.index - 1], self.like)
         if self.prefix_check is None:
             self.prefix_check = abs(self.loss(skip) - self.base)
-            if self.prefix_check > 0.01 * max(1.0, abs(self.base)):
+            scale = max(1.0, abs(self.base))
+            self.exact = self.prefix_check <= 1e-6 * scale
+            if self.prefix_check > 0.01 * scale:
                 self.blocks = None
                 return None
         return skip
 
     def apply(self, ctx, stats):
         if self.base is None:
-            self.base = self.loss()
+            self.base = self._dense_base()
         skip = self._skip(ctx)
-        base = self.base if skip is None else self.loss(skip)  # the same forward the probes take
+        base = self.base if skip is None or self.exact else self.loss(skip)  # the same forward the probes take
         for g in self.groups(ctx.index):
             if g.kind == Kind.MOE_EXPERTS:
                 raise RecipeError(f"allocation 'measured': group {g.id} (experts) cannot be probed yet; "
