@@ -83,13 +83,20 @@ def test_probe_cost_is_the_loss_of_the_sliced_model_and_the_model_is_restored():
     # the same removal done for real on a copy: block 0's dense-stream statistics, fold, slice
     g = a.group(gid)
     for k, c in op.curves[gid]:
-        ref = copy.deepcopy(m)
-        stats = Engine().calibrate(ref, w, stats_request([g], rec.needs), batch_size=4)
-        keep = top_units(op.scores[gid], g.units - k)
-        for layer, mask in consumer_layers(ref, a, {gid: keep}):
-            rec.fold(layer, mask, stats, 0.01)
-        prune(ref, {gid: keep}, a)
-        assert _nll(ref, w) - base == pytest.approx(c, abs=1e-5)
+        assert _nll(_sliced(m, a, g, op.scores[gid], k, w), w) - base == pytest.approx(c, abs=1e-5)
+
+
+def _sliced(m, a, g, scores, k, w):
+    """A copy of ``m`` with group ``g`` really pruned by ``k`` units the way a probe does it: the dense
+    statistics on ``w``, LIAR's fold, then slicing."""
+    rec = get_reconstructor("liar")
+    out = copy.deepcopy(m)
+    stats = Engine().calibrate(out, w, stats_request([g], rec.needs), batch_size=4)
+    keep = top_units(scores, g.units - k)
+    for layer, mask in consumer_layers(out, a, {g.id: keep}):
+        rec.fold(layer, mask, stats, 0.01)
+    prune(out, {g.id: keep}, a)
+    return out
 
 
 def _probe(m, w, gid, blocks):
@@ -251,12 +258,7 @@ def test_kl_probe_cost_is_the_kl_increase_of_the_sliced_model():
     base = soft_nll(m, w, ref, batch_size=4)
     g = a.group(gid)
     for k, c in op.curves[gid]:
-        pruned = copy.deepcopy(m)
-        stats = Engine().calibrate(pruned, w, stats_request([g], rec.needs), batch_size=4)
-        keep = top_units(op.scores[gid], g.units - k)
-        for layer, mask in consumer_layers(pruned, a, {gid: keep}):
-            rec.fold(layer, mask, stats, 0.01)
-        prune(pruned, {gid: keep}, a)
+        pruned = _sliced(m, a, g, op.scores[gid], k, w)
         assert soft_nll(pruned, w, ref, batch_size=4) - base == pytest.approx(c, abs=1e-5) and c > 0
     res = prune_model(copy.deepcopy(m), _recipe(probe_metric="kl"), w)
     probe = find_pass(res.report, "measure_loss")
