@@ -23,13 +23,8 @@ def reference_probs(model: torch.nn.Module, windows: torch.Tensor, batch_size: i
                     device: torch.device | str | None = None) -> list[torch.Tensor]:
     """``model``'s next-token probabilities at positions 0…L−2 of ``windows`` [n, L], bf16, one tensor
     per batch."""
-    device = device or next(model.parameters()).device
-    out = []
-    for i in range(0, windows.shape[0], batch_size):
-        with autocast():
-            logits = logits_of(model, windows[i:i + batch_size].to(device))[:, :-1]
-        out.append(torch.softmax(logits.float(), -1).to(torch.bfloat16))
-    return out
+    return [torch.softmax(logits.float(), -1).to(torch.bfloat16)
+            for logits in _predicting_logits(model, windows, batch_size, autocast, device)]
 
 
 @torch.no_grad()
@@ -42,9 +37,7 @@ def soft_nll(model: torch.nn.Module, windows: torch.Tensor, reference: list[torc
     device = device or next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
-    for b, i in enumerate(range(0, windows.shape[0], batch_size)):
-        with autocast():
-            logits = logits_of(model, windows[i:i + batch_size].to(device))[:, :-1]
+    for b, logits in enumerate(_predicting_logits(model, windows, batch_size, autocast, device)):
         ref = reference[b].to(logits.device)
         if ref.shape != logits.shape:
             raise ValueError(f"soft_nll: reference batch {b} has shape {tuple(ref.shape)}, the model's logits "
@@ -54,6 +47,16 @@ def soft_nll(model: torch.nn.Module, windows: torch.Tensor, reference: list[torc
     if reduce is not None:
         total, count = reduce(total), reduce(count)
     return float(total) / max(float(count), 1.0)
+
+
+def _predicting_logits(model, windows, batch_size, autocast, device):
+    """Per batch of ``windows``, the logits of the positions that predict a next token (0…L−2); only the
+    forward runs under ``autocast`` (the caller's use of the logits does not)."""
+    device = device or next(model.parameters()).device
+    for i in range(0, windows.shape[0], batch_size):
+        with autocast():
+            logits = logits_of(model, windows[i:i + batch_size].to(device))[:, :-1]
+        yield logits
 
 
 def _soft_nll_sum(z: torch.Tensor, p: torch.Tensor, rows: int = 64) -> torch.Tensor:

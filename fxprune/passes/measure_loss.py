@@ -52,8 +52,7 @@ class MeasureLoss(BlockwisePass):
                 with skip or nullcontext():
                     res = perplexity(ctx.model, shard, reduce=engine.reduce_sum, progress=False, **kw)
                 return res.nll / max(res.tokens, 1)
-        # the prefix skip reads the runner's block inputs of the probe windows: this rank's first rows are
-        # the probe windows only when there is one rank
+        # the prefix skip is used on one rank only (with several, every probe runs the whole model)
         blocks = find_blocks(ctx.model) if engine.world_size == 1 else None
         return [ProbeLoss(ctx.model, ctx["analysis"], by_block, get_criterion(r.criterion),
                           get_reconstructor(r.reconstruction), r.damping, r.probe_ratios, r.channel_multiple, loss,

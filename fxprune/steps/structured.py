@@ -53,10 +53,10 @@ class StructuredStep(Step):
     alone pruned (criterion's units, reconstructor's fold) at each of ``probe_ratios`` of its units on
     the first ``probe_samples`` calibration windows (``probe_precision``: ``auto`` = bf16 where the
     hardware multiplies bf16, else fp32); the curves then share ``pooled``'s greedy. Costs one forward
-    of the probe windows per group and ratio. ``probe_metric``: ``kl`` (the default: cross-entropy against the dense
-    model's distributions, i.e. the increase of ``KL(dense ‖ probe)``, without the sampling noise of the
-    next tokens; keeps the dense log-probabilities of the probe windows in bf16) or ``loss`` (next-token
-    NLL on the windows' own tokens)."""
+    of the probe windows per group and ratio. ``probe_metric``: ``kl`` (the default: cross-entropy
+    against the dense model's distributions, i.e. the increase of ``KL(dense ‖ probe)``, without the
+    sampling noise of the next tokens; keeps the dense next-token probabilities of the probe windows in
+    bf16) or ``loss`` (next-token NLL on the windows' own tokens)."""
 
     kind = "structured"
 
