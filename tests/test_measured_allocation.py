@@ -265,3 +265,12 @@ def test_kl_probe_cost_is_the_kl_increase_of_the_sliced_model():
     assert probe["probe_metric"] == "kl" and probe["probes"] == 2 * 4
     alloc = find_pass(res.report, "allocate")
     assert alloc["removed_params"] >= 0.25 * alloc["in_scope_params"] * 0.99
+
+
+def test_measured_allocation_runs_a_criterion_with_a_pass_of_its_own():
+    """fisher_obs needs its gradient pass before scoring: the measured allocation runs it too (it raised
+    'prepare() has not run' before), and its plan removes what the target asks."""
+    m = tiny_model("llama")
+    res = prune_model(copy.deepcopy(m), _recipe(criterion="fisher_obs"), _w())
+    alloc = find_pass(res.report, "allocate")
+    assert abs(alloc["achieved"] - 0.25) < 0.03 and res.plan

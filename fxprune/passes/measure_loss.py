@@ -35,6 +35,10 @@ class MeasureLoss(BlockwisePass):
             raise RecipeError("allocation 'measured' runs the whole model on its probe windows: it needs every "
                               "block in memory (this model is loaded block by block from disk); use 'global'")
         by_block = _by_block([g.id for g in ctx["groups"]], ctx["block_of"])
+        crit = get_criterion(r.criterion)
+        prepare = getattr(crit, "prepare", None)  # a criterion with a pass of its own (fisher_obs: gradients)
+        if prepare is not None:  # on the dense model, before any probe; the instance that prepared scores
+            prepare(ctx.model, self.env.windows, ctx["groups"], self.env.batch_size)
         windows = self.env.windows[: r.probe_samples]
         _check_language_model(ctx.model, windows[:1].to(self.env.engine.fabric.device))
         engine, autocast = self.env.engine, probe_autocast(r.probe_precision, self.env.engine)
@@ -54,7 +58,7 @@ class MeasureLoss(BlockwisePass):
                 return res.nll / max(res.tokens, 1)
         # the prefix skip is used on one rank only (with several, every probe runs the whole model)
         blocks = find_blocks(ctx.model) if engine.world_size == 1 else None
-        return [ProbeLoss(ctx.model, ctx["analysis"], by_block, get_criterion(r.criterion),
+        return [ProbeLoss(ctx.model, ctx["analysis"], by_block, crit,
                           get_reconstructor(r.reconstruction), r.damping, r.probe_ratios, r.channel_multiple, loss,
                           blocks, int(shard.shape[0]))]
 
