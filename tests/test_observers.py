@@ -132,3 +132,22 @@ def test_request_errors():
     with pytest.raises(DataError, match="not a module"):
         with StatsCollector(model, StatsRequest.for_modules(["model.nope"], [Stat.INPUT_SUM])):
             pass
+
+
+def test_runner_excludes_the_first_token_on_request():
+    """``run_blocks(..., exclude_first_token=True)`` (the structured step's ``skip_first_token``): every
+    op's statistics leave each window's first token out, and equal the sums over the other tokens."""
+    from fxprune.calibration import run_blocks
+    from fxprune.calibration.runner import CollectStats, Stream
+    from fxprune.calibration.blocks import find_blocks
+    model = tiny_model("llama")
+    batches = [{"input_ids": torch.randint(0, 128, (3, 12), generator=torch.Generator().manual_seed(2))}]
+    got = {}
+    for skip in (False, True):
+        op = CollectStats(StatsRequest.for_modules([D], [Stat.INPUT_GRAM, Stat.INPUT_SUM]), find_blocks(model))
+        run_blocks(model, batches, [op], stream=Stream.DENSE, progress=False, exclude_first_token=skip)
+        got[skip] = op.collected[D]
+    X, _ = _stored(model, batches, [D], exclude_first=True)
+    assert got[False].count == 36 and got[True].count == 33 == X[D].shape[0]
+    torch.testing.assert_close(got[True].gram, X[D].T @ X[D])
+    torch.testing.assert_close(got[True].input_sum, X[D].sum(0))

@@ -111,13 +111,14 @@ class Engine:
         return [{k: v.to(self.fabric.device) for k, v in b.items()} for b in self.shard(all_batches)]
 
     def run_blocks(self, model: torch.nn.Module, windows: torch.Tensor, ops, *, batch_size: int = 8,
-                   stream: Stream = Stream.PRUNED, desc: str = "blocks") -> RunInfo:
+                   stream: Stream = Stream.PRUNED, desc: str = "blocks",
+                   exclude_first_token: bool = False) -> RunInfo:
         """The block-wise runner (``runner.run_blocks``) over this rank's batches of ``windows``, with
         statistics all-reduced across ranks before any op sees them."""
         batches = self.batches(windows, batch_size) if windows is not None else []
         with torch.no_grad(), self.fabric.autocast():
             return run_blocks(model, batches, ops, stream=stream, reduce=self.reduce_sum,
-                              progress=self.is_main, desc=desc)
+                              progress=self.is_main, desc=desc, exclude_first_token=exclude_first_token)
 
     def calibrate(self, model: torch.nn.Module, windows: torch.Tensor, request: StatsRequest, *,
                   batch_size: int = 8, layerwise: bool = True, on_block: OnBlock | None = None,

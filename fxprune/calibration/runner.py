@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar, Sequence
 
 import torch
@@ -233,8 +233,10 @@ def _progress_run(model, source, desc, n_blocks, ops):
 @torch.no_grad()
 def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[BlockOp], *,
                stream: Stream = Stream.PRUNED, reduce: Reduce | None = None, blocks: BlockList | None = None,
-               progress: bool = True, desc: str = "blocks") -> RunInfo:
-    """Run ``ops`` block by block over ``batches`` (see the module docstring)."""
+               progress: bool = True, desc: str = "blocks", exclude_first_token: bool = False) -> RunInfo:
+    """Run ``ops`` block by block over ``batches`` (see the module docstring). ``exclude_first_token``:
+    each window's first token contributes to no op's statistics (``StatsRequest.exclude_first_token``
+    on every merged request; the block still runs on it)."""
     blocks = blocks or find_blocks(model)
     reduce = reduce or (lambda t: t)
     ops = list(ops)
@@ -293,6 +295,8 @@ def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[B
         here = [op for op in ops if op.active(i)]
         ctx = BlockContext(i, blocks.qualified(i), block, inputs, reduce)
         request = _merge([r for r in (op.request(ctx) for op in here) if r is not None])
+        if request is not None and exclude_first_token:
+            request = replace(request, exclude_first_token=True)
         if request is not None:
             with StatsCollector(block, request, prefix=blocks.qualified(i) + ".") as col:
                 outs = []

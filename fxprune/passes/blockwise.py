@@ -25,7 +25,8 @@ class BlockwisePass(StepPass):
     def run(self, ctx):
         ops = self.ops(ctx)
         info = self.env.engine.run_blocks(ctx.model, self.env.windows, ops, batch_size=self.env.batch_size,
-                                          stream=self.stream, desc=self.name)
+                                          stream=self.stream, desc=self.name,
+                                          exclude_first_token=getattr(self.step, "skip_first_token", False))
         report = self.finish(ctx, ops) or {}
         report.update({"blocks": info.blocks, "calibration_tokens": info.tokens,
                        "block_seconds": [round(s, 3) for s in info.seconds]})

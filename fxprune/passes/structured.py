@@ -10,6 +10,7 @@ layer-wise work at all); otherwise units are scored block by block on the pruned
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 from ..analysis.analyser import analyse
 from ..analysis.groups import ATTENTION_KINDS, Kind
@@ -27,7 +28,7 @@ from .criteria import get_criterion
 from .olica import lincal as _lincal
 from .olica.attention import attention_parts
 from .olica.split import solve as olica_solve
-from .ops import (CaptureForLinCal, CaptureRefitTargets, FitLinCal, OlicaAttention, Refit, RemoveUnits,
+from .ops import (BlockRefit, CaptureForLinCal, CaptureRefitTargets, FitLinCal, OlicaAttention, Refit, RemoveUnits,
                   ScoreBlocks)
 from .reconstruct import get_reconstructor
 
@@ -130,7 +131,8 @@ class Score(BlockwisePass):
             ctx.facts["scores"] = {g.id: crit.score(g, ctx.model, {}) for g in groups}
             return {"criterion": crit.name, "calibrated": False}
         if any(block_of[g.id] is None for g in groups):  # no repeated blocks: one whole-model pass
-            req = stats_request(groups, crit.needs, crit.needs_heads, crit.producer_needs)
+            req = replace(stats_request(groups, crit.needs, crit.needs_heads, crit.producer_needs),
+                          exclude_first_token=self.step.skip_first_token)
             stats = self.env.engine.calibrate(ctx.model, self.env.windows, req, batch_size=self.env.batch_size,
                                               layerwise=False)
             ctx.facts["scores"] = {g.id: crit.score(g, ctx.model, stats) for g in groups}
@@ -218,12 +220,17 @@ class ReconstructBlocks(BlockwisePass):
             ops.append(OlicaAttention(ctx.model, a, dict(pb), alloc, r.olica_qk == "whitened"))
         if r.lincal_layers > 0:
             ops.append(CaptureForLinCal(ctx.model, a, by_block))
-        if rec.refits:
+        block_refit = rec.refits and rec.refit_target == "block"
+        if rec.refits and not block_refit:
             ops.append(CaptureRefitTargets(ctx.model, a, by_block))
+        unchanged = not any(op.modifies for op in ops)  # the fold's statistics still describe the block
         ops.append(RemoveUnits(ctx.model, a, by_block, alloc.kept, alloc.plan, get_criterion(r.criterion), rec,
                                r.damping))
-        if rec.refits:
-            ops.append(Refit(by_block, r.damping))
+        if block_refit:
+            ops.append(BlockRefit(by_block, r.refit_ridge, r.skip_first_token,
+                                  gram_from_stats=unchanged))
+        elif rec.refits:
+            ops.append(Refit(by_block, r.refit_ridge, r.skip_first_token))
         if r.lincal_layers > 0:
             rank = max(1, int(round(r.lincal_rank_ratio * _lincal.hidden_size(ctx.model))))
             ops.append(FitLinCal(by_block, rank, r.lincal_damping))
@@ -236,7 +243,10 @@ class ReconstructBlocks(BlockwisePass):
             candidates.extend(getattr(op, "candidates", []))
             factorised += getattr(op, "factorised", 0)
         ctx.facts["plan"], ctx.facts["pruned"], ctx.facts["lincal_candidates"] = plan, True, candidates
-        return {"reconstruction": self.step.reconstruction, "ops": [op.name for op in ops],
+        refit = [n for op in ops for n in getattr(op, "refit", [])]
+        skipped = [n for op in ops for n in getattr(op, "skipped", [])]
+        extra = {"block_refit": len(refit), "block_refit_skipped": skipped} if refit or skipped else {}
+        return {**extra, "reconstruction": self.step.reconstruction, "ops": [op.name for op in ops],
                 "olica_attentions": len(ctx["attention_parts"]), "factorised_qk": factorised,
                 "scored_on": "pruned stream, per block" if ctx["allocation"].plan is None else "dense stream"}
 

@@ -56,7 +56,22 @@ class StructuredStep(Step):
     of the probe windows per group and ratio. ``probe_metric``: ``kl`` (the default: cross-entropy
     against the dense model's distributions, i.e. the increase of ``KL(dense ‖ probe)``, without the
     sampling noise of the next tokens; keeps the dense next-token probabilities of the probe windows in
-    bf16) or ``loss`` (next-token NLL on the windows' own tokens)."""
+    bf16) or ``loss`` (next-token NLL on the windows' own tokens).
+
+    ``skip_first_token``: each calibration window's first token contributes to no statistic (Grams,
+    sums, scores) and to no refit's sums; its attention-sink activations can dominate them
+    (``methods.md`` section 2). Reconstructions that refit after removal (``goa``, ``liar_block``):
+    ``refit_damping`` is the ridge of the refit towards the step-1 weights (``None``: the
+    reconstructor's default, ``liar_block`` 1.0, else ``damping``)."""
+
+    @property
+    def refit_ridge(self) -> float:
+        """``refit_damping``, else the reconstructor's own default (``liar_block``: 1.0), else ``damping``."""
+        if self.refit_damping is not None:
+            return self.refit_damping
+        from ..passes.reconstruct import RECONSTRUCTORS
+        default = getattr(RECONSTRUCTORS[self.reconstruction], "default_refit_damping", None)
+        return self.damping if default is None else default
 
     kind = "structured"
 
@@ -83,6 +98,8 @@ class StructuredStep(Step):
     probe_ratios: tuple = (0.125, 0.25, 0.5, 0.75)
     probe_precision: str = "auto"
     probe_metric: str = "kl"
+    refit_damping: float | None = None
+    skip_first_token: bool = False
 
     def __post_init__(self):
         from ..passes.allocate import SCALES
@@ -134,6 +151,13 @@ class StructuredStep(Step):
             raise RecipeError(f"field 'max_extra_removal': {self.max_extra_removal} must be in [0, 1]")
         if self.lincal_layers < 0 or not 0 < self.lincal_rank_ratio <= 1:
             raise RecipeError("fields 'lincal_layers' must be >= 0 and 'lincal_rank_ratio' in (0, 1]")
+        if self.refit_damping is not None:
+            v = self.refit_damping
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise RecipeError(f"field 'refit_damping': expected a number >= 0 or null, got {v!r}")
+            object.__setattr__(self, "refit_damping", float(v))
+        if not isinstance(self.skip_first_token, bool):
+            raise RecipeError(f"field 'skip_first_token': expected true or false, got {self.skip_first_token!r}")
         if self.probe_samples < 1:
             raise RecipeError(f"field 'probe_samples': {self.probe_samples} must be >= 1")
         if self.channel_multiple < 1 or self.protect_first < 0 or self.protect_last < 0 or self.damping < 0:

@@ -7,6 +7,10 @@ Under data parallelism each rank holds its shard's inputs and targets: the sums 
 """
 from __future__ import annotations
 
+import torch
+
+from ...calibration.blocks import block_output
+from ...linalg import solve_damped
 from ..consumers import consumers
 from ..reconstruct.goa import RefitAccumulator
 from .base import ByBlock, GroupsOp
@@ -28,9 +32,9 @@ class Refit(ByBlock):
     name, reads_stats = "goa_refit", False
     resumable = True  # keeps nothing across blocks
 
-    def __init__(self, by_block: dict, damping: float):
+    def __init__(self, by_block: dict, damping: float, skip_first: bool = False):
         super().__init__(by_block)
-        self.damping = damping
+        self.damping, self.skip_first = damping, skip_first
 
     def apply(self, ctx, stats):
         layers = [layer for layer, _ in ctx.scratch["removed"]]
@@ -39,6 +43,125 @@ class Refit(ByBlock):
         for layer, pairs in zip(layers, ios):
             acc = RefitAccumulator()
             for (x, _), y in zip(pairs, targets[layer.name]):
-                acc.add(x, y)
+                acc.add(_tokens(x, self.skip_first), _tokens(y, self.skip_first))
             acc.A, acc.C = ctx.reduce(acc.A), ctx.reduce(acc.C)
             acc.solve_into(layer, self.damping)
+
+
+def _tokens(t, skip_first: bool):
+    """``t`` (batch, tokens, ...) without each window's first token when ``skip_first``."""
+    return t[:, 1:] if skip_first and t.dim() >= 3 else t
+
+
+def _adds_to_output(block, module, inp, out, tol: float = 1e-3) -> bool:
+    """Whether ``module``'s output is added unchanged to ``block``'s output: adding ``delta`` to it moves
+    the block's output by ``delta`` (relative error under ``tol``) on one calibration batch."""
+    delta = {}
+
+    def hook(m, args, y):
+        d = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float32).to(y)
+        d = d * (0.01 * y.float().std().clamp_min(1e-6)).to(y.dtype)
+        delta["d"] = d
+        return y + d
+
+    h = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            moved = block_output(block(*inp.args, **inp.kwargs))
+    finally:
+        h.remove()
+    d = delta.get("d")
+    if d is None or d.shape != out.shape:
+        return False
+    err = ((moved - out) - d).float().norm() / d.float().norm().clamp_min(1e-30)
+    return bool(err < tol)
+
+
+class BlockRefit(ByBlock):
+    """``liar_block``'s step 2 (``reconstruct/liar_block.py``): the consumers of the removed units, in
+    forward order, each refit so that the block's output moves to the dense block's output; a consumer
+    whose output does not add unchanged to the block's output is skipped.
+
+    With ``Z = [W b]^T`` the consumer's current weights, ``X_a = [X 1]`` its inputs and ``E`` the block's
+    output error, the refit toward ``Y + E`` with a ridge towards ``Z`` is ``Z + (A + lambda I)^-1 X_a^T E``,
+    ``A = X_a^T X_a``. The first consumer of a block (nothing before it in the block was refit, and
+    ``gram_from_stats``: no op before ``RemoveUnits`` changed the block) takes ``A`` from the statistics
+    the fold read: removing units leaves the kept inputs as they were, so their Gram is the kept block
+    of the fold's (calibration windows are never padded: the statistics and the capture see the same
+    tokens). Later consumers accumulate ``A`` from their captured inputs. Sums are fp32 per batch, fp64
+    across batches."""
+
+    name, reads_stats, needs_dense = "block_refit", True, True
+    resumable = True  # keeps nothing across blocks
+
+    def __init__(self, by_block: dict, damping: float, skip_first: bool = False, gram_from_stats: bool = True):
+        super().__init__(by_block)
+        self.damping, self.skip_first, self.gram_from_stats = damping, skip_first, gram_from_stats
+        self.refit: list[str] = []
+        self.skipped: list[str] = []
+
+    def request(self, ctx):
+        return None  # reads what RemoveUnits' reconstructor asked for (INPUT_GRAM, INPUT_SUM)
+
+    def apply(self, ctx, stats):
+        removed = ctx.scratch["removed"]
+        keeps = {layer.name: keep for layer, keep in removed}
+        layers = [layer for layer, _ in removed]
+        order = {}
+
+        def seen(name):
+            def hook(m, a, y):
+                order.setdefault(name, len(order))  # returns None: the output stays
+            return hook
+
+        hooks = [l.module.register_forward_hook(seen(l.name)) for l in layers]
+        try:
+            with torch.no_grad():
+                first = ctx.inputs[0]
+                out0 = block_output(ctx.block(*first.args, **first.kwargs))
+        finally:
+            for h in hooks:
+                h.remove()
+        layers = sorted(layers, key=lambda l: order.get(l.name, len(order)))
+        changed = False
+        for layer in layers:
+            if not _adds_to_output(ctx.block, layer.module, first, out0):
+                self.skipped.append(layer.name)
+                continue
+            got = capture_io(ctx.block, [layer.module, ctx.block], ctx.inputs)
+            A = None
+            if self.gram_from_stats and not changed and layer.name in stats:
+                from ..reconstruct.liar import liar_system
+                st = stats[layer.name]
+                A, _ = liar_system(st.gram.double(), st.input_sum.double(), st.count, keeps[layer.name])
+            D, A_acc = None, None
+            for (x, _), (_, o), dense in zip(got[0], got[1], ctx.dense_targets):
+                e = _tokens((dense - block_output(o)).float(), self.skip_first)
+                x = _tokens(x.float(), self.skip_first)
+                x = x.reshape(-1, x.shape[-1])
+                xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+                d = (xa.T @ e.reshape(-1, e.shape[-1])).double()
+                D = d if D is None else D.add_(d)
+                if A is None:
+                    a = (xa.T @ xa).double()
+                    A_acc = a if A_acc is None else A_acc.add_(a)
+            del got
+            A = ctx.reduce(A_acc) if A is None else A
+            D = ctx.reduce(D)
+            _step_into(layer, solve_damped(A, D, A.shape[0] - 1, self.damping))
+            self.refit.append(layer.name)
+            changed = True
+            with torch.no_grad():
+                out0 = block_output(ctx.block(*first.args, **first.kwargs))
+        if ctx.owns_stats:
+            for layer in layers:
+                stats.release(layer.name)
+
+
+@torch.no_grad()
+def _step_into(layer, delta):
+    """``[W b] += delta^T`` (``delta``: (in + 1, out), the last row the bias's)."""
+    W = layer.W
+    W.add_(delta[:-1].T.to(W.dtype))
+    b = layer.bias(create=True)
+    b.add_(delta[-1].to(b.dtype))

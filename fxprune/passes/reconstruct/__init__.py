@@ -50,6 +50,9 @@ class Reconstructor:
     name: ClassVar[str] = "none"
     needs: ClassVar[frozenset] = frozenset()
     refits: ClassVar[bool] = False
+    refit_target: ClassVar[str] = "consumer"  # with ``refits``: match each consumer's dense output ("consumer")
+                                              # or correct the block's output error ("block", ``liar_block.py``)
+    default_refit_damping: ClassVar[float | None] = None  # the refit's ridge when the step sets none (else damping)
 
     def fold(self, layer: ConsumerLayer, keep: torch.Tensor, stats, damping: float, release: bool = False) -> None:
         """Compensate the removed columns (``~keep``) in the kept ones and the bias (in place).

@@ -1,0 +1,128 @@
+"""``liar_block``: LIAR, then each residual-branch consumer refit so that the block's output moves to the
+dense block's output (``passes/reconstruct/liar_block.py``). Tiny random models: mechanism only."""
+import copy
+
+import torch
+
+from fxprune.calibration.blocks import find_blocks
+from fxprune.models.tiny import tiny_model
+from fxprune.pipeline import prune_model
+from fxprune.recipe import load_recipe
+from fxprune.report import find_pass
+
+
+def _recipe(reconstruction, **extra):
+    return load_recipe({"criterion": "goa", "reconstruction": reconstruction, "allocation": "uniform",
+                        "target": 0.4, "kinds": ["ffn"], "channel_multiple": 4, "calib_samples": 8,
+                        "calib_seq_len": 16, **extra})
+
+
+def _windows(n=8, L=16, seed=1):
+    return torch.randint(5, 128, (n, L), generator=torch.Generator().manual_seed(seed))
+
+
+def _block_out(model, ids):
+    outs = []
+    h = find_blocks(model).blocks[-1].register_forward_hook(lambda m, a, y: outs.append(y[0] if isinstance(y, tuple) else y))
+    with torch.no_grad():
+        model(input_ids=ids)
+    h.remove()
+    return outs[0].double()
+
+
+def _errors(layers, **extra):
+    dense = tiny_model("llama", num_hidden_layers=layers)
+    w = _windows()
+    ref = _block_out(dense, w)
+    errs, models, reports = {}, {}, {}
+    for rec in ("liar", "liar_block"):
+        m = models[rec] = copy.deepcopy(dense)
+        reports[rec] = prune_model(m, _recipe(rec, **extra), w).report
+        errs[rec] = float((_block_out(m, w) - ref).pow(2).sum())
+    return errs, models, reports
+
+
+def test_block_refit_is_liar_when_the_stream_is_dense():
+    """One block: its inputs are the dense ones, and LIAR's fold already is the least-squares refit of
+    the consumer's output on the kept inputs, so the refit has nothing left to correct."""
+    errs, models, reports = _errors(1, damping=1e-8)
+    rep = find_pass(reports["liar_block"], "reconstruct_blocks")
+    assert rep["block_refit"] == 1 and rep["block_refit_skipped"] == []
+    for (n, p), (_, q) in zip(models["liar"].named_parameters(), models["liar_block"].named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=n)
+
+
+def test_block_refit_corrects_what_earlier_blocks_left():
+    """Two blocks: block 1 sees the pruned stream. LIAR only predicts its removed inputs from its kept
+    ones there; the refit moves the block's output to the dense model's, so the final hidden state is
+    nearer the dense one (block 0 is the same in both runs: its stream is dense)."""
+    errs, _, reports = _errors(2, damping=1e-6)
+    assert find_pass(reports["liar_block"], "reconstruct_blocks")["block_refit"] == 2
+    assert errs["liar_block"] < 0.9 * errs["liar"], errs
+
+
+def test_block_refit_skips_a_consumer_behind_a_post_norm():
+    """Gemma-3 normalises the FFN output before the residual add: ``Y + E`` is no target there, so the
+    refit leaves ``down_proj`` at LIAR's fold (same weights as ``liar``) and says so."""
+    from tests.test_quality_robust import _windows as gemma_windows, tiny_gemma
+    w = gemma_windows(8)
+    a, b = tiny_gemma(), tiny_gemma()
+    res = prune_model(a, _recipe("liar_block"), w)
+    prune_model(b, _recipe("liar"), w)
+    rep = find_pass(res.report, "reconstruct_blocks")
+    assert rep["block_refit"] == 0 if "block_refit" in rep else True
+    assert sorted(rep["block_refit_skipped"]) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_refit_fields_are_checked():
+    import pytest
+    from fxprune.errors import RecipeError
+    with pytest.raises(RecipeError, match="refit_damping"):
+        _recipe("liar_block", refit_damping=-1)
+    with pytest.raises(RecipeError, match="skip_first_token"):
+        _recipe("liar_block", skip_first_token="yes")
+    step = lambda rec, **kw: _recipe(rec, **kw).steps[0]  # noqa: E731
+    assert step("liar_block").refit_ridge == 1.0  # its own default: a weak ridge overfits (quality7.md)
+    assert step("goa").refit_ridge == 0.01 == step("goa").damping
+    assert step("liar_block", refit_damping=0.3).refit_ridge == 0.3
+
+
+def test_skip_first_token_reaches_every_calibration_run(monkeypatch):
+    """``skip_first_token``: every block-wise run of the step (scores, probes, removal) excludes each
+    window's first token from its statistics, and the pruned weights differ from the default's."""
+    from fxprune.calibration import runner
+    seen = []
+    real = runner.run_blocks
+
+    def spy(*a, **kw):
+        seen.append(kw.get("exclude_first_token", False))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner, "run_blocks", spy)
+    import fxprune.calibration.engine as engine
+    monkeypatch.setattr(engine, "run_blocks", spy)
+    dense = tiny_model("llama", num_hidden_layers=2)
+    a, b = copy.deepcopy(dense), copy.deepcopy(dense)
+    prune_model(a, _recipe("liar", skip_first_token=True), _windows())
+    assert seen and all(seen)
+    seen.clear()
+    prune_model(b, _recipe("liar"), _windows())
+    assert seen and not any(seen)
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_block_refit_gram_from_the_fold_statistics_equals_the_captured_one(monkeypatch):
+    """The first consumer's Gram comes from the statistics the fold read (the kept inputs do not change
+    when units are removed); accumulating it from the captured inputs gives the same weights."""
+    import fxprune.passes.structured as structured
+    real = structured.BlockRefit
+    dense = tiny_model("llama", num_hidden_layers=2)
+    a, b = copy.deepcopy(dense), copy.deepcopy(dense)
+    prune_model(a, _recipe("liar_block", refit_damping=0.1), _windows())
+    monkeypatch.setattr(structured, "BlockRefit", lambda *x, **kw: real(*x, **{**kw, "gram_from_stats": False}))
+    prune_model(b, _recipe("liar_block", refit_damping=0.1), _windows())
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # two code paths ran
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
