@@ -71,8 +71,9 @@ def _adds_to_output(block, module, inp, out, tol: float = 1e-3) -> bool:
     finally:
         h.remove()
     d = delta.get("d")
-    if d is None or d.shape != out.shape:
+    if d is None or d.numel() != out.numel():
         return False
+    d = d.reshape(out.shape)  # OPT's FFN runs on [batch * tokens, d]
     err = ((moved - out) - d).float().norm() / d.float().norm().clamp_min(1e-30)
     return bool(err < tol)
 
@@ -136,8 +137,9 @@ class BlockRefit(ByBlock):
                 A, _ = liar_system(st.gram.double(), st.input_sum.double(), st.count, keeps[layer.name])
             D, A_acc = None, None
             for (x, _), (_, o), dense in zip(got[0], got[1], ctx.dense_targets):
-                e = _tokens((dense - block_output(o)).float(), self.skip_first)
-                x = _tokens(x.float(), self.skip_first)
+                e = dense - block_output(o)
+                x = x.reshape(*e.shape[:-1], x.shape[-1])  # [batch, tokens, in], also where it ran flattened
+                e, x = _tokens(e.float(), self.skip_first), _tokens(x.float(), self.skip_first)
                 x = x.reshape(-1, x.shape[-1])
                 xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
                 d = (xa.T @ e.reshape(-1, e.shape[-1])).double()
