@@ -61,8 +61,9 @@ def test_pruned_smollm2_perplexity_in_llamacpp_equals_pytorch(smol, root, tmp_pa
 
 
 def test_readme_recipe_checkpoint_runs_in_llamacpp(smol, root, tmp_path):
-    """The README's main job (``goa-liar-ffn-measured-20``: GOA scores, LIAR reconstruction with its
-    biases, per-layer FFN widths from measured KL costs) with its calibration cut to 8 x 64 tokens for time, saved,
+    """The README's main job (``goa-liar-block-ffn-measured-20``: GOA scores, LIAR reconstruction with its
+    biases and the block refit of each down_proj, per-layer FFN widths from measured KL costs) with its
+    calibration cut to 8 x 64 tokens for time, saved,
     exported from the checkpoint directory as the README's export command does, and run in llama.cpp:
     the same perplexity as the reloaded PyTorch checkpoint (relative 1e-3) and the same greedy tokens."""
     from fxprune.calibration.engine import Engine
@@ -75,14 +76,16 @@ def test_readme_recipe_checkpoint_runs_in_llamacpp(smol, root, tmp_path):
     import fxprune
     loaded = load_model("smollm2")
     model, tok = loaded.model, loaded.tokenizer
-    recipe = load_recipe("goa-liar-ffn-measured-20").to_dict()
+    recipe = load_recipe("goa-liar-block-ffn-measured-20").to_dict()
     recipe["calibration"].update(samples=8, seq_len=64)
-    fxprune.prune(model, recipe, tokenizer=tok, data_root=str(root), source="smollm2")
+    res = fxprune.prune(model, recipe, tokenizer=tok, data_root=str(root), source="smollm2")
     ckpt = tmp_path / "ckpt"
     fxprune.save(model, ckpt, tok)
     widths = {layer.mlp.down_proj.in_features for layer in model.model.layers}
     assert len(widths) > 1, "measured allocation should give per-layer FFN widths"
     assert any(layer.mlp.down_proj.bias is not None for layer in model.model.layers), "LIAR adds biases"
+    from fxprune.report import find_pass
+    assert find_pass(res.report, "reconstruct_blocks")["block_refit"] > 0, "the block refit ran"
     path = tmp_path / "readme.f32.gguf"
     rep = export_model(str(ckpt), path, "f32", log=lambda s: None)
     assert rep.arch == "deci"
