@@ -143,3 +143,23 @@ def test_block_refit_runs_on_other_layouts(family):
     rep = find_pass(res.report, "reconstruct_blocks")
     assert rep["block_refit"] == 2 and rep["block_refit_skipped"] == [], rep
     assert errs["liar_block"] < errs["liar"], errs
+
+
+def test_block_refit_outputs_equal_a_recomputed_block(monkeypatch):
+    """The refit hands the runner the block's new outputs (old outputs + ``[x 1] delta``) instead of a
+    recomputation: the pruned model is the same as when the runner recomputes them."""
+    from fxprune.passes.ops import refit
+    dense = tiny_model("llama", num_hidden_layers=3)
+    a, b = copy.deepcopy(dense), copy.deepcopy(dense)
+    prune_model(a, _recipe("liar_block"), _windows())
+    real = refit.BlockRefit.apply
+
+    def recompute(self, ctx, stats):
+        real(self, ctx, stats)
+        assert ctx.outputs is not None
+        ctx.outputs = None
+
+    monkeypatch.setattr(refit.BlockRefit, "apply", recompute)
+    prune_model(b, _recipe("liar_block"), _windows())
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)

@@ -171,6 +171,56 @@ def _count_forwards(model):
     return calls
 
 
+class _Scale(BlockOp):
+    """Scales the block's down_proj; ``give``: also hands the runner outputs (marked by ``+ 1000``)."""
+    name, modifies = "scale", True
+
+    def __init__(self, give):
+        self.give = give
+
+    def active(self, i):
+        return i == 0
+
+    def request(self, ctx):
+        return None
+
+    def apply(self, ctx, stats):
+        with torch.no_grad():
+            ctx.block.mlp.down_proj.weight.mul_(0.5)
+        if self.give:
+            ctx.outputs = [torch.full_like(inp.hidden, 1000.0) for inp in ctx.inputs]
+
+
+class _Seen(_Count):
+    def apply(self, ctx, stats):
+        self.seen.append(ctx.inputs[0].hidden.clone())
+
+
+@pytest.mark.parametrize("ops", ["give", "give_then_modify", "none"])
+def test_runner_takes_the_outputs_a_modifying_op_gives(ops):
+    """A modifying op may hand the runner the block's new outputs (``BlockContext.outputs``): block 1
+    then sees them; a later modifying op that gives none makes the runner recompute them."""
+    m = tiny_model("llama", num_hidden_layers=2)
+    batches = [{"input_ids": _windows(2)}]
+    seen = _Seen(blocks={1})
+    chain = {"give": [_Scale(True)], "give_then_modify": [_Scale(True), _Scale(False)], "none": [_Scale(False)]}[ops]
+    run_blocks(m, batches, [*chain, seen], stream=Stream.PRUNED, progress=False)
+    got = seen.seen[0]
+    if ops == "give":
+        assert torch.equal(got, torch.full_like(got, 1000.0))
+    else:
+        ref = copy.deepcopy(m)
+        with torch.no_grad():
+            h = {}
+
+            def grab(mod, a, kw):
+                h.setdefault("x", kw.get("hidden_states", a[0] if a else None))  # returns None: no change
+
+            find_blocks(ref).blocks[1].register_forward_pre_hook(grab, with_kwargs=True)
+            ref(**batches[0])
+        torch.testing.assert_close(got, h["x"])
+
+
 def test_runner_never_runs_the_head_and_stops_after_the_last_active_block():
     m = tiny_model("llama", num_hidden_layers=4)
     calls = _count_forwards(m)

@@ -97,6 +97,9 @@ class BlockContext:
     scratch: dict = field(default_factory=dict)      # shared by the ops of this block, dropped after it
     owns_stats: bool = False                         # True while the block's last op that reads statistics
                                                      # runs: it may ``Statistics.release`` what it is done with
+    outputs: list[torch.Tensor] | None = None        # set by a modifying op that knows the block's new outputs
+                                                     # on ``inputs`` (the runner then skips recomputing them);
+                                                     # any later modifying op that does not set it clears it
 
 
 class BlockOp:
@@ -319,13 +322,17 @@ def run_blocks(model: torch.nn.Module, batches: Sequence[Batch], ops: Sequence[B
         last_reader = max((k for k, op in enumerate(here) if op.reads_stats), default=-1)
         for k, op in enumerate(here):
             ctx.owns_stats = k == last_reader
+            if op.modifies:
+                ctx.outputs = None  # only the op that changes the block can say what it now outputs
             op.apply(ctx, stats)
             modified = modified or op.modifies
             if k == last_reader:  # no later op reads them: each layer's Gram goes before the next solves
                 stats = Statistics({})
         ctx.owns_stats = False
         if i < last:
-            if outs is None or (stream is Stream.PRUNED and modified):
+            if stream is Stream.PRUNED and modified and ctx.outputs is not None:
+                outs = ctx.outputs  # the last modifying op gave them
+            elif outs is None or (stream is Stream.PRUNED and modified):
                 outs = _run(block, inputs)  # the (possibly modified) block on the current stream
             if track_dense:
                 dense_inputs = [d.with_hidden(o) for d, o in zip(dense_inputs, ctx.dense_targets)]

@@ -147,17 +147,29 @@ class BlockRefit(ByBlock):
                 if A is None:
                     a = (xa.T @ xa).double()
                     A_acc = a if A_acc is None else A_acc.add_(a)
-            del got
             A = ctx.reduce(A_acc) if A is None else A
             D = ctx.reduce(D)
-            _step_into(layer, solve_damped(A, D, A.shape[0] - 1, self.damping))
+            delta = solve_damped(A, D, A.shape[0] - 1, self.damping)
+            _step_into(layer, delta)
             self.refit.append(layer.name)
             changed = True
-            with torch.no_grad():
-                out0 = block_output(ctx.block(*first.args, **first.kwargs))
+            if layer is layers[-1]:  # the block's new outputs: its output moves by [x 1] delta, exactly
+                ctx.outputs = [_moved(block_output(o), x, delta) for (x, _), (_, o) in zip(got[0], got[1])]
+            else:
+                with torch.no_grad():
+                    out0 = block_output(ctx.block(*first.args, **first.kwargs))
+            del got
         if ctx.owns_stats:
             for layer in layers:
                 stats.release(layer.name)
+
+
+@torch.no_grad()
+def _moved(out, x, delta):
+    """``out`` plus the refit consumer's change ``[x 1] delta`` (its output adds to the block's as is)."""
+    x = x.reshape(*out.shape[:-1], x.shape[-1])
+    d = delta.to(x.dtype)
+    return out + (x @ d[:-1] + d[-1]).to(out.dtype)
 
 
 @torch.no_grad()
