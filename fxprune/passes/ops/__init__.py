@@ -13,5 +13,5 @@ from .lincal import CaptureForLinCal, FitLinCal
 from .scores import ScoreBlocks
 from .sparsify import Sparsify
 
-__all__ = ["BlockRefit", "CaptureForLinCal", "CaptureRefitTargets", "FitLinCal", "OlicaAttention", "Refit", "RemoveUnits",
-           "ScoreBlocks", "Sparsify", "capture_io"]
+__all__ = ["BlockRefit", "CaptureForLinCal", "CaptureRefitTargets", "FitLinCal", "OlicaAttention", "Refit",
+           "RemoveUnits", "ScoreBlocks", "Sparsify", "capture_io"]

@@ -12,7 +12,8 @@ import torch
 from ...calibration.blocks import block_output
 from ...linalg import solve_damped
 from ..consumers import consumers
-from ..reconstruct.goa import RefitAccumulator
+from ..reconstruct.goa import RefitAccumulator, with_ones
+from ..reconstruct.liar import kept_gram
 from .base import ByBlock, GroupsOp
 from .capture import capture_io
 
@@ -132,16 +133,14 @@ class BlockRefit(ByBlock):
             got = capture_io(ctx.block, [layer.module, ctx.block], ctx.inputs)
             A = None
             if self.gram_from_stats and not changed and layer.name in stats:
-                from ..reconstruct.liar import liar_system
                 st = stats[layer.name]
-                A, _ = liar_system(st.gram.double(), st.input_sum.double(), st.count, keeps[layer.name])
+                A = kept_gram(st.gram.double(), st.input_sum.double(), st.count, keeps[layer.name])
             D, A_acc = None, None
             for (x, _), (_, o), dense in zip(got[0], got[1], ctx.dense_targets):
                 e = dense - block_output(o)
                 x = x.reshape(*e.shape[:-1], x.shape[-1])  # [batch, tokens, in], also where it ran flattened
                 e, x = _tokens(e.float(), self.skip_first), _tokens(x.float(), self.skip_first)
-                x = x.reshape(-1, x.shape[-1])
-                xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+                xa = with_ones(x)
                 d = (xa.T @ e.reshape(-1, e.shape[-1])).double()
                 D = d if D is None else D.add_(d)
                 if A is None:

@@ -21,6 +21,12 @@ class GOATwoStep(Liar):
     refits = True
 
 
+def with_ones(x: torch.Tensor) -> torch.Tensor:
+    """``[x 1]``: ``x`` flattened to (tokens, d) with a column of ones (the bias's input)."""
+    x = x.reshape(-1, x.shape[-1])
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
+
+
 class RefitAccumulator:
     """Sums ``[x 1]^T [x 1]`` and ``[x 1]^T y`` over calibration tokens for one consumer."""
 
@@ -29,9 +35,8 @@ class RefitAccumulator:
         self.C = None
 
     def add(self, x: torch.Tensor, y: torch.Tensor):
-        x = x.reshape(-1, x.shape[-1]).double()
+        xa = with_ones(x.double())
         y = y.reshape(-1, y.shape[-1]).double()
-        xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
         A, C = xa.T @ xa, xa.T @ y
         if self.A is None:
             self.A, self.C = A, C

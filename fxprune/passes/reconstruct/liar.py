@@ -12,10 +12,10 @@ from ...linalg import solve_damped
 from . import ConsumerLayer, Reconstructor, Stat, register
 
 
-def liar_system(G, s, n, keep, rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """LIAR's augmented system ``(A, B)`` (module docstring), fp64, built ``rows`` rows at a time straight
-    into its own storage (no ``G[R]`` copy of the kept rows)."""
-    R, P = torch.nonzero(keep).flatten(), torch.nonzero(~keep).flatten()
+def kept_gram(G, s, n, keep, rows: int = 1024) -> torch.Tensor:
+    """``[[G_RR, s_R], [s_R^T, N]]``: the Gram of ``[x_R 1]`` over the calibration tokens, fp64, built
+    ``rows`` rows at a time straight into its own storage (no ``G[R]`` copy of the kept rows)."""
+    R = torch.nonzero(keep).flatten()
     r = len(R)
     A = torch.empty(r + 1, r + 1, dtype=torch.float64)
     for a in range(0, r, rows):
@@ -23,8 +23,14 @@ def liar_system(G, s, n, keep, rows: int = 1024) -> tuple[torch.Tensor, torch.Te
         A[a:b, :r] = G[R[a:b]][:, R]
     A[:r, r] = A[r, :r] = s[R]
     A[r, r] = float(n)
+    return A
+
+
+def liar_system(G, s, n, keep) -> tuple[torch.Tensor, torch.Tensor]:
+    """LIAR's augmented system ``(A, B)`` (module docstring), fp64: ``A`` is ``kept_gram``."""
+    R, P = torch.nonzero(keep).flatten(), torch.nonzero(~keep).flatten()
     B = torch.cat([G[:, P][R], s[P].unsqueeze(0)], 0)
-    return A, B
+    return kept_gram(G, s, n, keep), B
 
 
 def liar_coefficients(G, s, n, keep, alpha):

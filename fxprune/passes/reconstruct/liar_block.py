@@ -15,19 +15,18 @@ post-FFN norm, or a later branch that reads it) cannot take ``Y + E`` as its tar
 checks that with a probe perturbation and leaves such a consumer at step 1 (reported as ``skipped``).
 
 The ridge (``refit_damping``, ``lambda = alpha * mean(diag(X^T X))``) decides how far the refit moves
-from step 1. On SmolLM2 (``bench/results/quality7.md``) a small ridge (0.01, 0.1) chases the residual
+from step 1. On SmolLM2 (``bench/results/quality7_block.md``) a small ridge (0.01, 0.1) chases the residual
 stream's error on the calibration text and loses on WikiText-2; ``refit_damping: 1.0`` gains 1.9% at
 L=512 over LIAR. Refitting towards each consumer's own dense output instead (``goa``) with the same
 ridge loses: the gain comes from correcting what earlier blocks left, not from refitting as such.
 """
-from . import Stat, register
+from . import register
 from .liar import Liar
 
 
 @register
 class LiarBlockRefit(Liar):
-    name = "liar_block"
-    needs = frozenset({Stat.INPUT_GRAM, Stat.INPUT_SUM})
+    name = "liar_block"  # needs: LIAR's (INPUT_GRAM, INPUT_SUM), inherited
     refits = True
     refit_target = "block"
     default_refit_damping = 1.0  # the step's ``refit_damping`` when it gives none (module docstring)
