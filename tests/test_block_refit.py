@@ -83,6 +83,8 @@ def test_refit_fields_are_checked():
         _recipe("liar_block", refit_damping=-1)
     with pytest.raises(RecipeError, match="skip_first_token"):
         _recipe("liar_block", skip_first_token="yes")
+    with pytest.raises(RecipeError, match="refit_scope"):
+        _recipe("liar_block", refit_scope="everything")
     step = lambda rec, **kw: _recipe(rec, **kw).steps[0]  # noqa: E731
     assert step("liar_block").refit_ridge == 1.0  # its own default: a weak ridge overfits (quality7.md)
     assert step("goa").refit_ridge == 0.01 == step("goa").damping
@@ -163,3 +165,69 @@ def test_block_refit_outputs_equal_a_recomputed_block(monkeypatch):
     prune_model(b, _recipe("liar_block"), _windows())
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def _refit_scope_run(family, scope, **extra):
+    dense = tiny_model(family, **({"n_layer": 3} if family == "gpt2" else {"num_hidden_layers": 3}))
+    w = _windows(L=16)
+    m = copy.deepcopy(dense)
+    res = prune_model(m, _recipe("liar_block", refit_scope=scope, **extra), w)
+    err = float((_block_out(m, w) - _block_out(dense, w)).pow(2).sum())
+    return dense, m, find_pass(res.report, "reconstruct_blocks"), err
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_stream_scope_refits_every_residual_writer_and_lands_nearer_dense(family):
+    """``refit_scope: stream``: every block's attention output projection (the stream inside the block,
+    ``h = x + o_proj(...)``) and FFN output projection (the block's output) is refit, pruned or not;
+    the refit adds no parameters, and the last block's output lands nearer the dense one than with the
+    pruned consumers alone."""
+    _, a, rep_a, err_a = _refit_scope_run(family, "pruned", damping=1e-6)
+    dense, b, rep_b, err_b = _refit_scope_run(family, "stream", damping=1e-6)
+    assert rep_a["block_refit"] == 3 and rep_b["block_refit"] == 6, (rep_a, rep_b)
+    assert rep_b["block_refit_skipped"] == []
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    assert err_b < 0.95 * err_a, (err_a, err_b)
+    attn_out = {"llama": "self_attn.o_proj", "gpt2": "attn.c_proj", "opt": "self_attn.out_proj"}[family]
+    blocks = find_blocks(b)
+    changed = [not torch.equal(blocks.blocks[i].get_submodule(attn_out).weight,
+                               find_blocks(dense).blocks[i].get_submodule(attn_out).weight) for i in range(3)]
+    assert all(changed[1:]), changed  # blocks 1, 2 see a pruned stream: their attention output moved
+
+
+def test_stream_scope_at_zero_pruning_is_the_dense_model():
+    """Nothing removed: the stream is the dense one at every block, every target is what the layer
+    already gives, and the refit (ridge towards the current weights) leaves the model as it was."""
+    dense = tiny_model("llama", num_hidden_layers=2)
+    m = copy.deepcopy(dense)
+    prune_model(m, _recipe("liar_block", refit_scope="stream", target=0.0), _windows())
+    w = _windows(seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(m(input_ids=w).logits, dense(input_ids=w).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_stream_scope_skips_writers_behind_post_norms():
+    """Gemma-3 normalises both branches before their residual adds: no layer writes the stream
+    unchanged, so the stream refit changes nothing beyond LIAR's fold."""
+    from tests.test_quality_robust import _windows as gemma_windows, tiny_gemma
+    w = gemma_windows(8)
+    a, b = tiny_gemma(), tiny_gemma()
+    prune_model(a, _recipe("liar_block", refit_scope="stream"), w)
+    prune_model(b, _recipe("liar"), w)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_writes_stream_tells_the_mid_block_writer_from_the_others():
+    from fxprune.calibration.blocks import capture_block_inputs
+    from fxprune.calibration.runner import forward_kwargs
+    from fxprune.passes.ops.refit import _adds_to_output, _writes_stream
+    from fxprune.calibration.blocks import block_output
+    m = tiny_model("llama", num_hidden_layers=1)
+    block = find_blocks(m).blocks[0]
+    inp = capture_block_inputs(m, block, forward_kwargs(m, {"input_ids": _windows()}))
+    with torch.no_grad():
+        out = block_output(block(*inp.args, **inp.kwargs))
+    mid = {n for n, mod in block.named_modules() if isinstance(mod, torch.nn.Linear) and _writes_stream(block, mod, inp, out)}
+    end = {n for n, mod in block.named_modules() if isinstance(mod, torch.nn.Linear) and _adds_to_output(block, mod, inp, out)}
+    assert mid == {"self_attn.o_proj"} and end == {"mlp.down_proj"}, (mid, end)

@@ -28,7 +28,7 @@ from .criteria import get_criterion
 from .olica import lincal as _lincal
 from .olica.attention import attention_parts
 from .olica.split import solve as olica_solve
-from .ops import (BlockRefit, CaptureForLinCal, CaptureRefitTargets, FitLinCal, OlicaAttention, Refit, RemoveUnits,
+from .ops import (BlockRefit, CaptureForLinCal, CaptureRefitTargets, CaptureStreamTargets, FitLinCal, OlicaAttention, Refit, RemoveUnits,
                   ScoreBlocks)
 from .reconstruct import get_reconstructor
 
@@ -210,7 +210,8 @@ class ReconstructBlocks(BlockwisePass):
         r, a, alloc = self.step, ctx["analysis"], ctx["allocation"]
         rec = get_reconstructor(r.reconstruction)
         by_block = _by_block(list(alloc.kept), ctx["block_of"])
-        ops = []
+        block_refit = rec.refits and rec.refit_target == "block"
+        ops = [CaptureStreamTargets({})] if block_refit and r.refit_scope == "stream" else []
         parts = ctx["attention_parts"]
         if parts:
             pb = defaultdict(list)
@@ -220,7 +221,6 @@ class ReconstructBlocks(BlockwisePass):
             ops.append(OlicaAttention(ctx.model, a, dict(pb), alloc, r.olica_qk == "whitened"))
         if r.lincal_layers > 0:
             ops.append(CaptureForLinCal(ctx.model, a, by_block))
-        block_refit = rec.refits and rec.refit_target == "block"
         if rec.refits and not block_refit:
             ops.append(CaptureRefitTargets(ctx.model, a, by_block))
         unchanged = not any(op.modifies for op in ops)  # the fold's statistics still describe the block
@@ -228,7 +228,7 @@ class ReconstructBlocks(BlockwisePass):
                                r.damping))
         if block_refit:
             ops.append(BlockRefit(by_block, r.refit_ridge, r.skip_first_token,
-                                  gram_from_stats=unchanged))
+                                  gram_from_stats=unchanged, scope=r.refit_scope))
         elif rec.refits:
             ops.append(Refit(by_block, r.refit_ridge, r.skip_first_token))
         if r.lincal_layers > 0:

@@ -17,6 +17,7 @@ SCOPES = ("decoder_linear", "all")
 ALLOCATIONS = ("uniform", "global", "pooled", "measured")
 PROBE_PRECISIONS = ("auto", "32", "bf16")
 PROBE_METRICS = ("kl", "loss")
+REFIT_SCOPES = ("pruned", "stream")
 ATTENTION_UNITS = ("q_per_kv", "kv_groups")
 ATTENTION_MODES = ("heads", "olica")
 KINDS = ("attention", "ffn", "ssm", "experts")
@@ -62,7 +63,10 @@ class StructuredStep(Step):
     sums, scores) and to no refit's sums; its attention-sink activations can dominate them
     (``methods.md`` section 2). Reconstructions that refit after removal (``goa``, ``liar_block``):
     ``refit_damping`` is the ridge of the refit towards the step-1 weights (``None``: the
-    reconstructor's default, ``liar_block`` 1.0, else ``damping``)."""
+    reconstructor's default, ``liar_block`` 1.0, else ``damping``). ``refit_scope`` (``liar_block``):
+    ``pruned`` refits the consumers of removed units that add to their block's output; ``stream`` refits
+    every linear layer of every block that writes the residual stream (``o_proj`` and ``down_proj`` of a
+    pre-norm block), pruned or not, towards the dense stream at its point (``passes/ops/refit.py``)."""
 
     @property
     def refit_ridge(self) -> float:
@@ -100,6 +104,7 @@ class StructuredStep(Step):
     probe_metric: str = "kl"
     refit_damping: float | None = None
     skip_first_token: bool = False
+    refit_scope: str = "pruned"
 
     def __post_init__(self):
         from ..passes.allocate import SCALES
@@ -138,6 +143,7 @@ class StructuredStep(Step):
             ("probe_precision", self.probe_precision in PROBE_PRECISIONS, PROBE_PRECISIONS),
             ("probe_metric", self.probe_metric in PROBE_METRICS, PROBE_METRICS),
             ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
+            ("refit_scope", self.refit_scope in REFIT_SCOPES, REFIT_SCOPES),
         ]
         for name, ok, allowed in checks:
             if not ok:

@@ -7,11 +7,11 @@ Ops of one block share ``ctx.scratch``: ``"removed"`` (the consumer layers and k
 """
 from .capture import capture_io
 from .olica_attention import OlicaAttention
-from .refit import BlockRefit, CaptureRefitTargets, Refit
+from .refit import BlockRefit, CaptureRefitTargets, CaptureStreamTargets, Refit
 from .remove_units import RemoveUnits
 from .lincal import CaptureForLinCal, FitLinCal
 from .scores import ScoreBlocks
 from .sparsify import Sparsify
 
-__all__ = ["BlockRefit", "CaptureForLinCal", "CaptureRefitTargets", "FitLinCal", "OlicaAttention", "Refit",
+__all__ = ["BlockRefit", "CaptureForLinCal", "CaptureRefitTargets", "CaptureStreamTargets", "FitLinCal", "OlicaAttention", "Refit",
            "RemoveUnits", "ScoreBlocks", "Sparsify", "capture_io"]
