@@ -231,3 +231,19 @@ def test_writes_stream_tells_the_mid_block_writer_from_the_others():
     mid = {n for n, mod in block.named_modules() if isinstance(mod, torch.nn.Linear) and _writes_stream(block, mod, inp, out)}
     end = {n for n, mod in block.named_modules() if isinstance(mod, torch.nn.Linear) and _adds_to_output(block, mod, inp, out)}
     assert mid == {"self_attn.o_proj"} and end == {"mlp.down_proj"}, (mid, end)
+
+
+def test_units_on_pruned_scores_each_block_on_its_pruned_stream():
+    """``units_on: pruned``: the allocation's widths stay, but each block's units are chosen from scores
+    on the stream the pruned blocks before it produce; with one block the stream is the dense one and
+    the choice is the same as ``dense``'s, with two the second block's may differ."""
+    from fxprune.report import find_pass
+    m1, m2 = tiny_model("llama", num_hidden_layers=1), tiny_model("llama", num_hidden_layers=1)
+    w = _windows()
+    r1 = prune_model(m1, _recipe("liar", allocation="global"), w).report
+    r2 = prune_model(m2, _recipe("liar", allocation="global", units_on="pruned"), w).report
+    assert find_pass(r2, "reconstruct_blocks")["scored_on"] == "pruned stream, per block"
+    assert find_pass(r1, "reconstruct_blocks")["scored_on"] == "dense stream"
+    for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+    assert find_pass(r1, "allocate")["removed_params"] == find_pass(r2, "allocate")["removed_params"]

@@ -211,7 +211,7 @@ class ReconstructBlocks(BlockwisePass):
         rec = get_reconstructor(r.reconstruction)
         by_block = _by_block(list(alloc.kept), ctx["block_of"])
         block_refit = rec.refits and rec.refit_target == "block"
-        ops = [CaptureStreamTargets({})] if block_refit and r.refit_scope == "stream" else []
+        ops = [CaptureStreamTargets({}, r.refit_scope == "all")] if block_refit and r.refit_scope != "pruned" else []
         parts = ctx["attention_parts"]
         if parts:
             pb = defaultdict(list)
@@ -224,7 +224,8 @@ class ReconstructBlocks(BlockwisePass):
         if rec.refits and not block_refit:
             ops.append(CaptureRefitTargets(ctx.model, a, by_block))
         unchanged = not any(op.modifies for op in ops)  # the fold's statistics still describe the block
-        ops.append(RemoveUnits(ctx.model, a, by_block, alloc.kept, alloc.plan, get_criterion(r.criterion), rec,
+        plan = None if r.units_on == "pruned" else alloc.plan  # None: each block scores its own units
+        ops.append(RemoveUnits(ctx.model, a, by_block, alloc.kept, plan, get_criterion(r.criterion), rec,
                                r.damping))
         if block_refit:
             ops.append(BlockRefit(by_block, r.refit_ridge, r.skip_first_token,
@@ -248,7 +249,8 @@ class ReconstructBlocks(BlockwisePass):
         extra = {"block_refit": len(refit), "block_refit_skipped": skipped} if refit or skipped else {}
         return {**extra, "reconstruction": self.step.reconstruction, "ops": [op.name for op in ops],
                 "olica_attentions": len(ctx["attention_parts"]), "factorised_qk": factorised,
-                "scored_on": "pruned stream, per block" if ctx["allocation"].plan is None else "dense stream"}
+                "scored_on": ("pruned stream, per block" if ctx["allocation"].plan is None or self.step.units_on == "pruned"
+                              else "dense stream")}
 
 
 class InsertLinearCalibration(StepPass):

@@ -17,7 +17,7 @@ SCOPES = ("decoder_linear", "all")
 ALLOCATIONS = ("uniform", "global", "pooled", "measured")
 PROBE_PRECISIONS = ("auto", "32", "bf16")
 PROBE_METRICS = ("kl", "loss")
-REFIT_SCOPES = ("pruned", "stream")
+REFIT_SCOPES = ("pruned", "stream", "all")
 ATTENTION_UNITS = ("q_per_kv", "kv_groups")
 ATTENTION_MODES = ("heads", "olica")
 KINDS = ("attention", "ffn", "ssm", "experts")
@@ -105,6 +105,7 @@ class StructuredStep(Step):
     refit_damping: float | None = None
     skip_first_token: bool = False
     refit_scope: str = "pruned"
+    units_on: str = "dense"
 
     def __post_init__(self):
         from ..passes.allocate import SCALES
@@ -144,6 +145,7 @@ class StructuredStep(Step):
             ("probe_metric", self.probe_metric in PROBE_METRICS, PROBE_METRICS),
             ("kinds", set(self.kinds) <= set(KINDS) and bool(self.kinds), KINDS),
             ("refit_scope", self.refit_scope in REFIT_SCOPES, REFIT_SCOPES),
+            ("units_on", self.units_on in ("dense", "pruned"), ("dense", "pruned")),
         ]
         for name, ok, allowed in checks:
             if not ok:

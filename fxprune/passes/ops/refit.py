@@ -129,6 +129,10 @@ class CaptureStreamTargets(ByBlock):
     name, modifies, needs_dense, reads_stats = "capture_stream_targets", False, True, False
     resumable = True  # keeps nothing across blocks
 
+    def __init__(self, by_block: dict, readers: bool = False):
+        super().__init__(by_block)
+        self.readers = readers
+
     def active(self, index):
         return True
 
@@ -136,13 +140,18 @@ class CaptureStreamTargets(ByBlock):
         first = ctx.inputs[0]
         with torch.no_grad():
             out0 = block_output(ctx.block(*first.args, **first.kwargs))
-        names = [n for n, _ in _linear_layers(ctx.block)
-                 if _writes_stream(ctx.block, ctx.block.get_submodule(n), first, out0)]
+        linears = [n for n, _ in _linear_layers(ctx.block)]
+        names = [n for n in linears if _writes_stream(ctx.block, ctx.block.get_submodule(n), first, out0)]
         mods = [ctx.block.get_submodule(n) for n in names]
         outs = capture_io(ctx.block, mods, ctx.dense_inputs) if mods else []
         ctx.scratch["stream_targets"] = {
             f"{ctx.name}.{n}": [inp.hidden + y.reshape(inp.hidden.shape) for inp, (_, y) in zip(ctx.dense_inputs, pairs)]
             for n, pairs in zip(names, outs)}
+        if self.readers:
+            readers = [n for n in linears if n not in names
+                       and not _adds_to_output(ctx.block, ctx.block.get_submodule(n), first, out0)]
+            outs = capture_io(ctx.block, [ctx.block.get_submodule(n) for n in readers], ctx.dense_inputs)
+            ctx.scratch["reader_targets"] = {f"{ctx.name}.{n}": [y for _, y in pairs] for n, pairs in zip(readers, outs)}
 
 
 class BlockRefit(ByBlock):
@@ -177,7 +186,7 @@ class BlockRefit(ByBlock):
         self.skipped: list[str] = []
 
     def active(self, index):
-        return self.scope == "stream" or index in self.by_block
+        return self.scope != "pruned" or index in self.by_block
 
     def request(self, ctx):
         return None  # reads what RemoveUnits' reconstructor asked for (INPUT_GRAM, INPUT_SUM)
@@ -186,8 +195,9 @@ class BlockRefit(ByBlock):
         removed = ctx.scratch.get("removed", [])
         keeps = {layer.name: keep for layer, keep in removed}
         cands = {layer.name: layer for layer, _ in removed}
-        mid = ctx.scratch.pop("stream_targets", {}) if self.scope == "stream" else {}
-        if self.scope == "stream":
+        mid = ctx.scratch.pop("stream_targets", {}) if self.scope != "pruned" else {}
+        readers = ctx.scratch.pop("reader_targets", {})
+        if self.scope != "pruned":
             for n, dim in _linear_layers(ctx.block):
                 q = f"{ctx.name}.{n}"
                 if q not in cands:
@@ -214,6 +224,8 @@ class BlockRefit(ByBlock):
         for layer in layers:
             if layer.name in mid:
                 plan.append((layer, "stream"))
+            elif layer.name in readers and layer.W.shape[0] == readers[layer.name][0].shape[-1]:
+                plan.append((layer, "reader"))
             elif _adds_to_output(ctx.block, layer.module, first, out0):
                 plan.append((layer, "output"))
             elif layer.name in keeps:
@@ -230,6 +242,8 @@ class BlockRefit(ByBlock):
             for b, ((x, y), (_, o)) in enumerate(zip(got[0], got[1])):
                 if target == "output":
                     e = ctx.dense_targets[b] - block_output(o)
+                elif target == "reader":
+                    e = readers[layer.name][b] - y
                 else:
                     h = ctx.inputs[b].hidden
                     e = mid[layer.name][b] - h - y.reshape(h.shape)
