@@ -48,11 +48,13 @@ def one_run(cfg: dict) -> dict:
     from fxprune.report import find_pass
     loaded = load_model(str(MODEL_DIR))
     tok = tokenizer_for(loaded)
-    engine = Engine()
+    engine = Engine()  # evaluation: fp32 always
     out = {"config": cfg}
     if cfg["criterion"] != "dense":
         extra = dict(cfg.get("extra", {}))
         stages = int(extra.pop("stages", 1))
+        from fxprune.calibration.engine import EngineConfig
+        prune_engine = Engine(EngineConfig(precision=extra.pop("engine_precision", "32-true")))
         step = {"criterion": cfg["criterion"], "reconstruction": cfg["reconstruction"],
                 "allocation": cfg["allocation"], "kinds": list(cfg["kinds"]), **extra}
         recipe = load_recipe({"calibration": {"source": "c4", "samples": cfg["calib_samples"],
@@ -61,7 +63,7 @@ def one_run(cfg: dict) -> dict:
                                         for t in stage_targets(cfg["target"], stages)]})
         calib = calibration_windows(tok, recipe.calibration)
         t0 = time.perf_counter()
-        res = prune_model(loaded.model, recipe, calib.ids, engine)
+        res = prune_model(loaded.model, recipe, calib.ids, prune_engine)
         out["prune_seconds"] = time.perf_counter() - t0
         out["params_before"], out["params_after"] = res.report["params_before"], res.report["params_after"]
         allocs = []
@@ -145,7 +147,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kinds", nargs="+", default=["attention", "ffn"])
     ap.add_argument("--tag", default="structured")
-    ap.add_argument("--extra", default="{}", help="JSON of further recipe fields (e.g. attention, lincal_layers, scope)")
+    ap.add_argument("--extra", default="{}", help="JSON of further recipe fields (e.g. attention, lincal_layers, scope); "
+                    "'stages': N prunes in N equal steps; 'engine_precision': the prune's Lightning precision "
+                    "(e.g. bf16-mixed; evaluation stays fp32)")
     ap.add_argument("--render-only", action="store_true", help="only rebuild the table from the jsonl")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -59,11 +59,15 @@ def _clean_path(path: str) -> str:
 
 
 def example_inputs(model: nn.Module, seq_len: int = 7, batch: int = 1) -> dict:
-    """Small example kwargs for a transformers model: ``input_ids`` (+ ``use_cache=False``)."""
+    """Small example kwargs for a transformers model: ``input_ids`` (+ ``use_cache=False``), on the device
+    of the model's first parameter (a model moved to a GPU is captured there)."""
     cfg = getattr(model, "config", None)
     vocab = int(getattr(cfg, "vocab_size", 32) or 32)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(low=min(5, vocab - 1), high=vocab, size=(batch, seq_len), generator=g)
+    first = next(model.parameters(), None)
+    if first is not None and first.device.type != "meta":
+        ids = ids.to(first.device)
     kwargs = {"input_ids": ids}
     try:
         sig = inspect.signature(model.forward).parameters

@@ -22,9 +22,13 @@ class BlockwisePass(StepPass):
     def finish(self, ctx, ops) -> dict:
         raise NotImplementedError
 
+    def windows(self):
+        """The calibration windows this pass runs on (all of the run's; a pass may take fewer)."""
+        return self.env.windows
+
     def run(self, ctx):
         ops = self.ops(ctx)
-        info = self.env.engine.run_blocks(ctx.model, self.env.windows, ops, batch_size=self.env.batch_size,
+        info = self.env.engine.run_blocks(ctx.model, self.windows(), ops, batch_size=self.env.batch_size,
                                           stream=self.stream, desc=self.name,
                                           exclude_first_token=getattr(self.step, "skip_first_token", False))
         report = self.finish(ctx, ops) or {}

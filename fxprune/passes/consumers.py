@@ -44,7 +44,7 @@ def per_unit(values: torch.Tensor, member: Member, units: int) -> torch.Tensor:
     out = torch.zeros(units, dtype=torch.float64)
     if member.total != member.size:  # a segment of a fused projection: its range only
         values = values.narrow(0, member.offset, member.size)
-    return out.index_add_(0, member.unit_index(units), values.to(torch.float64))
+    return out.index_add_(0, member.unit_index(units), values.to(torch.float64).cpu())  # scores live on the CPU
 
 
 def head_dim_of(group: Group) -> int:

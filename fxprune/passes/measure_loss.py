@@ -27,6 +27,12 @@ class MeasureLoss(BlockwisePass):
     name, requires, ensures = "measure_loss", ("groups", "block_of", "analysis"), ("scores", "costs")
     stream = Stream.DENSE
 
+    def windows(self):
+        """The first ``allocation_samples`` calibration windows (all when unset): the scores and the
+        probes' folds need fewer than the reconstruction, which runs on all of them."""
+        n = self.step.allocation_samples
+        return self.env.windows if n is None else self.env.windows[:n]
+
     def ops(self, ctx):
         from ..calibration.runner import block_source, _NO_SOURCE
         from .ops.probe import ProbeLoss
@@ -38,7 +44,7 @@ class MeasureLoss(BlockwisePass):
         crit = get_criterion(r.criterion)
         prepare = getattr(crit, "prepare", None)  # a criterion with a pass of its own (fisher_obs: gradients)
         if prepare is not None:  # on the dense model, before any probe; the instance that prepared scores
-            prepare(ctx.model, self.env.windows, ctx["groups"], self.env.batch_size)
+            prepare(ctx.model, self.windows(), ctx["groups"], self.env.batch_size)
         windows = self.env.windows[: r.probe_samples]
         _check_language_model(ctx.model, windows[:1].to(self.env.engine.fabric.device))
         engine, autocast = self.env.engine, probe_autocast(r.probe_precision, self.env.engine)
@@ -69,6 +75,7 @@ class MeasureLoss(BlockwisePass):
         ctx.facts["scores"] = op.scores
         ctx.facts["costs"] = {gid: measured_costs(c, by_id[gid].units) for gid, c in op.curves.items()}
         return {"probe_windows": min(self.step.probe_samples, int(self.env.windows.shape[0])),
+                "allocation_windows": int(self.windows().shape[0]),
                 "probe_metric": self.step.probe_metric,
                 "probe_loss_dense": round(op.base, 6) if op.base is not None else None,
                 "prefix_skipped": op.blocks is not None,

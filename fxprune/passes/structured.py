@@ -117,6 +117,11 @@ class Score(BlockwisePass):
     name, requires, ensures = "score", ("groups", "block_of", "analysis"), ("scores",)
     stream = Stream.DENSE
 
+    def windows(self):
+        """The first ``allocation_samples`` calibration windows (all when unset)."""
+        n = self.step.allocation_samples
+        return self.env.windows if n is None else self.env.windows[:n]
+
     def run(self, ctx):
         crit = get_criterion(self.step.criterion)
         prepare = getattr(crit, "prepare", None)  # a criterion with a pass of its own (gradients: needs logits)
@@ -125,7 +130,7 @@ class Score(BlockwisePass):
             return {"criterion": crit.name, "deferred_to_blocks": True}
         groups, block_of = ctx["groups"], ctx["block_of"]
         if prepare is not None:
-            prepare(ctx.model, self.env.windows, groups, self.env.batch_size)
+            prepare(ctx.model, self.windows(), groups, self.env.batch_size)
         self.criterion = crit  # the instance that prepared is the one that scores
         if not (crit.needs or crit.needs_heads or crit.producer_needs):
             ctx.facts["scores"] = {g.id: crit.score(g, ctx.model, {}) for g in groups}
@@ -133,7 +138,7 @@ class Score(BlockwisePass):
         if any(block_of[g.id] is None for g in groups):  # no repeated blocks: one whole-model pass
             req = replace(stats_request(groups, crit.needs, crit.needs_heads, crit.producer_needs),
                           exclude_first_token=self.step.skip_first_token)
-            stats = self.env.engine.calibrate(ctx.model, self.env.windows, req, batch_size=self.env.batch_size,
+            stats = self.env.engine.calibrate(ctx.model, self.windows(), req, batch_size=self.env.batch_size,
                                               layerwise=False)
             ctx.facts["scores"] = {g.id: crit.score(g, ctx.model, stats) for g in groups}
             return {"criterion": crit.name, "whole_model": True}

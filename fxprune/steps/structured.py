@@ -66,7 +66,13 @@ class StructuredStep(Step):
     reconstructor's default, ``liar_block`` 1.0, else ``damping``). ``refit_scope`` (``liar_block``):
     ``pruned`` refits the consumers of removed units that add to their block's output; ``stream`` refits
     every linear layer of every block that writes the residual stream (``o_proj`` and ``down_proj`` of a
-    pre-norm block), pruned or not, towards the dense stream at its point (``passes/ops/refit.py``)."""
+    pre-norm block), pruned or not, towards the dense stream at its point (``passes/ops/refit.py``).
+
+    ``units_on``: ``dense`` chooses the units from scores on the dense stream, once, before any block
+    changes; ``pruned`` keeps the allocation's widths but scores each block's units on the stream that
+    the pruned blocks before it produce (the statistics its fold reads). ``allocation_samples``: the
+    scores and probes that allocate the widths read only the first that many calibration windows
+    (``None``: all); removal, folds and refits always read all of them."""
 
     @property
     def refit_ridge(self) -> float:
@@ -106,6 +112,7 @@ class StructuredStep(Step):
     skip_first_token: bool = False
     refit_scope: str = "pruned"
     units_on: str = "dense"
+    allocation_samples: int | None = None
 
     def __post_init__(self):
         from ..passes.allocate import SCALES
@@ -166,6 +173,10 @@ class StructuredStep(Step):
             object.__setattr__(self, "refit_damping", float(v))
         if not isinstance(self.skip_first_token, bool):
             raise RecipeError(f"field 'skip_first_token': expected true or false, got {self.skip_first_token!r}")
+        if self.allocation_samples is not None:
+            v = self.allocation_samples
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise RecipeError(f"field 'allocation_samples': expected an integer >= 1 or null, got {v!r}")
         if self.probe_samples < 1:
             raise RecipeError(f"field 'probe_samples': {self.probe_samples} must be >= 1")
         if self.channel_multiple < 1 or self.protect_first < 0 or self.protect_last < 0 or self.damping < 0:
