@@ -65,11 +65,12 @@ def main():
             if key not in got:
                 continue
             m, lg = got[key]
-            wdiff = max(float((p - q).abs().max() / q.abs().max().clamp_min(1e-12))
-                        for p, q in zip(m.parameters(), ref_m.parameters()) if p.shape == q.shape)
+            pairs = [(p, q) for p, q in zip(m.parameters(), ref_m.parameters()) if p.shape == q.shape]
+            wdiff = max(float((p - q).abs().max() / q.abs().max().clamp_min(1e-12)) for p, q in pairs)
+            wabs = max(float((p - q).abs().max()) for p, q in pairs)  # a near-zero bias makes the relative one large
             same_shapes = all(p.shape == q.shape for p, q in zip(m.parameters(), ref_m.parameters()))
             out["runs"].append({"family": family, "compare": f"{key[0]} {key[1]} vs cpu 32-true",
-                                "same_shapes": same_shapes, "max_rel_weight_diff": wdiff,
+                                "same_shapes": same_shapes, "max_rel_weight_diff": wdiff, "max_abs_weight_diff": wabs,
                                 "max_abs_logit_diff": float((lg - ref).abs().max()),
                                 "logit_scale": float(ref.abs().max())})
     print(json.dumps(out, indent=1))

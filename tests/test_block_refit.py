@@ -247,3 +247,23 @@ def test_units_on_pruned_scores_each_block_on_its_pruned_stream():
     for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
     assert find_pass(r1, "allocate")["removed_params"] == find_pass(r2, "allocate")["removed_params"]
+
+
+def test_allocation_samples_limits_the_allocation_statistics_only():
+    """``allocation_samples``: the measured allocation's scores and probes read the first N windows
+    (reported), the removal reads all; N = all windows is the default's model exactly, and a value
+    that is no positive integer is refused."""
+    from fxprune.errors import RecipeError
+    dense = tiny_model("llama", num_hidden_layers=2)
+    w = _windows()
+    extra = {"allocation": "measured", "probe_samples": 2}
+    a, b, c = copy.deepcopy(dense), copy.deepcopy(dense), copy.deepcopy(dense)
+    prune_model(a, _recipe("liar_block", **extra), w)
+    prune_model(b, _recipe("liar_block", allocation_samples=8, **extra), w)
+    rc = prune_model(c, _recipe("liar_block", allocation_samples=3, **extra), w).report
+    assert find_pass(rc, "measure_loss")["allocation_windows"] == 3
+    assert find_pass(rc, "reconstruct_blocks")["calibration_tokens"] == 8 * 16
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+    with pytest.raises(RecipeError, match="allocation_samples"):
+        _recipe("liar_block", allocation_samples=0)

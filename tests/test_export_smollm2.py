@@ -61,7 +61,7 @@ def test_pruned_smollm2_perplexity_in_llamacpp_equals_pytorch(smol, root, tmp_pa
 
 
 def test_readme_recipe_checkpoint_runs_in_llamacpp(smol, root, tmp_path):
-    """The README's main job (``goa-liar-block-ffn-measured-20``: GOA scores, LIAR reconstruction with its
+    """The README's main job (``goa-liar-block-ffn-measured-20-c512``: GOA scores, LIAR reconstruction with its
     biases and the block refit of each down_proj, per-layer FFN widths from measured KL costs) with its
     calibration cut to 8 x 64 tokens for time, saved,
     exported from the checkpoint directory as the README's export command does, and run in llama.cpp:
@@ -76,7 +76,7 @@ def test_readme_recipe_checkpoint_runs_in_llamacpp(smol, root, tmp_path):
     import fxprune
     loaded = load_model("smollm2")
     model, tok = loaded.model, loaded.tokenizer
-    recipe = load_recipe("goa-liar-block-ffn-measured-20").to_dict()
+    recipe = load_recipe("goa-liar-block-ffn-measured-20-c512").to_dict()
     recipe["calibration"].update(samples=8, seq_len=64)
     res = fxprune.prune(model, recipe, tokenizer=tok, data_root=str(root), source="smollm2")
     ckpt = tmp_path / "ckpt"

@@ -15,9 +15,9 @@ from . import ConsumerLayer, Reconstructor, Stat, register
 def kept_gram(G, s, n, keep, rows: int = 1024) -> torch.Tensor:
     """``[[G_RR, s_R], [s_R^T, N]]``: the Gram of ``[x_R 1]`` over the calibration tokens, fp64, built
     ``rows`` rows at a time straight into its own storage (no ``G[R]`` copy of the kept rows)."""
-    R = torch.nonzero(keep).flatten()
+    R = torch.nonzero(keep).flatten().to(G.device)
     r = len(R)
-    A = torch.empty(r + 1, r + 1, dtype=torch.float64)
+    A = torch.empty(r + 1, r + 1, dtype=torch.float64, device=G.device)
     for a in range(0, r, rows):
         b = min(a + rows, r)
         A[a:b, :r] = G[R[a:b]][:, R]
